@@ -1,0 +1,26 @@
+PY ?= python3
+BACKBONE ?= edsr
+SCALE ?= 4
+METHOD ?= cadyq
+MODEL ?=
+TILE ?= 96
+BATCH ?= 1:16:64
+OUT ?= build
+
+.PHONY: install install-trt test test-all engine clean
+
+install:  ## the package, its test tools and TensorRT-RTX (builds engines without a GPU)
+	$(PY) -m pip install -e ".[dev,trt-rtx]" -c constraints.txt
+
+test:  ## the default suite: everything that runs without a GPU
+	$(PY) -m pytest -q -m "not gpu" -n 2
+
+test-all:
+	$(PY) -m pytest -q
+
+engine:  ## export BACKBONE (x SCALE, METHOD; MODEL=ckpt or the shipped weights) and build its engine
+	$(PY) -m cadyq engine --make --backbone $(BACKBONE) --scale $(SCALE) --method $(METHOD) \
+		$(if $(MODEL),--model $(MODEL)) --tile $(TILE) --batch $(BATCH) --out-dir $(OUT)
+
+clean:
+	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,281 @@
+"""Checkpoints: safetensors + JSON metadata, and import of the official CADyQ/PAMS and EDSR-PyTorch files."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError, ModelError
+from .models import canonical_name, create_model
+from .quant import quant_config, quantize
+
+FORMAT_VERSION = 1
+_META_KEY = "cadyq"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def metadata(model: nn.Module) -> dict:
+    cfg = quant_config(model)
+    arch = {k: v for k, v in dataclasses.asdict(model.config).items() if k not in ("name", "scale")}
+    return {
+        "format": FORMAT_VERSION, "version": _version(), "backbone": model.config.name, "scale": model.config.scale,
+        "arch": arch, "method": cfg.method, "bits": list(cfg.bits), "mode": cfg.mode,
+        "weight_bits": cfg.weight_bits, "per_channel": cfg.per_channel,
+    }
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """write(tmp_path) then rename over `path`: an interrupted write leaves no half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save(model: nn.Module, path: str | Path, extra_metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    meta = metadata(model) | ({"extra": extra_metadata} if extra_metadata else {})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)}))
+
+
+def read_metadata(path: str | Path) -> dict:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = (f.metadata() or {}).get(_META_KEY)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    if meta is None:
+        raise CheckpointError(f"{path}: safetensors file without cadyq metadata; import it with --backbone/--scale/--method")
+    return json.loads(meta)
+
+
+def build(meta: dict) -> nn.Module:
+    """An untrained model of the architecture and quantization that `meta` describes."""
+    try:
+        model = create_model(meta["backbone"], scale=int(meta["scale"]), **meta.get("arch", {}))
+        return quantize(model, meta.get("method", "fp32"), tuple(meta.get("bits", (4, 6, 8))), mode=meta.get("mode", "full"),
+                        weight_bits=int(meta.get("weight_bits", 8)), per_channel=bool(meta.get("per_channel", False)))
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint metadata is incomplete or invalid: {e}") from e
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Strict load that names what is missing, unexpected or of the wrong shape."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def few(xs):
+            return ", ".join(xs[:8]) + (f" (+{len(xs) - 8} more)" if len(xs) > 8 else "")
+        parts = [f"missing keys: {few(missing)}" if missing else "", f"unexpected keys: {few(unexpected)}" if unexpected else "",
+                 f"wrong shapes: {few(shapes)}" if shapes else ""]
+        raise CheckpointError(f"{source} does not match the model ({'; '.join(p for p in parts if p)}); "
+                              "check --backbone/--scale/--method")
+    model.load_state_dict(state, strict=True)
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", *, backbone: str | None = None, scale: int | None = None,
+         method: str | None = None) -> nn.Module:
+    """Load a cadyq safetensors checkpoint, or import a foreign .pt/.pth/.pth.tar; eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        meta = read_metadata(path)
+        if meta.get("format", 0) > FORMAT_VERSION:
+            raise CheckpointError(f"{path}: written by a newer cadyq (format {meta['format']}); upgrade cadyq")
+        model = build(meta)
+        load_state(model, load_file(str(path)), str(path))
+    else:
+        model = import_checkpoint(path, backbone=backbone, scale=scale, method=method)
+    return model.to(device).eval()
+
+
+def transfer_state(dst: nn.Module, src: dict[str, torch.Tensor]) -> None:
+    """Initialise `dst` from another method's state (fp32 -> pams8 -> cadyq): copies every tensor
+    present in both; a single clip value fills all K candidates of a selector at the same site."""
+    own = dst.state_dict()
+    new = {}
+    for k, v in src.items():
+        if k not in own:
+            continue
+        if v.shape != own[k].shape:
+            if k.endswith("alpha") and v.numel() == 1:
+                v = v.reshape(1).expand_as(own[k]).clone()
+            else:
+                raise CheckpointError(f"{k}: shape {tuple(v.shape)} does not fit {tuple(own[k].shape)}")
+        new[k] = v
+    if not any(k.endswith("weight") for k in new):
+        raise CheckpointError("the source checkpoint shares no weights with this model; wrong backbone?")
+    dst.load_state_dict(new, strict=False)
+
+
+# ---- foreign checkpoints -------------------------------------------------------------------------
+# Official CADyQ (Cheeun/CADyQ) students and PAMS teachers, and EDSR-PyTorch / CARN FP32 files.
+# Rules rewrite their keys to ours; see ../shared/reference/cadyq-reference.md section 5.
+_RULES = {
+    "edsr": [
+        (r"^body\.(\d+)\.(bitsel1|quant_act1)\.", r"body.\1.input_quant."),
+        (r"^body\.(\d+)\.quant_act3\.", r"body.\1.body.output_quant."),
+        (r"^body\.(\d+)\.quant_act2\.", r"body.\1.body.2.input_quant."),
+        (r"^body\.(\d+)\.body\.2\.(quant_bit\d|net_small|alpha|max_val)", r"body.\1.body.2.input_quant.\2"),
+        (r"^body\.(\d+)\.body\.3\.", r"body.\1.body.2."),
+    ],
+    "srresnet": [
+        (r"^body\.(\d+)\.(classify|quant_act)(1|2)\.", r"body.\1.conv\3.input_quant."),
+    ],
+    "carn": [
+        (r"^(b\d\.b\d)\.body\.0\.(quant_bit\d|net_small|alpha|max_val)", r"\1.body.0.input_quant.\2"),
+        (r"^(b\d\.b\d)\.body\.3\.(quant_bit\d|net_small|alpha|max_val)", r"\1.body.2.input_quant.\2"),
+        (r"^(b\d\.b\d)\.body\.1\.", r"\1.body.0."),
+        (r"^(b\d\.b\d)\.body\.4\.", r"\1.body.2."),
+        (r"^upsample\.up\d?\.body\.", r"upsample.up."),
+    ],
+    "idn": [
+        (r"^fblock\.quant_actf(1|2)\.", lambda m: f"fblock.module.{2 * (int(m[1]) - 1)}.input_quant."),
+        (r"^fblock\.module\.(1|4)\.", lambda m: f"fblock.module.{(int(m[1]) - 1) // 3 * 2}."),
+        (r"^(dblocks\.\d+\.enhancement_\w+?)\.(0|3|6)\.(quant_bit\d|net_small|alpha)",
+         lambda m: f"{m[1]}.{int(m[2]) // 3 * 2}.input_quant.{m[3]}"),
+        (r"^(dblocks\.\d+\.enhancement_\w+?)\.(1|4|7)\.", lambda m: f"{m[1]}.{(int(m[2]) - 1) // 3 * 2}."),
+    ],
+}
+_DROP = re.compile(r"(^|\.)(sub_mean|add_mean)\.|max_val$|^fblock\.module\.(0|3)\.alpha$")
+
+
+def _unwrap(obj) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model", "params"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError("not a state_dict (expected a dict of tensors, or one under 'state_dict')")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def detect(state: dict[str, torch.Tensor]) -> tuple[str, str]:
+    """(backbone, method) of a foreign state_dict, from its keys."""
+    keys = set(state)
+    if "entry.weight" in keys:
+        backbone = "carn"
+    elif any(k.startswith("fblock.") for k in keys):
+        backbone = "idn"
+    elif "head.0.weight" in keys:
+        backbone = "srresnet" if state["head.0.weight"].shape[-1] == 9 else "edsr"
+    else:
+        raise CheckpointError("cannot tell the backbone from the keys; pass --backbone")
+    if any("net_small" in k for k in keys):
+        method = "cadyq"
+    elif any(k.endswith("alpha") for k in keys):
+        method = "pams8"
+    else:
+        method = "fp32"
+    return backbone, method
+
+
+def _detect_scale(backbone: str, state) -> int | None:
+    if backbone == "idn":
+        return None  # the deconv has the same shape at every scale
+    prefix = {"edsr": "tail.0.", "srresnet": "tail.0.", "carn": "upsample.up"}[backbone]
+    convs = [v for k, v in state.items() if k.startswith(prefix) and k.endswith("weight") and v.dim() == 4]
+    if backbone == "carn" and any(k.startswith("upsample.up2.") for k in state):
+        return None  # multi-scale file: the user picks the scale
+    if not convs:
+        return None
+    ratio = convs[0].shape[0] // convs[0].shape[1]
+    return 3 if ratio == 9 else 2 ** len(convs)
+
+
+def convert_state(state: dict[str, torch.Tensor], backbone: str, scale: int) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    alphas: dict[str, dict[int, torch.Tensor]] = {}
+    shared_prelu = state.get("head.1.weight") if backbone == "srresnet" else None
+    for key, v in state.items():
+        if _DROP.search(key):
+            continue
+        if backbone == "carn" and key.startswith("upsample.up") and not key.startswith(("upsample.up.", f"upsample.up{scale}.")):
+            continue  # other scales of a multi-scale CARN
+        for pattern, repl in _RULES[backbone]:
+            key = re.sub(pattern, repl, key)
+        key = key.replace(".net_small.0.", ".net.")
+        m = re.match(r"^(.*)\.quant_bit(\d)\.alpha$", key)
+        if m:
+            alphas.setdefault(f"{m[1]}.alpha", {})[int(m[2])] = v.reshape(())
+            continue
+        if key.endswith(".body.output_quant.alpha") or key.endswith("input_quant.alpha"):
+            v = v.reshape(1)
+        out[key] = v
+    for key, parts in alphas.items():
+        out[key] = torch.stack([parts[i] for i in sorted(parts)])
+    if backbone == "carn":  # CARN's official gradient feature lacks the x1e3 of the others
+        for key in [k for k in out if k.endswith("input_quant.net.weight")]:
+            w = out[key].clone()
+            w[:, :2] *= 1e-3
+            out[key] = w
+    if shared_prelu is not None:  # one PReLU shared by the head and all blocks in the official file
+        for key in [k for k in out if re.match(r"^body\.\d+\.act\.weight$", k)]:
+            out[key] = shared_prelu.clone()
+    return out
+
+
+def _read_foreign(path) -> dict[str, torch.Tensor]:
+    try:
+        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read it as a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    return _unwrap(raw)
+
+
+def import_checkpoint_into(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a foreign checkpoint into an already built model (of a non-default size, say)."""
+    converted = convert_state(_read_foreign(path), model.config.name, model.config.scale)
+    if model.config.name == "srresnet" and "head.1.weight" in converted:
+        for k in model.state_dict():  # per-block PReLUs that the official file stores once
+            if re.match(r"^body\.\d+\.act\.weight$", k) and k not in converted:
+                converted[k] = converted["head.1.weight"].clone()
+    for k, v in model.state_dict().items():  # absent from checkpoints older than torch 0.4.1
+        if k.endswith("num_batches_tracked"):
+            converted.setdefault(k, v)
+    load_state(model, converted, f"{path} (read as {model.config.name} x{model.config.scale} {quant_config(model).method})")
+    return model
+
+
+def import_checkpoint(path: str | Path, backbone: str | None = None, scale: int | None = None,
+                      method: str | None = None) -> nn.Module:
+    """Build our model for a foreign checkpoint (torch.load(weights_only=True) only) and load it."""
+    state = _read_foreign(path)
+    found_backbone, found_method = detect(state)
+    backbone = canonical_name(backbone) if backbone else found_backbone
+    scale = scale or _detect_scale(backbone, state)
+    if scale is None:
+        raise CheckpointError(f"{path}: the scale cannot be read from this {backbone} file; pass --scale")
+    try:
+        model = quantize(create_model(backbone, scale=scale), method or found_method)
+    except ModelError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    return import_checkpoint_into(model, path)

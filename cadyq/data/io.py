@@ -1,0 +1,291 @@
+"""Image files in and out: 8/16-bit, grayscale, alpha, ICC profile and EXIF kept; atomic writes.
+
+Pillow 13 decodes 48/64-bit colour PNG and TIFF (16 bits per colour channel, also 16-bit
+gray+alpha PNG) to 8 bits per channel: it keeps the high byte and drops the low one, so such files
+read as `bit_depth=8`. 16-bit *grayscale* PNG/TIFF keep all 16 bits. Writing 16-bit colour PNG is
+done here (Pillow cannot), so 16-bit colour data made in memory is written losslessly.
+"""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import uuid
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from PIL import ImageOps, UnidentifiedImageError
+
+from cadyq.errors import ImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
+            ".tiff": "TIFF", ".bmp": "BMP"}
+_GRAY16 = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+@dataclass
+class Image:
+    rgb: np.ndarray            # HxWx3, uint8 or uint16 (C-contiguous)
+    alpha: np.ndarray | None   # HxW, same dtype, or None
+    bit_depth: int             # 8 or 16
+    gray: bool                 # source had one colour channel (write back as grayscale)
+    icc_profile: bytes | None
+    exif: bytes | None
+    source_mode: str           # PIL mode of the file
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return self.rgb.shape[0], self.rgb.shape[1]
+
+
+def _too_large(path, w: int, h: int, max_pixels: int) -> ImageError:
+    return ImageError(
+        f"{path}: {w}x{h} = {w * h} pixels is more than the limit of {max_pixels}; if the file "
+        f"is genuine, raise the limit (max_pixels), otherwise it may be a decompression bomb")
+
+
+def read_image(path, max_pixels: int = 8192 * 8192 * 2) -> Image:
+    """Decode a PNG/JPEG/WebP/TIFF/BMP file to upright pixels (EXIF orientation applied).
+
+    Grayscale (1, L, I;16, I, F) is replicated to 3 channels with `gray=True`; 16-bit grayscale stays
+    uint16, `I` is clipped to [0, 65535], `F` is taken as [0, 1] when its maximum is <= 1 (else
+    clipped to [0, 65535]). Palette, CMYK, YCbCr and LAB become RGB (CMYK through its embedded ICC
+    profile when there is one, and that profile is then dropped); any transparency becomes `alpha`.
+    See the module docstring for 16-bit colour. EXIF is kept for JPEG/PNG/WebP, without the
+    orientation tag; TIFF tags are not carried over.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file; check the path")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: the file is empty; re-export or remove it")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS (89 Mpx), below our default limit: our check counts.
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(path) as im:
+                w, h = im.size
+                if w * h == 0:
+                    raise ImageError(f"{path}: the image is empty ({w}x{h} pixels)")
+                if w * h > max_pixels:
+                    raise _too_large(path, w, h, max_pixels)
+                rawmode = im.tile[0].args if im.tile else None
+                source_mode = im.mode
+                im.load()  # a truncated or corrupt file fails here, not later
+                ImageOps.exif_transpose(im, in_place=True)
+                return _from_pil(im, source_mode, rawmode)
+    except ImageError:
+        raise
+    except PILImage.DecompressionBombError as e:
+        raise ImageError(
+            f"{path}: {str(e).rstrip('.')}; if the file is genuine, raise Pillow's limit "
+            f"(PIL.Image.MAX_IMAGE_PIXELS = None) and pass max_pixels to read_image") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{path}: not a readable image (unknown format, or a broken header such as a "
+                         f"zero width); supported: {' '.join(IMAGE_EXTENSIONS)}") from e
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise ImageError(f"{path}: the file is corrupt or truncated ({e}); re-export or remove it") from e
+
+
+def _from_pil(im: PILImage.Image, source_mode: str, rawmode) -> Image:
+    icc, exif = im.info.get("icc_profile") or None, im.info.get("exif") or None
+    if im.mode in ("CMYK", "LAB"):
+        im, icc = _to_srgb(im, icc)
+    mode, alpha = im.mode, None
+    if mode in _GRAY16 or mode in ("I", "F"):
+        g = np.asarray(im)
+        if mode == "F":
+            g = np.nan_to_num(g.astype(np.float64))
+            g = np.rint(g * (65535.0 if g.max() <= 1.0 else 1.0))
+        g, gray, depth = np.clip(g, 0, 65535).astype(np.uint16), True, 16
+    elif mode in ("1", "L", "LA", "La"):
+        if mode != "L" or "transparency" in im.info:
+            im = im.convert("LA" if mode != "1" else "L")
+        a = np.asarray(im)
+        g, gray, depth = (a[..., 0] if a.ndim == 3 else a), True, 8
+        if a.ndim == 3:
+            alpha = np.ascontiguousarray(a[..., 1])
+    else:
+        want = "RGBA" if ("A" in mode or "a" in mode or "transparency" in im.info) else "RGB"
+        a = np.asarray(im if mode == want else im.convert(want))
+        if want == "RGBA":
+            alpha = np.ascontiguousarray(a[..., 3])
+        # A 16-bit gray+alpha PNG arrives as 8-bit RGBA: the file still had one colour channel.
+        gray = isinstance(rawmode, str) and rawmode.startswith("LA")
+        return Image(np.ascontiguousarray(a[..., :3]), alpha, 8, gray, icc, exif, source_mode)
+    rgb = np.ascontiguousarray(np.repeat(g[..., None], 3, axis=2))
+    return Image(rgb, alpha, depth, gray, icc, exif, source_mode)
+
+
+def _to_srgb(im: PILImage.Image, icc: bytes | None) -> tuple[PILImage.Image, bytes | None]:
+    """CMYK (through its embedded profile if any) or LAB -> sRGB; the old profile no longer applies."""
+    from PIL import ImageCms
+    try:
+        srgb = ImageCms.createProfile("sRGB")
+        if im.mode == "LAB":
+            t = ImageCms.buildTransform(ImageCms.createProfile("LAB"), srgb, "LAB", "RGB")
+            return ImageCms.applyTransform(im, t), None
+        if icc:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(im, src, srgb, outputMode="RGB"), None
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        pass
+    return im.convert("RGB"), None
+
+
+def _check(img: Image) -> None:
+    dt = {8: np.uint8, 16: np.uint16}.get(img.bit_depth)
+    if dt is None:
+        raise ValueError(f"bit_depth must be 8 or 16, got {img.bit_depth}")
+    if img.rgb.ndim != 3 or img.rgb.shape[2] != 3 or img.rgb.dtype != dt:
+        raise ValueError(f"rgb must be HxWx3 {np.dtype(dt)}, got {img.rgb.shape} {img.rgb.dtype}")
+    if img.alpha is not None and (img.alpha.shape != img.rgb.shape[:2] or img.alpha.dtype != dt):
+        raise ValueError(f"alpha must be HxW {np.dtype(dt)}, got {img.alpha.shape} {img.alpha.dtype}")
+    if img.rgb.shape[0] * img.rgb.shape[1] == 0:
+        raise ImageError("cannot write an empty (0-pixel) image")
+
+
+def _icc_space(icc: bytes | None) -> bytes | None:
+    return icc[16:20] if icc and len(icc) >= 20 else None
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def _png16(f, a: np.ndarray, icc: bytes | None, exif: bytes | None) -> None:
+    """16-bit PNG (colour type 0/4/2/6 by channel count) with the Up filter on every row."""
+    h, w, c = a.shape
+    rows = a.astype(">u2").reshape(h, w * c).view(np.uint8)
+    filt = np.empty((h, rows.shape[1] + 1), np.uint8)
+    filt[:, 0] = 2
+    filt[0, 1:] = rows[0]
+    filt[1:, 1:] = rows[1:] - rows[:-1]  # uint8 arithmetic wraps mod 256 as PNG requires
+    out = [b"\x89PNG\r\n\x1a\n",
+           _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0))]
+    if icc:
+        out.append(_png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc)))
+    if exif:
+        out.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif))
+    out += [_png_chunk(b"IDAT", zlib.compress(filt.tobytes(), 6)), _png_chunk(b"IEND", b"")]
+    f.write(b"".join(out))
+
+
+def _to8(a: np.ndarray) -> np.ndarray:
+    return a if a.dtype == np.uint8 else np.rint(a / 257.0).astype(np.uint8)
+
+
+def write_image(path, img: Image) -> None:
+    """Encode by extension (.png .jpg/.jpeg .webp .tif/.tiff .bmp), atomically (temp name + rename).
+
+    Keeps alpha (dropped for JPEG and BMP), 16 bits (PNG; TIFF for grayscale only), grayscale
+    (`gray=True` writes one channel: the rounded mean of the three), ICC profile (when its colour
+    space matches what is written) and EXIF. JPEG is written at quality 95 with 4:4:4 chroma,
+    WebP lossless. 16-bit data going to an 8-bit-only format is rounded to 8 bits.
+    """
+    path = Path(path)
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(f"{path}: unknown image extension {path.suffix!r}; use one of "
+                         f"{' '.join(IMAGE_EXTENSIONS)}")
+    if not path.parent.is_dir():
+        raise ImageError(f"{path}: folder {path.parent} does not exist; create it first")
+    _check(img)
+    rgb, alpha, sixteen = img.rgb, img.alpha, img.bit_depth == 16
+    if fmt in ("JPEG", "BMP"):
+        alpha = None
+    if sixteen and fmt not in ("PNG", "TIFF"):
+        rgb, alpha, sixteen = _to8(rgb), None if alpha is None else _to8(alpha), False
+    if img.gray:
+        wide = rgb.astype(np.uint32)
+        chans = [((wide[..., 0] + wide[..., 1] + wide[..., 2] + 1) // 3).astype(rgb.dtype)]
+    else:
+        chans = [rgb[..., i] for i in range(3)]
+    if alpha is not None:
+        chans.append(alpha)
+    a = np.ascontiguousarray(np.stack(chans, axis=2))
+    want_space = b"GRAY" if img.gray else b"RGB "
+    icc = img.icc_profile if _icc_space(img.icc_profile) == want_space else None
+    exif = img.exif
+
+    pil = None  # Pillow infers L/LA/RGB/RGBA (uint8) and I;16 (2-D uint16) from the array
+    if not sixteen or a.shape[2] == 1:
+        pil = PILImage.fromarray(a[..., 0] if a.shape[2] == 1 else a)
+    elif fmt == "TIFF":
+        raise ImageError(f"{path}: Pillow cannot write 16-bit colour or gray+alpha TIFF; write a "
+                         f".png (keeps 16 bits) or convert the image to 8 bits")
+    kw: dict = {}
+    if icc and fmt != "BMP":
+        kw["icc_profile"] = icc
+    if exif and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        kw["exif"] = exif
+    if fmt == "JPEG":
+        kw.update(quality=95, subsampling=0)
+    elif fmt == "WEBP":
+        kw.update(lossless=True)
+
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            if pil is None:
+                _png16(f, a, icc, exif)
+            else:
+                pil.save(f, format=fmt, **kw)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ImageError(f"{path}: cannot write ({e}); check free space and permissions") from e
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def to_tensor(x: np.ndarray) -> torch.Tensor:
+    """HxWxC (or HxW) uint8/uint16 -> float32 [C,H,W] in [0, 255] (uint16 scaled by 255/65535)."""
+    if x.dtype not in (np.uint8, np.uint16) or x.ndim not in (2, 3):
+        raise ValueError(f"expected an HxW or HxWxC uint8/uint16 array, got {x.shape} {x.dtype}")
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.dtype == np.uint8:
+        return torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1).contiguous()
+    t = torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1).contiguous()
+    return t.mul_(255.0 / 65535.0)
+
+
+def from_tensor(t: torch.Tensor, bit_depth: int = 8) -> np.ndarray:
+    """[C,H,W] float in [0, 255] -> HxWxC uint8 (bit_depth 8) or uint16 (16), rounded and clamped."""
+    if t.ndim != 3:
+        raise ValueError(f"expected a [C,H,W] tensor, got shape {tuple(t.shape)}")
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    t = t.detach().float()
+    hi = 255.0 if bit_depth == 8 else 65535.0
+    if bit_depth == 16:
+        t = t * (65535.0 / 255.0)
+    q = t.round().clamp_(0.0, hi).permute(1, 2, 0).cpu().numpy()
+    return np.ascontiguousarray(q.astype(np.uint8 if bit_depth == 8 else np.uint16))
+
+
+def list_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given, plus each folder's image files (by extension, non-recursive, sorted by name,
+    hidden files skipped). Duplicates are dropped, order kept."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    out: dict[Path, None] = {}
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f in sorted(p.iterdir(), key=lambda q: q.name):
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."):
+                    out[f] = None
+        elif p.is_file():
+            out[p] = None
+        else:
+            raise ImageError(f"{p}: no such file or folder; check the path")
+    return list(out)

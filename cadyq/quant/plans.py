@@ -1,0 +1,80 @@
+"""Where each backbone is quantized, as plain data (the paper's and the official code's choice).
+
+A Site quantizes the input of module `at`, which feeds conv `conv`. Only body convs are dynamic;
+head, tail, upsampler, the last body conv and 1x1 convs stay full precision."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Site:
+    at: str
+    conv: str
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    dynamic: tuple[Site, ...]  # one bit selector each, in layer order (the L of bits [N, L])
+    fixed_inputs: tuple[Site, ...] = ()  # fixed-bit PAMS quantizers, not counted in FQR
+    fixed_outputs: tuple[str, ...] = ()  # fixed-bit PAMS quantizers on module outputs
+    feature: str = ""  # "module:input" or "module": the body feature (distillation)
+    block_features: tuple[str, ...] = ()  # each block's feature (distillation)
+
+    @property
+    def weight_convs(self) -> tuple[str, ...]:
+        return tuple(s.conv for s in self.dynamic + self.fixed_inputs)
+
+
+def _edsr(model) -> QuantPlan:
+    n = model.config.n_resblocks
+    dyn = []
+    for i in range(n):
+        # the block input is quantized, so the skip carries the quantized tensor too (official)
+        dyn += [Site(f"body.{i}", f"body.{i}.body.0"), Site(f"body.{i}.body.2", f"body.{i}.body.2")]
+    return QuantPlan(
+        dynamic=tuple(dyn),
+        fixed_outputs=tuple(f"body.{i}.body" for i in range(n)),
+        feature="tail:input",
+        block_features=tuple(f"body.{i}.body.2" for i in range(n)),
+    )
+
+
+def _srresnet(model) -> QuantPlan:
+    # Deviation: the official code quantizes the skip (not conv1's input) with its first selector,
+    # leaving conv1 on full-precision input; here the first selector feeds conv1.
+    n = model.config.n_resblocks
+    dyn = [Site(f"body.{i}.{c}", f"body.{i}.{c}") for i in range(n) for c in ("conv1", "conv2")]
+    return QuantPlan(
+        dynamic=tuple(dyn), feature="tail:input", block_features=tuple(f"body.{i}.conv2" for i in range(n))
+    )
+
+
+def _carn(model) -> QuantPlan:
+    blocks = [f"b{c}.b{r}" for c in (1, 2, 3) for r in (1, 2, 3)]
+    dyn = [Site(f"{b}.body.{j}", f"{b}.body.{j}") for b in blocks for j in (0, 2)]
+    return QuantPlan(
+        dynamic=tuple(dyn), feature="upsample:input", block_features=tuple(f"{b}.body" for b in blocks)
+    )
+
+
+def _idn(model) -> QuantPlan:
+    dyn = []
+    for b in range(model.config.n_blocks):
+        for part in ("top", "bottom"):
+            dyn += [Site(f"dblocks.{b}.enhancement_{part}.{j}", f"dblocks.{b}.enhancement_{part}.{j}") for j in (0, 2, 4)]
+    return QuantPlan(
+        dynamic=tuple(dyn),
+        fixed_inputs=(Site("fblock.module.0", "fblock.module.0"), Site("fblock.module.2", "fblock.module.2")),
+        feature="deconv:input",
+        block_features=tuple(f"dblocks.{b}.enhancement_bottom" for b in range(model.config.n_blocks)),
+    )
+
+
+PLANS = {"edsr": _edsr, "srresnet": _srresnet, "carn": _carn, "idn": _idn}
+
+
+def plan_for(model: nn.Module) -> QuantPlan:
+    return PLANS[model.config.name](model)

@@ -1,0 +1,62 @@
+"""The backend interface: run a batch of LR tiles, return SR tiles and the bits chosen."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ..errors import BackendError
+from ..quant import ModelInfo
+
+
+class Backend:
+    name: str = ""
+    info: ModelInfo
+    device: torch.device
+    max_batch: int | None = None  # None: any batch size
+    tile_sizes: tuple[int, int] | None = None  # the (h, w) the model accepts; None: any
+
+    def run(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 [N,3,h,w] in [0,255] on self.device -> (sr [N,3,h*s,w*s] float32, bits [N,L] float32)."""
+        raise NotImplementedError  # abstract: every backend implements it
+
+
+Factory = Callable[["str | Path | nn.Module", str], Backend]
+_FACTORIES: dict[str, Factory] = {}
+_MODULES = {"torch": "torch_backend", "onnxruntime": "onnxruntime_backend", "tensorrt": "tensorrt_backend",
+            "native": "native_backend"}
+BACKENDS = tuple(_MODULES)
+
+
+def register_backend(name: str, factory: Factory) -> None:
+    _FACTORIES[name] = factory
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BackendError("device 'cuda' asked for, but torch sees no CUDA GPU here; use --device cpu")
+    return dev
+
+
+def guess_backend(model) -> str:
+    suffix = Path(model).suffix if isinstance(model, (str, Path)) else ""
+    return {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}.get(suffix, "torch")
+
+
+def create_backend(name: str, model, device: str | torch.device = "auto") -> Backend:
+    if name == "auto":
+        name = guess_backend(model)
+    if name not in _MODULES:
+        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name not in _FACTORIES:
+        try:
+            importlib.import_module(f"{__package__}.{_MODULES[name]}")
+        except ImportError as e:
+            raise BackendError(f"backend {name!r} is not available here: {e}") from e
+    return _FACTORIES[name](model, str(device))

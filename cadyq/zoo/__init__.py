@@ -1,0 +1,32 @@
+"""Weights shipped with cadyq: `<name>.safetensors` beside this file, described in MODEL_CARD.md."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from ..errors import ModelError
+
+ZOO_DIR = Path(__file__).parent
+DEFAULT_MODEL = "edsr-cadyq-x4"
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in ZOO_DIR.glob("*.safetensors"))
+
+
+def path_of(name: str) -> Path:
+    path = ZOO_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        have = ", ".join(available()) or "none"
+        raise ModelError(f"no shipped weights named {name!r} (shipped: {have}); pass a checkpoint file instead")
+    return path
+
+
+def load_pretrained(name: str, scale: int | None = None) -> nn.Module:
+    from ..checkpoint import load
+
+    model = load(path_of(name))
+    if scale is not None and model.config.scale != scale:
+        raise ModelError(f"{name} is a x{model.config.scale} model, not x{scale}")
+    return model

@@ -1,0 +1,172 @@
+import re
+
+import pytest
+import torch
+from conftest import tiny
+
+import cadyq
+from cadyq import checkpoint, create_model, quantize
+from cadyq.errors import CheckpointError
+from cadyq.quant import dynamic_quantizers, observe
+
+
+@pytest.mark.parametrize("name", ["edsr", "srresnet", "carn", "idn"])
+@pytest.mark.parametrize("method", ["fp32", "pams8", "cadyq"])
+def test_round_trip(name, method, tmp_path, photo_tiles):
+    m = quantize(tiny(name), method)
+    with torch.no_grad():
+        if method != "fp32":
+            with observe(m):
+                m(photo_tiles[:4])
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    path = tmp_path / "m.safetensors"
+    cadyq.save(m, path)
+    m2 = cadyq.load(path)
+    meta = checkpoint.read_metadata(path)
+    assert meta["backbone"] == name and meta["method"] == method and meta["bits"] == [4, 6, 8]
+    m.eval()
+    with torch.no_grad():
+        assert torch.equal(m(photo_tiles[:4]), m2(photo_tiles[:4]))
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary left behind
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(CheckpointError, match="no such"):
+        cadyq.load(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        cadyq.load(bad)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        cadyq.load(junk)
+
+
+def test_mismatch_names_keys(tmp_path):
+    m = quantize(tiny("edsr"), "cadyq")
+    state = m.state_dict()
+    state.pop("body.0.body.0.weight")
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match=r"missing keys: body\.0\.body\.0\.weight.*unexpected keys: extra\.weight"):
+        checkpoint.load_state(quantize(tiny("edsr"), "cadyq"), state)
+
+
+def test_transfer_pams8_to_cadyq():
+    src = quantize(tiny("edsr"), "pams8")
+    with torch.no_grad():
+        for i, q in enumerate(dynamic_quantizers(src)):
+            q.alpha.fill_(1.0 + i)
+    dst = quantize(tiny("edsr"), "cadyq")
+    checkpoint.transfer_state(dst, src.state_dict())
+    for i, q in enumerate(dynamic_quantizers(dst)):
+        assert q.alpha.tolist() == [1.0 + i] * 3
+    assert torch.equal(dst.body[0].body[0].weight, src.body[0].body[0].weight)
+    with pytest.raises(CheckpointError):
+        checkpoint.transfer_state(quantize(tiny("carn"), "cadyq"), src.state_dict())
+
+
+# ---- foreign checkpoints: keys written the way the official code names them (reference sec. 5) ----
+def official_edsr_cadyq(model):
+    """Our EDSR CADyQ state -> official EDSR_CADyQ keys (written independently of the importer)."""
+    out = {"sub_mean.weight": torch.eye(3).view(3, 3, 1, 1), "sub_mean.bias": torch.zeros(3),
+           "add_mean.weight": torch.eye(3).view(3, 3, 1, 1), "add_mean.bias": torch.zeros(3)}
+    for k, v in model.state_dict().items():
+        m = re.match(r"body\.(\d+)\.(.*)", k)
+        if not m or not m[1].isdigit() or int(m[1]) >= model.config.n_resblocks:
+            out[k] = v
+            continue
+        i, rest = m[1], m[2]
+        sel = {"input_quant": "bitsel1", "body.2.input_quant": "body.2"}
+        for ours, theirs in sel.items():
+            if rest.startswith(ours + "."):
+                leaf = rest[len(ours) + 1 :]
+                if leaf == "alpha":
+                    for j in range(3):
+                        out[f"body.{i}.{theirs}.quant_bit{j + 1}.alpha"] = v[j : j + 1]
+                        out[f"body.{i}.{theirs}.quant_bit{j + 1}.max_val"] = torch.tensor(1.0)
+                else:
+                    out[f"body.{i}.{theirs}.net_small.0.{leaf.split('.')[-1]}"] = v
+                break
+        else:
+            if rest.startswith("body.2."):
+                out[f"body.{i}.body.3.{rest[7:]}"] = v
+            elif rest == "body.output_quant.alpha":
+                out[f"body.{i}.quant_act3.alpha"] = v
+                out[f"body.{i}.quant_act3.max_val"] = torch.tensor(1.0)
+            else:
+                out[k] = v
+    return out
+
+
+def test_import_official_edsr_cadyq(tmp_path):
+    src = quantize(create_model("edsr", 4, n_resblocks=2, n_feats=16), "cadyq")
+    with torch.no_grad():
+        for p in src.parameters():
+            p.copy_(torch.randn_like(p))
+    state = official_edsr_cadyq(src)
+    assert "body.1.body.3.weight" in state and "body.0.bitsel1.quant_bit3.alpha" in state
+    path = tmp_path / "edsr_x4_cadyq.pth.tar"
+    torch.save({"state_dict": state, "epoch": 3}, path)
+    with pytest.raises(CheckpointError, match="does not match"):  # the default EDSR has 16 blocks
+        checkpoint.load(path)
+    m = checkpoint.import_checkpoint_into(quantize(create_model("edsr", 4, n_resblocks=2, n_feats=16), "cadyq"), path)
+    for k, v in src.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v), k
+
+
+def test_import_edsr_pytorch_zoo_file(tmp_path, photo_tiles):
+    """EDSR-PyTorch's edsr_baseline_x4-6b446fab.pt layout: our fp32 keys plus the mean-shift convs."""
+    fp = create_model("edsr", 4)
+    state = dict(fp.state_dict())
+    for name, sign in (("sub_mean", -1), ("add_mean", 1)):
+        state[f"{name}.weight"] = torch.eye(3).view(3, 3, 1, 1)
+        state[f"{name}.bias"] = sign * 255 * torch.tensor([0.4488, 0.4371, 0.4040])
+    path = tmp_path / "edsr_baseline_x4-6b446fab.pt"
+    torch.save(state, path)
+    m = cadyq.load(path)
+    assert checkpoint.metadata(m)["method"] == "fp32" and m.config.scale == 4
+    with torch.no_grad():
+        assert torch.equal(m(photo_tiles[:2]), fp.eval()(photo_tiles[:2]))
+
+
+def test_import_official_carn_rescales_gradient_columns(tmp_path):
+    src = quantize(create_model("carn", 4), "cadyq")
+    state = {}
+    for k, v in src.state_dict().items():
+        k2 = re.sub(r"^(b\d\.b\d)\.body\.0\.input_quant\.", r"\1.body.0.", k)
+        k2 = re.sub(r"^(b\d\.b\d)\.body\.2\.input_quant\.", r"\1.body.3.", k2)
+        k2 = re.sub(r"^(b\d\.b\d)\.body\.0\.(weight|bias)$", r"\1.body.1.\2", k2)
+        k2 = re.sub(r"^(b\d\.b\d)\.body\.2\.(weight|bias)$", r"\1.body.4.\2", k2)
+        k2 = k2.replace("upsample.up.", "upsample.up4.body.").replace(".net.", ".net_small.0.")
+        if k2.endswith(".alpha") and v.numel() == 3:
+            for j in range(3):
+                state[k2.replace(".alpha", f".quant_bit{j + 1}.alpha")] = v[j : j + 1].clone()
+        else:
+            state[k2] = v.clone()
+    state["upsample.up2.body.0.weight"] = torch.zeros(256, 64, 3, 3)  # multi-scale file
+    path = tmp_path / "carn_cadyq.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="--scale"):
+        cadyq.load(path)
+    m = cadyq.load(path, scale=4)
+    w_src, w = src.b1.b1.body[0].input_quant.net.weight, m.b1.b1.body[0].input_quant.net.weight
+    assert torch.allclose(w[:, :2], w_src[:, :2] * 1e-3) and torch.equal(w[:, 2:], w_src[:, 2:])
+    assert torch.equal(m.upsample.up[0].weight, src.upsample.up[0].weight)
+
+
+def test_import_official_srresnet_shared_prelu(tmp_path):
+    src = quantize(create_model("srresnet", 4, n_resblocks=2), "pams8")
+    state = {}
+    for k, v in src.state_dict().items():
+        k2 = re.sub(r"^body\.(\d)\.conv(\d)\.input_quant\.", r"body.\1.quant_act\2.", k)
+        if re.match(r"^body\.\d\.act\.weight$", k):
+            continue  # one shared PReLU stored under head.1
+        state[k2] = v
+    state["head.1.weight"] = torch.tensor([0.3])
+    torch.save(state, tmp_path / "srresnet_x4_pams_w8a8.pth.tar")
+    m = checkpoint.import_checkpoint_into(quantize(create_model("srresnet", 4, n_resblocks=2), "pams8"),
+                                          tmp_path / "srresnet_x4_pams_w8a8.pth.tar")
+    assert m.body[1].act.weight.item() == pytest.approx(0.3)
+    assert torch.equal(m.body[0].conv2.input_quant.alpha, src.body[0].conv2.input_quant.alpha)

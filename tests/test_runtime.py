@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+from conftest import tiny
+
+import cadyq
+from cadyq import quantize
+from cadyq.data.io import Image
+from cadyq.errors import BackendError, ImageError
+from cadyq.quant import ModelInfo, dynamic_quantizers, observe
+from cadyq.runtime import Backend, Upscaler
+
+
+@pytest.fixture(scope="module")
+def model(photo_tiles):
+    m = quantize(tiny("edsr"), "cadyq")
+    with torch.no_grad(), observe(m):
+        m(photo_tiles)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for s in dynamic_quantizers(m):
+            s.net.weight.normal_(0, 0.02)
+    return m.eval()
+
+
+def test_upscale_real_photo(model, photo):
+    img = photo[:150, :230]
+    r = Upscaler(model, device="cpu", tile=48, overlap=6, batch=5).upscale(img)
+    assert r.image.rgb.shape == (300, 460, 3) and r.image.rgb.dtype == np.uint8
+    assert r.bit_map.shape == (r.grid.rows, r.grid.cols, 4) == (4, 6, 4)
+    assert r.fqr == pytest.approx(r.bit_map.mean().item())
+    assert set(r.bit_map.unique().tolist()) <= {4.0, 6.0, 8.0} and len(r.bit_map.unique()) > 1
+    info = ModelInfo.from_model(model)
+    per_tile = r.bit_map.reshape(-1, 4)
+    assert r.bitops == pytest.approx(float(info.bitops(per_tile, 48, 48).sum()))
+    assert {"decode", "inference", "stitch", "total"} <= set(r.timings)
+
+
+def test_tiles_match_direct_run_away_from_seams(model, photo):
+    """Each stitched SR pixel equals the model's output on the tile that owns it."""
+    img = photo[:100, :100]
+    up = Upscaler(model, device="cpu", tile=48, overlap=6, batch=64)
+    r = up.upscale(img)
+    x = torch.from_numpy(img).permute(2, 0, 1).float()
+    with torch.no_grad():
+        first = model(x[None, :, :48, :48])[0].clamp(0, 255).round()
+    own = r.grid.bounds(2)
+    np.testing.assert_array_equal(r.image.rgb[: own[0][1], : own[1][1]],
+                                  first.permute(1, 2, 0)[: own[0][1], : own[1][1]].numpy().astype(np.uint8))
+
+
+def test_small_gray_alpha_and_16bit_images(model):
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 255, (20, 30), dtype=np.uint8)
+    rgb = np.repeat(gray[..., None], 3, 2)
+    alpha = np.linspace(0, 255, 20 * 30).reshape(20, 30).astype(np.uint8)
+    up = Upscaler(model, device="cpu", tile=48, overlap=6)
+    r = up.upscale(Image(rgb, alpha, 8, True, None, None, "LA"))  # smaller than a tile: reflect-padded
+    assert r.image.rgb.shape == (40, 60, 3) and r.image.gray and r.image.alpha.shape == (40, 60)
+    assert r.grid.n_tiles == 1
+    assert abs(int(r.image.alpha[0, 0]) - 0) < 10 and abs(int(r.image.alpha[-1, -1]) - 255) < 10
+    r16 = up.upscale(Image((rgb.astype(np.uint16) * 257), None, 16, False, None, None, "RGB"))
+    assert r16.image.rgb.dtype == np.uint16 and r16.image.bit_depth == 16
+    np.testing.assert_allclose(r16.image.rgb / 257.0, r.image.rgb, atol=1.0)  # same picture, finer steps
+
+
+class Recording(Backend):
+    """A backend that only records what it is given (nearest-neighbour 'SR')."""
+
+    name = "recording"
+
+    def __init__(self, scale=2):
+        self.info = ModelInfo("edsr", scale, "pams8", (8,), "full", ())
+        self.device = torch.device("cpu")
+        self.batches = []
+
+    def run(self, tiles):
+        self.batches.append(tiles.shape[0])
+        s = self.info.scale
+        return tiles.repeat_interleave(s, -1).repeat_interleave(s, -2), torch.zeros(tiles.shape[0], 0)
+
+
+@pytest.mark.slow
+def test_8k_input_is_streamed_in_batches():
+    be = Recording(scale=2)
+    lr = np.zeros((4320, 7680, 3), np.uint8)
+    lr[::7] = 200
+    r = Upscaler(be, tile=96, overlap=6, batch=64).upscale(lr)
+    assert max(be.batches) <= 64 and sum(be.batches) == r.grid.n_tiles == 48 * 86
+    assert r.image.rgb.shape == (8640, 15360, 3)
+    np.testing.assert_array_equal(r.image.rgb[::2, ::2], lr)
+
+
+def test_bad_inputs(model, tmp_path):
+    up = Upscaler(model, device="cpu", tile=48, overlap=6)
+    with pytest.raises(ImageError):
+        up.upscale(np.zeros((10, 10, 4), np.float32))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    with pytest.raises(ImageError):
+        up.upscale(bad)
+    with pytest.raises(BackendError, match="batch"):
+        Upscaler(model, device="cpu", batch=0)
+    with pytest.raises(BackendError, match="unknown backend"):
+        Upscaler(model, backend="openvino")
+
+
+def test_nan_output_is_caught():
+    class Broken(Recording):
+        def run(self, tiles):
+            sr, b = super().run(tiles)
+            return sr * float("nan"), b
+
+    with pytest.raises(BackendError, match="NaN"):
+        Upscaler(Broken(), tile=16, overlap=2).upscale(np.zeros((20, 20, 3), np.uint8))
+
+
+def test_fp32_model_reports_32_bits(photo):
+    m = quantize(tiny("carn"), "fp32")
+    r = cadyq.Upscaler(m, device="cpu", tile=32, overlap=4).upscale(photo[:40, :40])
+    assert r.fqr == 32.0 and r.bit_map.shape[-1] == 18
