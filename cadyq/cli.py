@@ -61,6 +61,26 @@ def _progress(items, desc):
     return tqdm(items, desc=desc, unit="img", disable=len(items) < 2, file=sys.stderr)
 
 
+class _TileProgress:
+    """A tile-level bar for one image, shown once an image has more than one batch."""
+
+    def __init__(self, name: str):
+        self.name, self.bar = name, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if done >= total:
+                return
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.name, unit="tile", leave=False, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 # ---- upscale ------------------------------------------------------------------------------------
 def cmd_upscale(args) -> int:
     from .data.io import IMAGE_EXTENSIONS, Image, list_images, write_image
@@ -78,8 +98,10 @@ def cmd_upscale(args) -> int:
     report, failed = [], []
     for src in _progress(inputs, "upscale"):
         dst = out if single_file else out / f"{src.stem}_x{s}.png"
+        bar = _TileProgress(src.name)
         try:
-            r = up.upscale(src)
+            r = up.upscale(src, progress=bar)
+            bar.close()
             write_image(dst, r.image)
             entry = {"input": str(src), "output": str(dst), "lr_size": [r.grid.height, r.grid.width],
                      "sr_size": list(r.image.rgb.shape[:2]), "tiles": [r.grid.rows, r.grid.cols], "n_tiles": r.grid.n_tiles,
@@ -94,6 +116,7 @@ def cmd_upscale(args) -> int:
             print(f"{src.name}: {r.grid.height}x{r.grid.width} -> {dst}  tiles {r.grid.rows}x{r.grid.cols}  "
                   f"FQR {r.fqr:.2f}  BitOPs {r.bitops / 1e9:.2f} G  {r.timings['total']:.2f} s", file=sys.stderr)
         except CadyqError as e:
+            bar.close()
             failed.append(str(src))
             print(f"error: {e}", file=sys.stderr)
     if args.json:

@@ -31,3 +31,7 @@ class EngineError(BackendError):
 
 class ExportError(CadyqError):
     """A model cannot be exported to ONNX."""
+
+
+class TilingError(CadyqError, ValueError):
+    """Invalid tile size, overlap or protocol."""

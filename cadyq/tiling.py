@@ -30,13 +30,9 @@ from typing import Iterator
 
 import torch
 
-from cadyq.errors import CadyqError, ImageError, ModelError
+from .errors import ImageError, ModelError, TilingError
 
 PROTOCOLS = ("shift", "official")
-
-
-class TilingError(CadyqError, ValueError):
-    """Invalid tile size, overlap or protocol."""
 
 
 def _origins(size: int, tile: int, step: int, protocol: str) -> tuple[int, ...]:

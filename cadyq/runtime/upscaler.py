@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,12 +54,13 @@ class Upscaler:
     def scale(self) -> int:
         return self.backend.info.scale
 
-    def upscale(self, image) -> UpscaleResult:
-        """image: a path, an `Image`, or an HxWx3 uint8/uint16 array."""
+    def upscale(self, image, progress: Callable[[int, int], None] | None = None) -> UpscaleResult:
+        """image: a path, an `Image`, or an HxWx3 uint8/uint16 array. `progress(done, total)` is
+        called after each batch of tiles."""
         t0 = time.perf_counter()
         img = _as_image(image)
         t_decode = time.perf_counter() - t0
-        sr, bits, grid, timings = self._run(to_tensor(img.rgb), exact=img.bit_depth == 16)
+        sr, bits, grid, timings = self._run(to_tensor(img.rgb), exact=img.bit_depth == 16, progress=progress)
         alpha = None
         if img.alpha is not None:  # upscaled on its own, bicubic: the network is RGB only
             a = to_tensor(img.alpha[..., None])[None]
@@ -70,13 +72,14 @@ class Upscaler:
         timings = {"decode": t_decode, **timings, "total": time.perf_counter() - t0}
         return UpscaleResult(out, tile_map(grid, bits), mean_bits(bits), ops, grid, timings)
 
-    def _run(self, lr: torch.Tensor, exact: bool = False):
+    def _run(self, lr: torch.Tensor, exact: bool = False, progress=None):
         # 8-bit output is rounded per tile and stitched as uint8 (a quarter of the memory of float)
         grid = plan_tiles(lr.shape[1], lr.shape[2], self.tile, self.overlap, self.protocol)
         stitcher = Stitcher(grid, self.scale, channels=3, dtype=torch.float32 if exact else torch.uint8, device="cpu")
         bits = torch.empty(grid.n_tiles, self.backend.info.n_layers)
         dev = self.backend.device
         t_infer = t_stitch = 0.0
+        done = 0
         for idx, tiles in iter_batches(lr, grid, self.batch):
             t = time.perf_counter()
             sr, b = self.backend.run(tiles.to(dev, non_blocking=True).float())
@@ -89,6 +92,9 @@ class Upscaler:
             stitcher.add(idx, sr)
             bits[idx] = b.float().cpu()
             t_stitch += time.perf_counter() - t
+            done += len(idx)
+            if progress is not None:
+                progress(done, grid.n_tiles)
         return stitcher.result().float(), bits, grid, {"inference": t_infer, "stitch": t_stitch}
 
 
