@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cadyq.errors import ImageError
+from .errors import ImageError
 
 _Y_COEF = (65.481, 128.553, 24.966)
 
@@ -26,7 +26,7 @@ _Y_COEF = (65.481, 128.553, 24.966)
 def _as_tensor(img) -> torch.Tensor:
     """Any accepted layout -> float64 CPU tensor [C, H, W] (C = 1 or 3)."""
     if isinstance(img, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(img)).to(torch.float64)
+        t = torch.from_numpy(np.asarray(img, dtype=np.float64).copy())
         if t.dim() == 3 and t.shape[-1] in (1, 3):
             t = t.permute(2, 0, 1)
         elif t.dim() != 2:
