@@ -1,0 +1,167 @@
+"""The `cadyq::CADyQSelect` op: an ONNX model-local function, node helpers and a numpy reference.
+
+Per tile n (inputs x [N,C,H,W], g [N,2], W [K,C+2], b [K], a [K], attribute bits [K]):
+
+    sigma[n,c] = sqrt(sum_hw (x[n,c] - mean[n,c])^2 / (H*W - 1))         # unbiased, as torch.std
+    k          = argmax(W @ concat(g[n], sigma[n]) + b)                   # first max on ties
+    s          = 2^(bits[k] - 1) - 1
+    y[n]       = round(clamp(x[n], -a[k], a[k]) / a[k] * s) / s * a[k]   # round half to even
+    bits_out[n] = bits[k]
+
+The function body uses standard ONNX ops only, so ONNX Runtime and TensorRT run it with no plugin;
+nodes carry `plugin_namespace`/`plugin_version`, so the TensorRT ONNX parser takes a registered
+`CADyQSelect` plugin instead when one is loaded. Pure onnx + numpy (no torch).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, TensorProto, helper
+
+from cadyq.errors import ExportError
+
+DOMAIN = "cadyq"
+OP_TYPE = "CADyQSelect"
+OP_VERSION = 1
+PLUGIN_NAMESPACE = "cadyq"
+PLUGIN_VERSION = "1"
+MIN_OPSET = 15          # CastLike; ReduceSum/Unsqueeze take axes as inputs, ArgMax select_last_index
+MIN_IR_VERSION = 9      # FunctionProto.attribute_proto (defaults of the plugin attributes)
+INPUTS = ("x", "g", "W", "b", "a")
+OUTPUTS = ("y", "bits")
+
+
+def _check_bits(bits: Sequence[int]) -> list[int]:
+    bits = [int(v) for v in bits]
+    if not bits or any(v < 2 or v > 16 for v in bits):
+        raise ExportError(f"CADyQSelect needs 1+ bit-widths in [2, 16] (2^(b-1)-1 levels); got {bits}")
+    return bits
+
+
+def make_function(opset: int) -> onnx.FunctionProto:
+    """CADyQSelect as a FunctionProto in domain `cadyq` whose body uses standard ONNX ops (default domain at `opset`).
+
+    x (and g, W, b, a) may be float32 or float16: statistics, selector and quantization run in float32
+    (fp16 sums of squares over a 96x96 tile overflow), y is cast back to the type of x; bits is float32.
+    """
+    if opset < MIN_OPSET:
+        raise ExportError(f"CADyQSelect needs ONNX opset >= {MIN_OPSET}; export with opset_version={MIN_OPSET} or newer")
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    const = lambda out, dt, vals, dims: helper.make_node(  # noqa: E731
+        "Constant", [], [out], value=helper.make_tensor(out, dt, dims, vals))
+    # ReduceMean takes axes as an attribute before opset 18, as an input from 18 on.
+    mean = (helper.make_node("ReduceMean", ["xf", "hw_axes"], ["mean"], keepdims=1) if opset >= 18
+            else helper.make_node("ReduceMean", ["xf"], ["mean"], axes=[2, 3], keepdims=1))
+    bits_ints = helper.make_node("Constant", [], ["bits_i"])
+    bits_ints.attribute.append(AttributeProto(name="value_ints", ref_attr_name="bits", type=AttributeProto.INTS))
+    N = helper.make_node
+    nodes = [
+        const("hw_axes", i64, [2, 3], [2]), const("nchw_tail", i64, [1, 2, 3], [3]),
+        const("start2", i64, [2], [1]), const("end4", i64, [4], [1]),
+        const("one", f32, [1.0], []), const("two", f32, [2.0], []),
+        bits_ints, N("Cast", ["bits_i"], ["bits_f"], to=f32),
+        *(N("Cast", [v], [v + "f"], to=f32) for v in INPUTS),         # no-ops for float32 graphs
+        # sigma: unbiased per-channel std over H, W
+        mean, N("Sub", ["xf", "mean"], ["d"]), N("Mul", ["d", "d"], ["d2"]),
+        N("ReduceSum", ["d2", "hw_axes"], ["ss"], keepdims=0),
+        N("Shape", ["x"], ["shape"]), N("Slice", ["shape", "start2", "end4"], ["hw_dims"]),
+        N("ReduceProd", ["hw_dims"], ["hw"], keepdims=0), N("Cast", ["hw"], ["hw_f"], to=f32),
+        N("Sub", ["hw_f", "one"], ["hw1"]), N("Div", ["ss", "hw1"], ["var"]), N("Sqrt", ["var"], ["sigma"]),
+        # selector: logits = W @ [g, sigma] + b, k = first argmax
+        N("Concat", ["gf", "sigma"], ["feat"], axis=1),
+        N("Gemm", ["feat", "Wf", "bf"], ["logits"], transB=1),
+        N("ArgMax", ["logits"], ["k"], axis=1, keepdims=0, select_last_index=0),
+        # per-tile a_k, s_k = 2^(b_k-1) - 1 and the chosen bit-width
+        N("Sub", ["bits_f", "one"], ["bits_m1"]), N("Pow", ["two", "bits_m1"], ["levels"]),
+        N("Sub", ["levels", "one"], ["s_all"]),
+        N("Gather", ["af", "k"], ["a_n"], axis=0), N("Gather", ["s_all", "k"], ["s_n"], axis=0),
+        N("Gather", ["bits_f", "k"], ["bits"], axis=0),
+        N("Unsqueeze", ["a_n", "nchw_tail"], ["a4"]), N("Unsqueeze", ["s_n", "nchw_tail"], ["s4"]),
+        # y = round(clamp(x, -a, a) / a * s) / s * a
+        N("Neg", ["a4"], ["neg_a4"]), N("Max", ["xf", "neg_a4"], ["lo"]), N("Min", ["lo", "a4"], ["clamped"]),
+        N("Div", ["clamped", "a4"], ["unit"]), N("Mul", ["unit", "s4"], ["scaled"]), N("Round", ["scaled"], ["q"]),
+        N("Div", ["q", "s4"], ["deq"]), N("Mul", ["deq", "a4"], ["yf"]), N("CastLike", ["yf", "x"], ["y"]),
+    ]
+    return helper.make_function(
+        DOMAIN, OP_TYPE, list(INPUTS), list(OUTPUTS), nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=["bits"],
+        attribute_protos=[helper.make_attribute("plugin_namespace", PLUGIN_NAMESPACE),
+                          helper.make_attribute("plugin_version", PLUGIN_VERSION)],
+        doc_string="CADyQ bit selection + fake quantization per tile (see cadyq/export/op.py).",
+    )
+
+
+def make_select_node(inputs: Sequence[str], outputs: Sequence[str], bits: Sequence[int], name: str | None = None,
+                     plugin_namespace: str = PLUGIN_NAMESPACE, plugin_version: str = PLUGIN_VERSION) -> onnx.NodeProto:
+    """A `cadyq::CADyQSelect` node: inputs (x, g, W, b, a), outputs (y, bits)."""
+    if len(inputs) != 5 or len(outputs) != 2:
+        raise ExportError(f"CADyQSelect takes inputs (x, g, W, b, a) and outputs (y, bits); got {list(inputs)} -> {list(outputs)}")
+    return helper.make_node(OP_TYPE, list(inputs), list(outputs), name=name, domain=DOMAIN, bits=_check_bits(bits),
+                            plugin_namespace=plugin_namespace, plugin_version=plugin_version)
+
+
+def _select_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        if node.domain == DOMAIN and node.op_type == OP_TYPE:
+            yield node
+        for attr in node.attribute:  # nodes inside If/Loop/Scan bodies
+            for sub in ([attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)):
+                yield from _select_nodes(sub)
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ExportError("the model imports no default ONNX opset; build it with opset_imports=[('', 17)] or similar")
+
+
+def add_functions(model: onnx.ModelProto, plugin_namespace: str = PLUGIN_NAMESPACE) -> None:
+    """Make the `cadyq::CADyQSelect` nodes of `model` runnable anywhere, in place.
+
+    Adds the model-local function (replacing an older copy), the `cadyq` opset import, and the
+    `plugin_namespace`/`plugin_version` attributes on every node that lacks them.
+    """
+    nodes = list(_select_nodes(model.graph))
+    if not nodes:
+        return
+    for node in nodes:
+        attrs = {a.name: a for a in node.attribute}
+        if "bits" not in attrs:
+            raise ExportError(f"CADyQSelect node {node.name!r} has no 'bits' attribute; build it with make_select_node(..., bits=[4, 6, 8])")
+        _check_bits(attrs["bits"].ints)
+        if len(node.input) != 5 or len(node.output) != 2:
+            raise ExportError(f"CADyQSelect node {node.name!r} must have 5 inputs (x, g, W, b, a) and 2 outputs (y, bits)")
+        if "plugin_namespace" not in attrs:
+            node.attribute.append(helper.make_attribute("plugin_namespace", plugin_namespace))
+        if "plugin_version" not in attrs:
+            node.attribute.append(helper.make_attribute("plugin_version", PLUGIN_VERSION))
+    fn = make_function(_default_opset(model))
+    kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
+    del model.functions[:]
+    model.functions.extend(kept + [fn])
+    if not any(imp.domain == DOMAIN for imp in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, OP_VERSION))
+    model.ir_version = max(model.ir_version, MIN_IR_VERSION)
+
+
+def reference(x, g, W, b, a, bits) -> tuple[np.ndarray, np.ndarray]:
+    """numpy float32 reference, same order of operations as the ONNX body and the Triton kernel.
+
+    Inputs are converted to float32; for a float16 model compare with `y.astype(np.float16)`.
+    """
+    x, g, W, b, a = (np.asarray(t, dtype=np.float32) for t in (x, g, W, b, a))
+    bits_f = np.asarray(_check_bits(bits), dtype=np.float32)
+    hw = x.shape[2] * x.shape[3]
+    mean = x.mean(axis=(2, 3), keepdims=True, dtype=np.float32)
+    d = x - mean
+    sigma = np.sqrt((d * d).sum(axis=(2, 3), dtype=np.float32) / np.float32(hw - 1))
+    logits = np.concatenate([g, sigma], axis=1) @ W.T + b
+    k = logits.argmax(axis=1)                       # first max on ties
+    s = np.float32(2.0) ** (bits_f - np.float32(1.0)) - np.float32(1.0)
+    a4, s4 = a[k][:, None, None, None], s[k][:, None, None, None]
+    y = np.round(np.minimum(np.maximum(x, -a4), a4) / a4 * s4) / s4 * a4
+    return y.astype(np.float32), bits_f[k]
