@@ -118,6 +118,25 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, backbone: str 
     return model.to(device).eval()
 
 
+def load_model(name: str | Path | None = None, device: str | torch.device = "cpu", *, backbone: str | None = None,
+               scale: int | None = None, method: str | None = None) -> nn.Module:
+    """What a user names with --model: a checkpoint file, a zoo name, or None for the default model."""
+    from . import zoo
+
+    if name is None:
+        if zoo.DEFAULT_MODEL not in zoo.available():
+            raise CheckpointError(f"no model given and the default weights {zoo.DEFAULT_MODEL!r} are not shipped; pass --model")
+        name = zoo.DEFAULT_MODEL
+    path = Path(name)
+    if path.suffix in (".onnx", ".engine", ".plan"):
+        raise CheckpointError(f"{path}: this needs a checkpoint (.safetensors/.pt/.pth) or a zoo name, not a {path.suffix} file")
+    if path.exists():
+        return load(path, device, backbone=backbone, scale=scale, method=method)
+    if not path.suffix:
+        return zoo.load_pretrained(str(name)).to(device)
+    raise CheckpointError(f"{path}: no such checkpoint file")
+
+
 def transfer_state(dst: nn.Module, src: dict[str, torch.Tensor]) -> None:
     """Initialise `dst` from another method's state (fp32 -> pams8 -> cadyq): copies every tensor
     present in both; a single clip value fills all K candidates of a selector at the same site."""
@@ -143,7 +162,7 @@ def transfer_state(dst: nn.Module, src: dict[str, torch.Tensor]) -> None:
 _RULES = {
     "edsr": [
         (r"^body\.(\d+)\.(bitsel1|quant_act1)\.", r"body.\1.input_quant."),
-        (r"^body\.(\d+)\.quant_act3\.", r"body.\1.body.output_quant."),
+        (r"^body\.(\d+)\.quant_act3\.", r"body.\1.body_output_quant."),
         (r"^body\.(\d+)\.quant_act2\.", r"body.\1.body.2.input_quant."),
         (r"^body\.(\d+)\.body\.2\.(quant_bit\d|net_small|alpha|max_val)", r"body.\1.body.2.input_quant.\2"),
         (r"^body\.(\d+)\.body\.3\.", r"body.\1.body.2."),
@@ -227,7 +246,7 @@ def convert_state(state: dict[str, torch.Tensor], backbone: str, scale: int) -> 
         if m:
             alphas.setdefault(f"{m[1]}.alpha", {})[int(m[2])] = v.reshape(())
             continue
-        if key.endswith(".body.output_quant.alpha") or key.endswith("input_quant.alpha"):
+        if key.endswith("_output_quant.alpha") or key.endswith("input_quant.alpha"):
             v = v.reshape(1)
         out[key] = v
     for key, parts in alphas.items():

@@ -30,22 +30,13 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def _resolve_model(args):
     """What the Upscaler gets: a loaded nn.Module for checkpoints, the path for .onnx/.engine."""
-    from . import zoo
-    from .checkpoint import load
+    from .checkpoint import load_model
 
-    name = args.model
-    if name is None:
-        if zoo.DEFAULT_MODEL not in zoo.available():
-            raise CadyqError(f"no --model given and the default weights {zoo.DEFAULT_MODEL!r} are not shipped; pass --model")
-        name = zoo.DEFAULT_MODEL
-    path = Path(name)
-    if path.suffix in (".onnx", ".engine", ".plan"):
-        if not path.is_file():
-            raise CadyqError(f"{path}: no such model file")
-        return path
-    if not path.exists() and not path.suffix:
-        return zoo.load_pretrained(name)
-    return load(path, backbone=args.backbone, scale=args.scale, method=args.method)
+    if args.model is not None and Path(args.model).suffix in (".onnx", ".engine", ".plan"):
+        if not Path(args.model).is_file():
+            raise CadyqError(f"{args.model}: no such model file")
+        return Path(args.model)
+    return load_model(args.model, backbone=args.backbone, scale=args.scale, method=args.method)
 
 
 def _upscaler(args):
@@ -247,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional(sub, name: str, module: str) -> None:
-    """Verbs whose code lives with its subsystem: `add_<name>_arguments(parser)` and `run_<name>(args)`."""
+    """Verbs whose code lives with its subsystem: `add_<name>_arguments(parser)`, `run_<name>(args)` and a
+    one-line `HELP[name]`."""
     import importlib
 
     target = f"{__package__}.{module}"
@@ -258,7 +250,7 @@ def _add_optional(sub, name: str, module: str) -> None:
             return  # that subsystem is not part of this install
         raise
     add, run = getattr(mod, f"add_{name}_arguments"), getattr(mod, f"run_{name}")
-    sp = sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else None)
+    sp = sub.add_parser(name, help=getattr(mod, "HELP", {}).get(name))
     add(sp)
     sp.set_defaults(func=run)
 

@@ -92,7 +92,7 @@ def official_edsr_cadyq(model):
         else:
             if rest.startswith("body.2."):
                 out[f"body.{i}.body.3.{rest[7:]}"] = v
-            elif rest == "body.output_quant.alpha":
+            elif rest == "body_output_quant.alpha":
                 out[f"body.{i}.quant_act3.alpha"] = v
                 out[f"body.{i}.quant_act3.max_val"] = torch.tensor(1.0)
             else:

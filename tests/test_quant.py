@@ -171,3 +171,17 @@ def test_ablation_modes(mode, photo_tiles):
         assert (b == b[:1]).all() and b[0, :3].tolist() == [4.0, 6.0, 8.0]
     else:
         assert (b == 6).all()
+
+
+@pytest.mark.parametrize("name", ["edsr", "srresnet", "carn", "idn"])
+@pytest.mark.parametrize("method", ["pams8", "cadyq"])
+def test_every_quantizer_runs_once_per_forward(name, method, photo_tiles):
+    m = quantize(tiny(name), method).eval()
+    calls = {}
+    for path, q in m.named_modules():
+        if isinstance(q, (ActQuant, BitSelector)):
+            q.register_forward_hook(lambda mod, a, out, path=path: calls.__setitem__(path, calls.get(path, 0) + 1))
+    with torch.no_grad():
+        m(photo_tiles[:2])
+    assert calls and set(calls.values()) == {1}
+    assert len(calls) == sum(isinstance(q, (ActQuant, BitSelector)) for q in m.modules())

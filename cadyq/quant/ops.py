@@ -55,7 +55,7 @@ def tile_gradient(image: torch.Tensor, scale: float = GRADIENT_SCALE) -> torch.T
 
     Grayscale of image/255, normalized 3x3 Sobel (kernel/8) with replicate padding, as kornia's
     spatial_gradient(order=1) which the official code calls."""
-    gray = torch.einsum("nchw,c->nhw", image / 255.0, image.new_tensor(GRAY)).unsqueeze(1)
+    gray = (image / 255.0 * image.new_tensor(GRAY).view(1, 3, 1, 1)).sum(1, keepdim=True)
     kx = _SOBEL_X.to(image)
     kernel = torch.stack([kx, kx.t()]).unsqueeze(1)  # [2,1,3,3]: x then y
     grads = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kernel)

@@ -1,10 +1,12 @@
 """`quantize(model, method, bits)`: CADyQ as a transform of a plain backbone (torchao-style).
 
 The backbone's code is untouched: convs listed by the backbone's plan become QConv2d (same keys),
-and quantizers are attached as submodules `input_quant` / `output_quant` run by forward hooks."""
+and quantizers are attached as submodules (`input_quant` of the module whose input they quantize,
+`<name>_output_quant` beside a module whose output they quantize) run by forward hooks."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +57,8 @@ def _quantize_input(module, args):
     return (module.input_quant(args[0]),) + tuple(args[1:])
 
 
-def _quantize_output(module, args, output):
-    return module.output_quant(output)
+def _quantize_output(quantizer, module, args, output):
+    return quantizer(output)
 
 
 def _tile_state_hook(model, args):
@@ -108,15 +110,21 @@ def quantize(model: nn.Module, method: str = "cadyq", bits=(4, 6, 8), *, mode: s
     for site in plan.fixed_inputs:
         _attach_input(model.get_submodule(site.at), ActQuant(cfg.fixed_bits))
     for path in plan.fixed_outputs:
-        m = model.get_submodule(path)
-        m.output_quant = ActQuant(cfg.fixed_bits)
-        m.register_forward_hook(_quantize_output)
+        _attach_output(model, path, ActQuant(cfg.fixed_bits))
     return model
 
 
 def _attach_input(module: nn.Module, q: nn.Module) -> None:
     module.input_quant = q
     module.register_forward_pre_hook(_quantize_input)
+
+
+def _attach_output(model: nn.Module, path: str, q: nn.Module) -> None:
+    """The quantizer is owned by the parent as `<name>_output_quant`, not by the module itself: a
+    Sequential would run a child quantizer as one more layer."""
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, f"{name}_output_quant", q)
+    model.get_submodule(path).register_forward_hook(functools.partial(_quantize_output, q))
 
 
 def quant_config(model: nn.Module) -> QuantConfig:

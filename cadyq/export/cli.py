@@ -1,0 +1,298 @@
+"""ONNX export, graph checks and TensorRT engines (cadyq export | check | engine).
+
+    cadyq export --model M -o model.onnx [--tile 96] [--dtype fp32|fp16] [--opset 17]
+    cadyq check model.onnx [--against CKPT] [--tiles 16] [--image PATH]
+    cadyq engine model.onnx -o model.engine [--batch 1:16:64] [--plugin] [--fp16] [--workspace MB] [--cache-dir DIR]
+    cadyq engine --make --backbone edsr --scale 4 --method cadyq [--model CKPT] --tile 96 --batch 1:16:64 --out-dir build
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import CadyqError, CheckpointError, EngineError
+
+METHODS = ("fp32", "pams8", "cadyq")
+HELP = {"export": "export a checkpoint to ONNX (CADyQSelect op, INT8 weights)",
+        "check": "check an ONNX graph or engine; compare ONNX Runtime with torch",
+        "engine": "build a TensorRT / TensorRT-RTX engine (cached, with a JSON sidecar)"}
+
+
+def _warn(msg: str) -> None:
+    sys.stdout.flush()
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def _foreign_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", help="backbone of a foreign checkpoint when its keys cannot tell")
+    p.add_argument("--scale", type=int, help="scale of a foreign checkpoint when its keys cannot tell")
+    p.add_argument("--method", choices=METHODS, help="method of a foreign checkpoint")
+
+
+def _load_model(name, backbone=None, scale=None, method=None):
+    from ..checkpoint import load_model
+
+    return load_model(name, backbone=backbone, scale=scale, method=method)
+
+
+def _mb(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB"
+
+
+def _describe_onnx(path: Path) -> list[str]:
+    import onnx
+
+    from . import op
+
+    proto = onnx.load(str(path), load_external_data=False)
+
+    def shape(vi):
+        return f"{vi.name}[{','.join(d.dim_param or str(d.dim_value) for d in vi.type.tensor_type.shape.dim)}]"
+
+    n_sel = sum(1 for n in proto.graph.node if n.domain == op.DOMAIN and n.op_type == op.OP_TYPE)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    exp = json.loads(meta.get("cadyq.export", "{}"))
+    info = json.loads(meta.get("cadyq", "{}"))
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    return [f"wrote {path} ({_mb(path)})",
+            f"  model    {info.get('backbone')} x{info.get('scale')} {info.get('method')} bits {tuple(info.get('bits', ()))}",
+            f"  inputs   {', '.join(shape(v) for v in proto.graph.input)}",
+            f"  outputs  {', '.join(shape(v) for v in proto.graph.output)}",
+            f"  graph    {len(proto.graph.node)} nodes, {n_sel} CADyQSelect nodes "
+            f"(model-local function{'' if proto.functions else ' MISSING'}), opset {opset}, {exp.get('dtype', 'fp32')}"]
+
+
+# ---- export ---------------------------------------------------------------------------------------------
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = "Export a checkpoint to ONNX: input lr [N,3,T,T], outputs sr and bits, CADyQSelect nodes."
+    p.add_argument("--model", "-m", help="checkpoint (.safetensors, or a foreign .pt/.pth) or a zoo name "
+                                         "(default: the shipped default model)")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--tile", type=int, default=96, help="LR tile size of the graph input (default 96)")
+    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="compute dtype of the graph (default fp32)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--static-batch", action="store_true", help="batch fixed to 1 instead of dynamic")
+    _foreign_args(p)
+
+
+def run_export(args) -> int:
+    from .onnx_export import export_onnx
+
+    model = _load_model(args.model, args.backbone, args.scale, args.method)
+    path = export_onnx(model, args.output, tile=args.tile, dtype=args.dtype, opset=args.opset,
+                       dynamic_batch=not args.static_batch)
+    print("\n".join(_describe_onnx(Path(path))))
+    return 0
+
+
+# ---- check ----------------------------------------------------------------------------------------------
+
+def add_check_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Check an exported graph (ONNX checker, shapes, CADyQSelect, metadata); with --against, compare "
+                     "ONNX Runtime with torch on real photo tiles (exit 1 on a mismatch).")
+    p.add_argument("path", metavar="MODEL.onnx", help="an exported graph (or an .engine: its sidecar is checked)")
+    p.add_argument("--against", metavar="CKPT", help="also run the graph in ONNX Runtime and this checkpoint (or zoo "
+                                                     "name) in torch on real photo tiles, and compare")
+    p.add_argument("--tiles", type=int, default=16, help="number of photo tiles for --against (default 16)")
+    p.add_argument("--image", help="photo to cut the tiles from (default: scikit-image's astronaut)")
+    p.add_argument("--json", help="write the report as JSON")
+    _foreign_args(p)
+
+
+def photo_tiles(image, n: int, tile: int):
+    """n tiles of tile x tile from a photo, spread over it on a grid, float32 [n,3,t,t] in [0,255]."""
+    import numpy as np
+    import torch
+
+    if image is None:
+        from skimage import data
+
+        rgb = data.astronaut()
+    else:
+        from ..data.io import read_image
+
+        rgb = read_image(image).rgb
+    rgb = rgb.astype(np.float32) / (257.0 if rgb.dtype == np.uint16 else 1.0)
+    h, w = rgb.shape[:2]
+    if h < tile or w < tile:
+        raise CadyqError(f"the image is {w}x{h}, smaller than the graph's {tile}x{tile} tiles; pick a larger image")
+    if n < 1:
+        raise CadyqError("--tiles must be at least 1")
+    cols = int(np.ceil(np.sqrt(n * w / h)))
+    rows = int(np.ceil(n / cols))
+    ys = np.linspace(0, h - tile, rows).round().astype(int)
+    xs = np.linspace(0, w - tile, cols).round().astype(int)
+    pos = [(y, x) for y in ys for x in xs][:n]
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+    return torch.stack([t[:, y:y + tile, x:x + tile] for y, x in pos]).contiguous()
+
+
+def _check_engine(path: Path, args) -> int:
+    from ..export.engine import read_sidecar, sha256_file
+    from ..runtime.tensorrt_backend import check_sidecar
+
+    sc = read_sidecar(path)
+    info = check_sidecar(sc, path)
+    ok = sha256_file(path) == sc["engine_sha256"]
+    net = sc.get("network", {})
+    print(f"{path}: {'OK' if ok else 'FAILED: the engine file does not match its sidecar (corrupt or replaced)'}\n"
+          f"  model    {info.backbone} x{info.scale} {info.method} bits {info.bits}\n"
+          f"  builder  {sc['builder']['name']} {sc['builder']['version']}, target {sc['target']['tag']}\n"
+          f"  profile  tile {sc['tile']}, batch {':'.join(map(str, sc['batch']))}, {sc['precision']}, "
+          f"plugin {'yes' if sc['plugin'] else 'no'}; {net.get('n_layers')} layers")
+    if args.json:
+        _write_json(args.json, {"path": str(path), "ok": ok, "sidecar": sc})
+    return 0 if ok else 1
+
+
+def run_check(args) -> int:
+    from .check import check_graph, compare
+
+    path = Path(args.path)
+    if path.suffix in (".engine", ".plan"):
+        return _check_engine(path, args)
+    rep = check_graph(path)
+    print(rep)
+    out = {"graph": {k: v for k, v in vars(rep).items()}}
+    rc = 0 if rep.ok else 1
+    if args.against:
+        if not rep.ok:
+            _warn("the graph check failed; comparing anyway")
+        model = _load_model(args.against, args.backbone, args.scale, args.method)
+        tile = _graph_tile(path)
+        tiles = photo_tiles(args.image, args.tiles, tile)
+        report = compare(path, model, tiles)
+        print(report)
+        out["compare"] = report.to_dict()
+        rc = rc or (0 if report.passed else 1)
+    if args.json:
+        _write_json(args.json, out)
+    return rc
+
+
+def _graph_tile(path: Path) -> int:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or not dims[2].dim_value:
+        raise CadyqError(f"{path}: the input is not [N,3,T,T] with a fixed tile; re-export with `cadyq export --tile`")
+    return int(dims[2].dim_value)
+
+
+def _write_json(path, obj) -> None:
+    from ..checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str)))
+
+
+# ---- engine ---------------------------------------------------------------------------------------------
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    from .engine import DEFAULT_WORKSPACE_MB
+
+    p.description = ("Build a TensorRT engine (full TensorRT when installed, else TensorRT-RTX, which builds without "
+                     "a GPU) from an exported graph, or export and build in one go with --make.")
+    p.add_argument("onnx", nargs="?", metavar="MODEL.onnx", help="the exported graph (not with --make)")
+    p.add_argument("-o", "--output", help="engine file (default: MODEL.engine next to the graph)")
+    p.add_argument("--batch", default="1:16:64", help="tiles per run, MIN:OPT:MAX of the profile (default 1:16:64)")
+    p.add_argument("--plugin", action="store_true",
+                   help="import CADyQSelect as the registered plugin (default: its standard-op function body)")
+    p.add_argument("--fp16", action="store_true", help="fp16 engine (--make exports an fp16 graph; TensorRT 10 "
+                                                       "also takes an fp32 graph with this flag)")
+    p.add_argument("--workspace", type=int, default=DEFAULT_WORKSPACE_MB, metavar="MB",
+                   help="builder workspace limit in MB (default: the builder's; TensorRT-RTX counts the activation "
+                        "memory of the largest batch against it)")
+    p.add_argument("--cache-dir", help="engine cache: reuse an engine built before for the same graph, builder, "
+                                       "target and shapes")
+    p.add_argument("--rebuild", action="store_true", help="build even when the cache has the engine")
+    p.add_argument("--target", help="TensorRT-RTX compute capabilities, comma-separated (e.g. sm86,sm89; "
+                                    "'current' = this GPU; default 8.0,8.6,8.9,12.0)")
+    p.add_argument("--json", help="write the engine's description as JSON")
+    g = p.add_argument_group("--make: export a model and build its engine in one go (the `make engine` target)")
+    g.add_argument("--make", action="store_true", help="export --model (or the shipped weights of "
+                                                       "--backbone/--scale/--method) to --out-dir, then build")
+    g.add_argument("--model", "-m", help="checkpoint or zoo name (default: shipped <backbone>-<method>-x<scale> "
+                                         "weights, else a freshly initialised model)")
+    g.add_argument("--backbone", help="backbone (default edsr; also the hint for foreign checkpoints)")
+    g.add_argument("--scale", type=int, help="scale (default 4)")
+    g.add_argument("--method", choices=METHODS, help="quantization method (default cadyq)")
+    g.add_argument("--tile", type=int, default=96, help="LR tile size (default 96)")
+    g.add_argument("--dtype", choices=("fp32", "fp16"), help="graph dtype (default fp32, fp16 with --fp16)")
+    g.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    g.add_argument("--out-dir", default="build", help="folder for the .onnx and the .engine (default build)")
+
+
+def _targets(args):
+    return [t.strip() for t in args.target.split(",") if t.strip()] if args.target else None
+
+
+def _make_model(args):
+    """The model `--make` exports, and its name tag."""
+    from .. import zoo
+    from ..models import canonical_name, create_model
+    from ..quant import quant_config, quantize
+
+    backbone, scale, method = args.backbone or "edsr", args.scale or 4, args.method or "cadyq"
+    if args.model:
+        model = _load_model(args.model, args.backbone, args.scale, args.method)
+        got = (model.config.name, model.config.scale, quant_config(model).method)
+        asked = (canonical_name(args.backbone) if args.backbone else got[0], args.scale or got[1], args.method or got[2])
+        if got != asked:
+            raise CadyqError(f"--model {args.model} is a {got[0]} x{got[1]} {got[2]} model, but --backbone/--scale/--method "
+                             f"ask for {asked[0]} x{asked[1]} {asked[2]}; pass matching values or leave them out")
+        return model, f"{got[0]}-{got[2]}-x{got[1]}"
+    backbone = canonical_name(backbone)
+    name = f"{backbone}-{method}-x{scale}"
+    if name in zoo.available():
+        return zoo.load_pretrained(name), name
+    _warn(f"no shipped weights {name!r} (shipped: {', '.join(zoo.available()) or 'none'}): building from a freshly "
+          f"initialised {backbone} x{scale} {method} model, whose outputs are meaningless; pass --model CKPT "
+          "for real weights")
+    return quantize(create_model(backbone, scale=scale), method).eval(), name
+
+
+def run_engine(args) -> int:
+    from .engine import build_engine
+
+    if args.make:
+        if args.onnx:
+            raise CadyqError("--make exports the graph itself; give either MODEL.onnx or --make, not both")
+        from .onnx_export import export_onnx
+
+        model, tag = _make_model(args)
+        dtype = args.dtype or ("fp16" if args.fp16 else "fp32")
+        out = Path(args.out_dir)
+        onnx_path = export_onnx(model, out / f"{tag}-t{args.tile}-{dtype}.onnx", tile=args.tile, dtype=dtype,
+                                opset=args.opset)
+        print("\n".join(_describe_onnx(Path(onnx_path))))
+        b = "_".join(str(v) for v in _batch(args.batch))
+        engine_path = Path(args.output) if args.output else out / f"{tag}-t{args.tile}-b{b}-{dtype}{'-plugin' if args.plugin else ''}.engine"
+    else:
+        if not args.onnx:
+            raise CadyqError("give the exported graph (`cadyq engine MODEL.onnx -o MODEL.engine`) or --make")
+        for flag in ("model", "backbone", "scale", "method", "dtype"):
+            if getattr(args, flag):
+                raise CadyqError(f"--{flag} goes with --make; to build from a checkpoint use `cadyq engine --make --model CKPT`")
+        onnx_path = Path(args.onnx)
+        engine_path = Path(args.output) if args.output else onnx_path.with_suffix(".engine")
+    if engine_path.suffix not in (".engine", ".plan"):
+        raise EngineError(f"{engine_path}: name the engine file *.engine (or *.plan) so backends recognise it")
+    info = build_engine(onnx_path, engine_path, batch=args.batch, plugin=args.plugin, fp16=args.fp16,
+                        workspace_mb=args.workspace, cache_dir=args.cache_dir, targets=_targets(args),
+                        rebuild=args.rebuild)
+    if args.plugin and not info.plugin:
+        _warn(f"{onnx_path} has no CADyQSelect nodes ({info.model['method']} model): --plugin has nothing to replace")
+    print(f"wrote {info}")
+    if args.json:
+        _write_json(args.json, info.to_dict())
+    return 0
+
+
+def _batch(text):
+    from .engine import parse_batch
+
+    return parse_batch(text)

@@ -1,0 +1,312 @@
+"""ONNX export: graph structure, INT8 weights, metadata, fp16, atomic writes, check_graph/compare,
+and the onnxruntime backend. Small backbones (conftest.tiny) and 24 px tiles keep it fast."""
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import tiny
+
+from cadyq import quantize
+from cadyq.errors import BackendError, CadyqError, ExportError
+from cadyq.export import export_onnx, op, weight_dequant_error
+from cadyq.export.check import check_graph, compare
+from cadyq.quant import ModelInfo, QConv2d, observe, selected_bits
+
+BACKBONES = ("edsr", "srresnet", "carn", "idn")
+METHODS = ("fp32", "pams8", "cadyq")
+TILE = 24
+
+
+def _model(name, method, seed=0):
+    torch.manual_seed(seed)
+    m = quantize(tiny(name), method).eval()
+    if method != "fp32":
+        with torch.no_grad(), observe(m):
+            m(torch.rand(4, 3, TILE, TILE) * 255)
+    return m
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small tensors on 2 shared cores: one torch thread is ~10x faster than oversubscribed ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+_CACHE = {}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(name, method, dtype) -> (model, path), exported once per module."""
+    root = tmp_path_factory.mktemp("onnx")
+
+    def get(name, method, dtype="fp32"):
+        key = (name, method, dtype)
+        if key not in _CACHE:
+            m = _model(name, method)
+            _CACHE[key] = (m, export_onnx(m, root / f"{name}_{method}_{dtype}.onnx", tile=TILE, dtype=dtype))
+        return _CACHE[key]
+    yield get
+    _CACHE.clear()
+
+
+def _ort(path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _dims(vi):
+    return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", BACKBONES)
+def test_graph_structure(exported, name, method):
+    m, path = exported(name, method)
+    rep = check_graph(path)
+    assert rep.ok, str(rep)
+    proto = onnx.load(str(path))
+    info = ModelInfo.from_model(m)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert ModelInfo.from_dict(json.loads(meta["cadyq"])) == info
+    assert json.loads(meta["cadyq.export"])["tile"] == TILE
+    s, L = m.config.scale, info.n_layers
+    g = proto.graph
+    assert [i.name for i in g.input] == ["lr"] and [o.name for o in g.output] == ["sr", "bits"]
+    assert _dims(g.input[0]) == ["N", 3, TILE, TILE]
+    assert _dims(g.output[0]) == ["N", 3, TILE * s, TILE * s]
+    assert _dims(g.output[1]) == ["N", L]
+    assert "[0,255]" in g.doc_string and "[0,255]" in g.input[0].doc_string
+    ops = [n.op_type for n in g.node]
+    assert rep.n_select == (L if method == "cadyq" else 0) == ops.count("CADyQSelect")
+    assert not any(n.domain == "cadyq_export" for n in g.node)
+    if method == "cadyq":  # the tile gradient: standard ops computed from the input, inside the graph
+        assert {"Pad", "Abs", "ReduceMean"} <= set(ops)
+    qconvs = [n for n, c in m.named_modules() if isinstance(c, QConv2d)]
+    inits = {t.name: t for t in g.initializer}
+    assert ops.count("DequantizeLinear") == len(qconvs)
+    for c in qconvs:
+        assert inits[f"{c}.weight_q"].data_type == onnx.TensorProto.INT8
+        assert f"model.{c}.weight" not in inits  # no float copy of a quantized weight
+    if method == "pams8" and name == "edsr":  # fixed-bit PAMS quantizers: standard ops, round half to even
+        assert {"Round", "Min", "Max"} <= set(ops)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_int8_weights_are_bit_exact(exported, name):
+    m, path = exported(name, "cadyq")
+    errs = weight_dequant_error(path, m)
+    assert errs and set(errs.values()) == {0}, errs
+
+
+def test_fused_dq_weights_within_two_ulp(tmp_path):
+    m = _model("carn", "pams8")
+    path = export_onnx(m, tmp_path / "fused.onnx", tile=TILE, exact_weights=False)
+    proto = onnx.load(str(path))
+    consumers = {i: n.op_type for n in proto.graph.node for i in n.input}
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    assert dq and all(consumers[n.output[0]] == "Conv" for n in dq)  # the TensorRT Q/DQ weight pattern
+    errs = weight_dequant_error(path, m)
+    assert max(errs.values()) <= 2, errs
+
+
+def test_cadyq_select_nodes_and_function(exported):
+    m, path = exported("srresnet", "cadyq")
+    proto = onnx.load(str(path))
+    assert any(f.domain == op.DOMAIN and f.name == op.OP_TYPE for f in proto.functions)
+    assert any(o.domain == op.DOMAIN for o in proto.opset_import)
+    for n in proto.graph.node:
+        if n.op_type == op.OP_TYPE:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            assert n.domain == op.DOMAIN and list(attrs["bits"]) == [4, 6, 8]
+            assert attrs["plugin_namespace"] == b"cadyq" and attrs["plugin_version"] == b"1"
+
+
+@pytest.mark.parametrize("method, expected", [("fp32", 32.0), ("pams8", 8.0)])
+def test_fixed_bits_output(exported, method, expected):
+    m, path = exported("idn", method)
+    x = torch.rand(3, 3, TILE, TILE) * 255
+    sr, bits = _ort(path).run(None, {"lr": x.numpy()})
+    assert bits.shape == (3, ModelInfo.from_model(m).n_layers) and (bits == expected).all()
+    with torch.no_grad():
+        ref = m(x)
+    assert np.abs(sr - ref.numpy()).max() < (1e-2 if method == "fp32" else 1.0)
+
+
+def test_dynamic_and_static_batch(exported, tmp_path):
+    m, path = exported("edsr", "cadyq")
+    sess = _ort(path)
+    for n in (1, 5):
+        sr, bits = sess.run(None, {"lr": (torch.rand(n, 3, TILE, TILE) * 255).numpy()})
+        assert sr.shape == (n, 3, 2 * TILE, 2 * TILE) and bits.shape == (n, 4)
+    static = export_onnx(m, tmp_path / "static.onnx", tile=TILE, dynamic_batch=False)
+    g = onnx.load(str(static)).graph
+    assert _dims(g.input[0]) == [1, 3, TILE, TILE] and _dims(g.output[1]) == [1, 4]
+
+
+def test_fp16_export(exported, photo_tiles):
+    m, path = exported("carn", "cadyq", "fp16")
+    rep = check_graph(path)
+    assert rep.ok, str(rep)
+    g = onnx.load(str(path)).graph
+    f16 = onnx.TensorProto.FLOAT16
+    assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O
+    assert g.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    types = {v.name: v.type.tensor_type.elem_type for v in g.value_info}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    sobel = convs[0]  # the tile gradient, fp32
+    assert types[sobel.output[0]] == onnx.TensorProto.FLOAT
+    assert all(types[c.output[0]] == f16 for c in convs[1:])
+    sel = [n for n in g.node if n.op_type == "CADyQSelect"]
+    assert all(types[n.input[0]] == onnx.TensorProto.FLOAT for n in sel)  # selection in fp32
+    report = compare(path, m, photo_tiles)
+    assert not report.local_failures and not report.unexplained, str(report)
+    assert report.bit_agreement >= 0.98 and report.sr_mean_abs < 0.5, str(report)
+
+
+def test_atomic_write_and_errors(tmp_path):
+    m = _model("edsr", "pams8")
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"old")
+    with pytest.raises(ExportError, match="dtype"):
+        export_onnx(m, target, tile=TILE, dtype="int4")
+    assert target.read_bytes() == b"old"  # a failed export leaves the old file alone
+    export_onnx(m, target, tile=TILE)
+    assert onnx.load(str(target)).graph.name.startswith("cadyq_edsr")
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]  # no temporary files left behind
+    with pytest.raises(ExportError, match="opset"):
+        export_onnx(m, tmp_path / "x.onnx", tile=TILE, opset=11)
+    with pytest.raises(ExportError):
+        export_onnx(torch.nn.Conv2d(3, 3, 3), tmp_path / "x.onnx", tile=TILE)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_leaves_the_model_untouched():
+    m = _model("edsr", "cadyq")
+    x = torch.rand(2, 3, TILE, TILE) * 255
+    with torch.no_grad():
+        before, bits_before = m(x), selected_bits(m)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        export_onnx(m, os.path.join(d, "m.onnx"), tile=TILE, dtype="fp16")
+    with torch.no_grad():
+        after = m(x)
+    assert torch.equal(before, after) and torch.equal(bits_before, selected_bits(m))
+    assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
+
+
+# --- check_graph / compare ------------------------------------------------------------------------
+
+def test_check_graph_flags_a_foreign_model(tmp_path):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    rep = check_graph(path)
+    assert not rep.ok and any("metadata" in p for p in rep.problems)
+    with pytest.raises(CadyqError, match="metadata"):
+        compare(path, _model("edsr", "fp32"), torch.zeros(1, 3, TILE, TILE))
+    with pytest.raises(CadyqError):
+        check_graph(tmp_path / "missing.onnx")
+
+
+def test_compare_passes_and_prints(exported, photo_tiles):
+    m, path = exported("idn", "cadyq")
+    rep = compare(path, m, photo_tiles)
+    assert rep.passed, str(rep)
+    assert rep.n_decisions == 16 * ModelInfo.from_model(m).n_layers
+    text = str(rep)
+    assert "PASS" in text and "agree" in text and "first diverging layer" in text
+    assert rep.bisected_tiles and rep.first_local_mismatch is None
+    with pytest.raises(CadyqError, match="holds"):
+        compare(path, _model("idn", "pams8"), photo_tiles)
+
+
+@pytest.mark.parametrize("what", ["alpha", "weight_scale"])
+def test_compare_names_the_first_diverging_layer(exported, photo_tiles, tmp_path, what):
+    """Break one quantizer's clip value / one conv's weight scale in the graph: compare must fail
+    and name that module as the first diverging layer."""
+    m, path = exported("edsr", "pams8")
+    proto = onnx.load(str(path))
+    target = "body.1.body.0" if what == "weight_scale" else "body.1.body_output_quant"
+    name = f"{target}.weight_scale" if what == "weight_scale" else f"model.{target}.alpha"
+    inits = {t.name: t for t in proto.graph.initializer}
+    if name not in inits:  # the exporter may have shared an identical alpha: find it through the Min node
+        mins = [n for n in proto.graph.node if n.op_type == "Min" and n.name.startswith("/model/body/body.1/body_output_quant")]
+        name = mins[0].input[1]
+    t = inits[name]
+    arr = onnx.numpy_helper.to_array(t) * 1.5
+    t.CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    rep = compare(broken, m, photo_tiles)
+    assert not rep.passed
+    assert rep.first_local_mismatch is not None and rep.first_local_mismatch.startswith(target), str(rep)
+    assert rep.first_divergent is not None and rep.first_divergent.startswith(target), str(rep)
+    assert "FAIL" in str(rep)
+
+
+# --- the onnxruntime backend ------------------------------------------------------------------------
+
+def test_onnxruntime_backend(exported, photo_tiles):
+    from cadyq.runtime.backend import create_backend
+    from cadyq.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    m, path = exported("carn", "cadyq")
+    be = create_backend("auto", path, "cpu")
+    assert isinstance(be, OnnxRuntimeBackend) and be.name == "onnxruntime"
+    assert be.info == ModelInfo.from_model(m) and be.tile_sizes == (TILE, TILE) and be.max_batch is None
+    assert be.device == torch.device("cpu") and be.providers[0] == "CPUExecutionProvider"
+    sr, bits = be.run(photo_tiles[:5])
+    assert sr.dtype == bits.dtype == torch.float32
+    assert sr.shape == (5, 3, 2 * TILE, 2 * TILE) and bits.shape == (5, be.info.n_layers)
+    with torch.no_grad():
+        ref = m(photo_tiles[:5])
+    assert (bits == selected_bits(m)).float().mean() > 0.95
+    assert (sr - ref).abs().mean() < 0.5
+    with pytest.raises(BackendError, match="tiles"):
+        be.run(torch.zeros(1, 3, TILE + 8, TILE))
+
+
+def test_onnxruntime_backend_fp32_bits_and_module_input():
+    from cadyq.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    m = _model("srresnet", "fp32")
+    be = OnnxRuntimeBackend(m, "cpu")  # an nn.Module is exported first (tile 96)
+    assert be.tile_sizes == (96, 96)
+    sr, bits = be.run(torch.rand(2, 3, 96, 96) * 255)
+    assert sr.shape == (2, 3, 192, 192) and (bits == 32).all() and bits.shape == (2, be.info.n_layers)
+
+
+def test_onnxruntime_backend_refuses_foreign_files(tmp_path):
+    from onnx import TensorProto, helper
+
+    from cadyq.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    g = helper.make_graph([helper.make_node("Relu", ["lr"], ["sr"])], "g",
+                          [helper.make_tensor_value_info("lr", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["N", 3, 8, 8])])
+    plain = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(plain))
+    with pytest.raises(BackendError, match="not a cadyq export"):
+        OnnxRuntimeBackend(plain, "cpu")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not onnx at all")
+    with pytest.raises(BackendError):
+        OnnxRuntimeBackend(junk, "cpu")
+    with pytest.raises(BackendError, match="no such"):
+        OnnxRuntimeBackend(tmp_path / "missing.onnx", "cpu")
