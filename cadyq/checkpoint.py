@@ -43,6 +43,9 @@ def atomic_write(path: str | Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -123,10 +126,7 @@ def load_model(name: str | Path | None = None, device: str | torch.device = "cpu
     """What a user names with --model: a checkpoint file, a zoo name, or None for the default model."""
     from . import zoo
 
-    if name is None:
-        if zoo.DEFAULT_MODEL not in zoo.available():
-            raise CheckpointError(f"no model given and the default weights {zoo.DEFAULT_MODEL!r} are not shipped; pass --model")
-        name = zoo.DEFAULT_MODEL
+    name = zoo.default_name() if name is None else name
     path = Path(name)
     if path.suffix in (".onnx", ".engine", ".plan"):
         raise CheckpointError(f"{path}: this needs a checkpoint (.safetensors/.pt/.pth) or a zoo name, not a {path.suffix} file")

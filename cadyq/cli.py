@@ -30,8 +30,12 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def _resolve_model(args):
     """What the Upscaler gets: a loaded nn.Module for checkpoints, the path for .onnx/.engine."""
+    from . import zoo
     from .checkpoint import load_model
 
+    if args.model is None and zoo.default_name() != zoo.DEFAULT_MODEL:
+        print(f"warning: no --model: using {zoo.default_name()}, a small model trained on a CPU for demonstration "
+              f"({zoo.DEFAULT_MODEL} is not shipped in this release; see cadyq/zoo/MODEL_CARD.md)", file=sys.stderr)
     if args.model is not None and Path(args.model).suffix in (".onnx", ".engine", ".plan"):
         if not Path(args.model).is_file():
             raise CadyqError(f"{args.model}: no such model file")

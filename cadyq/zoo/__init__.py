@@ -8,11 +8,21 @@ import torch.nn as nn
 from ..errors import ModelError
 
 ZOO_DIR = Path(__file__).parent
-DEFAULT_MODEL = "edsr-cadyq-x4"
+DEFAULT_MODEL = "edsr-cadyq-x4"  # GPU-trained EDSR-baseline CADyQ x4; not shipped in this release
+CPU_DEMO_MODELS = ("edsr-tiny-cadyq-x4-cpu", "edsr-tiny-cadyq-x2-cpu")  # trained on a CPU in minutes
 
 
 def available() -> list[str]:
     return sorted(p.stem for p in ZOO_DIR.glob("*.safetensors"))
+
+
+def default_name() -> str:
+    """The model used when none is named: DEFAULT_MODEL, else the first shipped CPU demo model."""
+    have = available()
+    for name in (DEFAULT_MODEL, *CPU_DEMO_MODELS):
+        if name in have:
+            return name
+    raise ModelError(f"no default weights are shipped (looked for {DEFAULT_MODEL}); pass --model")
 
 
 def path_of(name: str) -> Path:

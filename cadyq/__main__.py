@@ -1,0 +1,5 @@
+"""`python -m cadyq ...` and `torchrun -m cadyq train ...`."""
+from cadyq.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
