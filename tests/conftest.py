@@ -27,3 +27,26 @@ def tiny(name: str, scale: int = 2):
           "carn": dict(n_feats=16), "idn": dict(n_feats=16, d=4, n_blocks=1)}[name]
     torch.manual_seed(0)
     return create_model(name, scale=scale, **kw)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, photo_tiles):
+    """A small CADyQ EDSR x2 checkpoint with calibrated clip values."""
+    from cadyq import save
+    from cadyq.quant import observe, quantize
+
+    m = quantize(tiny("edsr"), "cadyq")
+    with torch.no_grad(), observe(m):
+        m(photo_tiles)
+    path = tmp_path_factory.mktemp("ckpt") / "edsr_cadyq.safetensors"
+    save(m, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors on 2 shared cores: one torch thread is ~10x faster than oversubscribed ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

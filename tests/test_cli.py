@@ -2,24 +2,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from conftest import tiny
 from PIL import Image as PILImage
 
-import cadyq
 from cadyq.cli import main
 from cadyq.metrics import psnr
-from cadyq.quant import observe, quantize
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, photo_tiles):
-    m = quantize(tiny("edsr"), "cadyq")
-    with torch.no_grad(), observe(m):
-        m(photo_tiles)
-    path = tmp_path_factory.mktemp("ckpt") / "edsr_cadyq.safetensors"
-    cadyq.save(m, path)
-    return path
 
 
 def test_upscale_folder_with_a_bad_file(ckpt, photo, tmp_path, capsys):

@@ -26,16 +26,6 @@ needs_builder = pytest.mark.skipif(not have_builder(), reason="no TensorRT / Ten
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, photo_tiles):
-    m = quantize(tiny("edsr"), "cadyq")
-    with torch.no_grad(), observe(m):
-        m(photo_tiles)
-    path = tmp_path_factory.mktemp("ckpt") / "edsr_cadyq.safetensors"
-    cadyq.save(m, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def graph(ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "edsr.onnx"
     assert main(["export", "--model", str(ckpt), "-o", str(out), "--tile", "24"]) == 0

@@ -45,13 +45,7 @@ TOL_FULL = {"fp32": Tolerances(sr_mean=1e-3, sr_max=1e-2),
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tensors on 2 shared cores: one torch thread is ~10x faster than oversubscribed ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def photo_tiles(n: int, size: int, seed: int = 0) -> torch.Tensor:
     """n random crops of size x size from scikit-image's astronaut, chelsea and coffee photos."""

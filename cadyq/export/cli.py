@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import CadyqError, CheckpointError, EngineError
+from ..errors import CadyqError, EngineError
 
 METHODS = ("fp32", "pams8", "cadyq")
 HELP = {"export": "export a checkpoint to ONNX (CADyQSelect op, INT8 weights)",

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..errors import ModelError
 from .ops import tile_gradient
-from .plans import QuantPlan, plan_for
+from .plans import plan_for
 from .quantizers import ActQuant, BitSelector, QConv2d, TileState
 
 METHODS = ("fp32", "pams8", "cadyq")
