@@ -176,3 +176,22 @@ def test_python_m_cadyq_train_help():
                        timeout=120)
     assert p.returncode == 0, p.stderr
     assert "--resume" in p.stdout and "--w-bit" in p.stdout
+
+
+def test_warm_start_leaves_batchnorm_statistics(runs, tmp_path):
+    from cadyq import create_model, save
+
+    fp = create_model("srresnet", 2, n_resblocks=1, n_feats=8)
+    with torch.no_grad():
+        for m in fp.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    save(fp.eval(), tmp_path / "fp.safetensors")
+    t = Trainer(cfg(runs, tmp_path / "p8", method="pams8", backbone="srresnet", arch={}, init=str(tmp_path / "fp.safetensors"),
+                    observe_batches=2, iters=1))
+    own = t.model.state_dict()
+    stats = [k for k in fp.state_dict() if "running_" in k]
+    assert stats
+    for k in stats:
+        assert torch.equal(fp.state_dict()[k], own[k]), k

@@ -320,10 +320,11 @@ class Trainer:
         """PAMS warm start: every clip value becomes the mean observed max |x| over a few batches."""
         n = self.cfg.observe_batches
         loader = make_loader(self.dataset, self.cfg.batch, 0, n, self.dist.rank, self.dist.world, workers=0)
-        self.model.train()
+        self.model.eval()  # calibration must not move BatchNorm running statistics
         with observe(self.model):
             for lr, _ in loader:
                 self.model(lr.to(self.device).float())
+        self.model.train()
         self.log(f"clip values initialised from {n} batches (observe)")
 
     def dataset_batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
