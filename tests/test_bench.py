@@ -1,0 +1,191 @@
+"""`cadyq bench`: report fields, percentile order, iteration counts, baselines with the same weights,
+JSON, argument errors. Tiny settings (24-px tiles, batches of 2): no timing assertions."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from cadyq.bench import (
+    BenchError,
+    BenchSettings,
+    benchmark,
+    build_baseline,
+    latency_stats,
+    make_configs,
+)
+from cadyq.checkpoint import load_model
+from cadyq.cli import build_parser, main
+from cadyq.errors import CadyqError
+
+ZOO = "edsr-tiny-cadyq-x2-cpu"
+TINY = BenchSettings(tile=24, overlap=4, batch=2, warmup=1, iterations=3)
+ORDER = ("min", "median", "p90", "p95", "p99", "max")
+
+
+@pytest.fixture(scope="module")
+def hr(photo):
+    return np.ascontiguousarray(photo[200:264, 150:214])  # 64x64 HR -> 32x32 LR: 4 tiles of 24
+
+
+@pytest.fixture(scope="module")
+def report(hr, one_torch_thread):
+    return benchmark(ZOO, ["fp32", "pams8", "fp16"], "torch", "cpu", TINY, image=hr)
+
+
+def test_report_fields_and_order(report):
+    rows = report["results"]
+    assert [r["label"] for r in rows] == [ZOO, "fp32", "pams8"]
+    assert report["skipped"] == [{"label": "fp16", "reason": report["skipped"][0]["reason"]}]
+    assert "CUDA only" in report["skipped"][0]["reason"]
+    for r in rows:
+        lat = r["latency_ms"]
+        assert [lat[k] for k in ORDER] == sorted(lat[k] for k in ORDER)
+        assert lat["min"] <= lat["mean"] <= lat["max"]
+        assert r["iterations"] == 3 and len(r["times_ms"]["latency"]) == 3 and r["batch"] == 2
+        t = r["throughput"]
+        assert t["sr_mpix_per_s"] == pytest.approx(t["lr_mpix_per_s"] * 4) and t["tiles_per_s"] > 0
+        im = r["image"]
+        assert im["lr_size"] == [32, 32] and im["sr_size"] == [64, 64] and im["n_tiles"] == 4
+        for k in ("end_to_end_s", "fqr", "bitops_g", "bitops_g_per_sr_mpix", "psnr", "ssim", "psnr_bicubic"):
+            assert np.isfinite(im[k])
+        assert im["psnr_gain_db"] == pytest.approx(im["psnr"] - im["psnr_bicubic"])
+        assert im["bitops_g_per_sr_mpix"] == pytest.approx(im["bitops_g"] / (64 * 64 / 1e6))
+        assert set(r["vs_first"]) >= {"throughput_x", "end_to_end_speed_x", "bitops_x", "psnr_delta_db"}
+    assert rows[0]["vs_first"]["throughput_x"] == 1.0 and rows[0]["vs_first"]["psnr_delta_db"] == 0.0
+    fp32, pams8 = rows[1]["image"], rows[2]["image"]
+    assert fp32["fqr"] == 32.0 and pams8["fqr"] == 8.0 and 4.0 <= rows[0]["image"]["fqr"] <= 8.0
+    assert fp32["bitops_g"] == pytest.approx(fp32["flops_g"])  # 32-bit BitOPs are FLOPs
+    assert pams8["bitops_g"] == pytest.approx(fp32["bitops_g"] / 16)  # 8x8 vs 32x32 bits
+    m = report["machine"]
+    assert m["torch"] == torch.__version__ and m["device"] == "cpu" and m["cpu"] and "onnxruntime" in m
+    assert report["settings"]["iterations"] == 3 and report["image"]["hr_size"] == [64, 64]
+
+
+def test_percentiles_are_ordered():
+    st = latency_stats(np.random.default_rng(0).exponential(5.0, 57))
+    assert [st[k] for k in ORDER] == sorted(st[k] for k in ORDER)
+    assert latency_stats([2.0])["p99"] == 2.0
+    with pytest.raises(BenchError):
+        latency_stats([])
+
+
+def test_baselines_have_the_same_weights(one_torch_thread, photo_tiles):
+    from safetensors.torch import load_file
+
+    from cadyq import create_model
+    from cadyq.zoo import path_of
+
+    src = load_model(ZOO)
+    plain = create_model("edsr", scale=2, n_feats=16, n_resblocks=4).eval()
+    state = load_file(str(path_of(ZOO)))
+    plain.load_state_dict({k: v for k, v in state.items() if k in plain.state_dict()}, strict=True)
+    fp32, _ = build_baseline(src, "fp32")
+    x = photo_tiles[:4]
+    with torch.inference_mode():
+        assert torch.equal(fp32(x), plain(x))
+    pams8, notes = build_baseline(src, "pams8")
+    ps, ss = pams8.state_dict(), src.state_dict()
+    assert all(torch.equal(ps[k], ss[k]) for k in ps if k.endswith("weight") and "input_quant" not in k)
+    k8 = src.quant_config.bits.index(8)
+    assert torch.equal(ps["body.0.input_quant.alpha"], ss["body.0.input_quant.alpha"][k8 : k8 + 1])
+    assert torch.equal(ps["body.0.body_output_quant.alpha"], ss["body.0.body_output_quant.alpha"])
+    assert "8-bit" in notes[0]
+    # an fp32 model has no clip values: pams8 is calibrated on the tiles, and says so
+    p2, notes2 = build_baseline(fp32, "pams8", x)
+    assert "calibrated" in notes2[0] and float(p2.state_dict()["body.0.input_quant.alpha"]) != 10.0
+    with pytest.raises(BenchError):
+        build_baseline(fp32, "pams8")  # no tiles to calibrate with
+    # the configurations the benchmark runs hold exactly these models
+    configs, skipped = make_configs(ZOO, ["fp32", "pams8", "fp16"], "torch", "cpu", 24, x)
+    assert [c.label for c in configs] == [ZOO, "fp32", "pams8"] and [s["label"] for s in skipped] == ["fp16"]
+    assert all(torch.equal(configs[1].backend.model.state_dict()[k], v) for k, v in plain.state_dict().items())
+
+
+def test_cli_json_and_duration(hr, tmp_path, capsys, one_torch_thread):
+    img = tmp_path / "hr.png"
+    PILImage.fromarray(hr).save(img)
+    out = tmp_path / "sub" / "bench.json"
+    rc = main(["bench", "--model", ZOO, "--device", "cpu", "--tile", "24", "--overlap", "4", "--batch", "3",
+               "--warmup", "0", "--duration", "0.01", "--image", str(img), "--compare", "fp32",
+               "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "=== Performance summary: fp32" in text and "percentile(99%)" in text and "Comparison" in text
+    rep = json.loads(out.read_text())
+    assert rep["image"]["name"] == str(img) and rep["settings"]["duration"] == 0.01
+    assert rep["settings"]["iterations"] is None
+    n = rep["results"][0]["iterations"]
+    assert n >= 1 and all(r["iterations"] == n == len(r["times_ms"]["latency"]) for r in rep["results"])
+    assert rep["results"][0]["batch"] == 3 and rep["machine"]["cpu_count"] >= 1
+    assert not list(out.parent.glob(".*.tmp"))
+
+
+def test_onnxruntime_rows(hr, tmp_path, one_torch_thread):
+    pytest.importorskip("onnxruntime")
+    from cadyq.export import export_onnx
+
+    onnx_path = export_onnx(load_model(ZOO), tmp_path / "m.onnx", tile=24)
+    s = BenchSettings(tile=24, overlap=4, batch=2, warmup=0, iterations=2)
+    rep = benchmark(str(onnx_path), [f"{ZOO}@torch"], "auto", "cpu", s, image=hr)
+    a, b = rep["results"]
+    assert (a["backend"], b["backend"]) == ("onnxruntime", "torch") and a["label"] == "m.onnx"
+    assert a["image"]["psnr"] == pytest.approx(b["image"]["psnr"], abs=0.05)  # same model, two runtimes
+    with pytest.raises(CadyqError, match="checkpoint"):
+        benchmark(str(onnx_path), ["fp32"], "auto", "cpu", s, image=hr)  # no weights to build it from
+    with pytest.raises(CadyqError, match="--tile"):
+        benchmark(str(onnx_path), [], "auto", "cpu", BenchSettings(tile=32, batch=1, warmup=0, iterations=1), image=hr)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--iterations", "0"], "iterations"),
+    (["--iterations", "5", "--duration", "1"], "not both"),
+    (["--duration", "0"], "duration"),
+    (["--batch", "0"], "batch"),
+    (["--warmup", "-1"], "warmup"),
+    (["--tile", "2"], "tile"),
+    (["--overlap", "24"], "overlap"),
+    (["--compare", ","], "no baseline"),
+    (["--compare", "no-such-model"], "no-such-model"),
+    (["--compare", "missing.onnx"], "missing.onnx"),
+    (["--image", "/nonexistent/x.png"], "x.png"),
+    (["--threads", "0"], "threads"),
+])
+def test_bad_arguments(argv, match, one_torch_thread):
+    count = [] if {"--iterations", "--duration"} & set(argv) else ["--iterations", "1"]
+    args = build_parser().parse_args(["bench", "--model", ZOO, "--device", "cpu", "--tile", "24", "--batch", "1",
+                                      "--warmup", "0", *count, *argv])
+    with pytest.raises(CadyqError, match=match):
+        args.func(args)
+
+
+def test_bad_model_exits_nonzero(capsys):
+    assert main(["bench", "--model", "nope.onnx", "--device", "cpu"]) == 2
+    assert "nope.onnx" in capsys.readouterr().err
+
+
+def test_fp16_wrapper_runs_through_the_upscaler(hr, one_torch_thread):
+    """The fp16 baseline is benchmarked on CUDA only; its wrapper is checked here under CPU autocast."""
+    from cadyq.bench import Config, _autocast_backend, image_figures, time_configs
+    from cadyq.runtime import create_backend
+
+    fp32, _ = build_baseline(load_model(ZOO), "fp32")
+    b = _autocast_backend(create_backend("torch", fp32, "cpu"))
+    assert b.info.method == "fp16" and b.info.bits == (16,)
+    c = Config("fp16", b, "fp16")
+    s = BenchSettings(tile=24, overlap=4, batch=2, warmup=0, iterations=1)
+    from cadyq.data.resize import bicubic_downscale
+
+    t = time_configs([c], torch.rand(2, 3, 24, 24) * 255, s)[0]
+    assert t["iterations"] == 1 and t["batch_fqr"] == 16.0
+    im = image_figures(c, hr, bicubic_downscale(hr, 2), s, 2)
+    assert im["fqr"] == 16.0 and im["bitops_g"] == pytest.approx(im["flops_g"] / 4)
+    assert im["psnr"] > im["psnr_bicubic"] - 1.0
+
+
+def test_module_as_model(hr, one_torch_thread):
+    rep = benchmark(load_model(ZOO), ["pams8"], "torch", "cpu",
+                    BenchSettings(tile=24, overlap=4, batch=1, warmup=0, iterations=1), image=hr)
+    assert [r["label"] for r in rep["results"]] == ["edsr x2 cadyq", "pams8"]
+    assert rep["settings"]["model"] == "edsr x2 cadyq"
