@@ -1,6 +1,7 @@
 """The backend interface: run a batch of LR tiles, return SR tiles and the bits chosen."""
 from __future__ import annotations
 
+import abc
 import importlib
 from pathlib import Path
 from typing import Callable
@@ -12,16 +13,16 @@ from ..errors import BackendError
 from ..quant import ModelInfo
 
 
-class Backend:
+class Backend(abc.ABC):
     name: str = ""
     info: ModelInfo
     device: torch.device
     max_batch: int | None = None  # None: any batch size
     tile_sizes: tuple[int, int] | None = None  # the (h, w) the model accepts; None: any
 
+    @abc.abstractmethod
     def run(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 [N,3,h,w] in [0,255] on self.device -> (sr [N,3,h*s,w*s] float32, bits [N,L] float32)."""
-        raise NotImplementedError  # abstract: every backend implements it
 
 
 Factory = Callable[["str | Path | nn.Module", str], Backend]
