@@ -50,3 +50,33 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def have_trt_builder() -> bool:
+    """TensorRT or TensorRT-RTX bindings importable here (CI installs TensorRT-RTX)."""
+    from cadyq.errors import EngineError
+    from cadyq.trt_plugins import trt_module
+
+    try:
+        trt_module()
+        return True
+    except EngineError:
+        return False
+
+
+needs_trt_builder = pytest.mark.skipif(not have_trt_builder(), reason="no TensorRT / TensorRT-RTX bindings (pip "
+                                                                      "install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs)")
+
+
+def boundary_tile_batch(rng, shape, a_k, s_k):
+    """Random x in [-1.5a, 1.5a] with, in every tile, ±a/2, ±a, ±2a and every rounding boundary
+    (m + 1/2) / s * a of a (a, s) quantizer, each also one float step above and below."""
+    a_k, s_k = np.float32(a_k), np.float32(s_k)
+    x = (a_k * rng.uniform(-1.5, 1.5, shape)).astype(np.float32)
+    x[:, 0, 0, :6] = np.float32([a_k / 2, -a_k / 2, a_k, -a_k, 2 * a_k, -2 * a_k])
+    m = np.arange(-int(s_k), int(s_k)).astype(np.float32)
+    bnd = ((m + np.float32(0.5)) / s_k * a_k).astype(np.float32)
+    bnd = np.stack([bnd, np.nextafter(bnd, np.float32(np.inf)), np.nextafter(bnd, np.float32(-np.inf))], 1).ravel()
+    flat = x.reshape(shape[0], -1)
+    flat[:, 6:6 + bnd.size] = bnd[:flat.shape[1] - 6]
+    return flat.reshape(shape)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import tiny
+from conftest import needs_trt_builder, tiny
 
 from cadyq import quantize
 from cadyq.errors import BackendError, EngineError
@@ -19,19 +19,7 @@ from cadyq.quant import ModelInfo, observe
 BACKBONES = ("edsr", "srresnet", "carn", "idn")
 TILE = 24
 BATCH = (1, 2, 4)
-
-
-def have_builder() -> bool:
-    try:
-        E._trt()
-        return True
-    except EngineError:
-        return False
-
-
-needs_builder = pytest.mark.skipif(not have_builder(), reason="no TensorRT / TensorRT-RTX bindings (pip install "
-                                                              "tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs)")
-pytestmark = [pytest.mark.trt, needs_builder]
+pytestmark = [pytest.mark.trt, needs_trt_builder]
 
 
 def _model(name, photo_tiles, method="cadyq"):

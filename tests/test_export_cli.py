@@ -4,25 +4,13 @@ import json
 import onnx
 import pytest
 import torch
-from conftest import tiny
+from conftest import needs_trt_builder, tiny
 
 import cadyq
 from cadyq.cli import main
-from cadyq.errors import EngineError
 from cadyq.quant import observe, quantize
 
 
-def have_builder() -> bool:
-    from cadyq.trt_plugins import trt_module
-
-    try:
-        trt_module()
-        return True
-    except EngineError:
-        return False
-
-
-needs_builder = pytest.mark.skipif(not have_builder(), reason="no TensorRT / TensorRT-RTX bindings")
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +82,7 @@ def test_check_broken_graph(graph, tmp_path, capsys):
 
 
 @pytest.mark.trt
-@needs_builder
+@needs_trt_builder
 def test_engine_from_graph_and_check_it(graph, tmp_path, capsys):
     out = tmp_path / "e.engine"
     rc = main(["engine", str(graph), "-o", str(out), "--batch", "1:2:4", "--plugin", "--workspace", "256",
@@ -113,7 +101,7 @@ def test_engine_from_graph_and_check_it(graph, tmp_path, capsys):
 
 
 @pytest.mark.trt
-@needs_builder
+@needs_trt_builder
 def test_engine_default_output_name(graph, tmp_path, capsys):
     src = tmp_path / "g.onnx"
     src.write_bytes(graph.read_bytes())
@@ -122,7 +110,7 @@ def test_engine_default_output_name(graph, tmp_path, capsys):
 
 
 @pytest.mark.trt
-@needs_builder
+@needs_trt_builder
 def test_engine_errors(graph, tmp_path, capsys):
     from cadyq.export.engine import builder_identity, _trt
 
@@ -141,7 +129,7 @@ def test_engine_errors(graph, tmp_path, capsys):
 
 
 @pytest.mark.trt
-@needs_builder
+@needs_trt_builder
 def test_make_engine_with_a_checkpoint(ckpt, tmp_path, capsys):
     """`make engine MODEL=ckpt`: export + build into --out-dir."""
     rc = main(["engine", "--make", "--backbone", "edsr", "--scale", "2", "--method", "cadyq", "--model", str(ckpt),
@@ -156,7 +144,7 @@ def test_make_engine_with_a_checkpoint(ckpt, tmp_path, capsys):
 
 
 @pytest.mark.trt
-@needs_builder
+@needs_trt_builder
 def test_make_engine_without_shipped_weights_warns(tmp_path, capsys, monkeypatch):
     """No zoo weights for srresnet x2 pams8: a freshly initialised model, with a warning on stderr
     (create_model is shrunk here to keep the test fast)."""

@@ -16,6 +16,7 @@ triton = pytest.importorskip("triton", reason="triton is not installed (pip inst
 from cadyq.errors import BackendError  # noqa: E402
 from cadyq.export.op import reference  # noqa: E402
 from cadyq.kernels import select_quant as sq  # noqa: E402
+from conftest import boundary_tile_batch
 
 needs_cpu_kernel = pytest.mark.skipif(
     not sq.INTERPRETED and not torch.cuda.is_available(),
@@ -74,14 +75,7 @@ def test_ties_and_rounding_boundaries(bits):
     b = np.float32([0.0, 50.0, 50.0])
     a = np.float32([1.0, 0.75, 3.0])
     a_k, s_k = a[1], np.float32(2.0 ** (bits[1] - 1) - 1)
-    x = (a_k * rng.uniform(-1.5, 1.5, (N, C, H, W))).astype(np.float32)
-    x[:, 0, 0, :6] = np.float32([a_k / 2, -a_k / 2, a_k, -a_k, 2 * a_k, -2 * a_k])
-    m = np.arange(-int(s_k), int(s_k)).astype(np.float32)
-    bnd = ((m + np.float32(0.5)) / s_k * a_k).astype(np.float32)
-    bnd = np.stack([bnd, np.nextafter(bnd, np.float32(np.inf)), np.nextafter(bnd, np.float32(-np.inf))], 1).ravel()
-    flat = x.reshape(N, -1)
-    flat[:, 6:6 + bnd.size] = bnd[:flat.shape[1] - 6]
-    x = flat.reshape(x.shape)
+    x = boundary_tile_batch(rng, (N, C, H, W), a_k, s_k)
     g = rng.standard_normal((N, 2)).astype(np.float32)
     y, bits_out = run_kernel(DEVICE, x, g, Wsel, b, a, bits)
     y_ref, _ = reference(x, g, Wsel, b, a, bits)

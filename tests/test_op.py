@@ -6,6 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cadyq.errors import ExportError
 from cadyq.export import op
+from conftest import boundary_tile_batch
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -117,14 +118,7 @@ def test_ties_and_rounding_boundaries(bits):
     b = np.array([0.0, 50.0, 50.0][:K], np.float32)     # ... and dominate row 0
     a = np.array([1.0, 0.75, 3.0][:K], np.float32)
     a_k, s_k = a[1], _levels(bits)[1]
-    x = (a_k * rng.uniform(-1.5, 1.5, (N, C, H, W_))).astype(np.float32)
-    x[:, 0, 0, :6] = np.float32([a_k / 2, -a_k / 2, a_k, -a_k, 2 * a_k, -2 * a_k])
-    m = np.arange(-int(s_k), int(s_k)).astype(np.float32)           # the rounding boundaries v = m + 1/2
-    bnd = ((m + np.float32(0.5)) / s_k * a_k).astype(np.float32)
-    bnd = np.stack([bnd, np.nextafter(bnd, np.float32(np.inf)), np.nextafter(bnd, np.float32(-np.inf))], 1).ravel()
-    flat = x.reshape(N, -1)
-    flat[:, 6:6 + bnd.size] = bnd[:flat.shape[1] - 6]
-    x = flat.reshape(x.shape)
+    x = boundary_tile_batch(rng, (N, C, H, W_), a_k, s_k)
     g = rng.standard_normal((N, 2)).astype(np.float32)
     y, bits_out = run(select_model(x.shape, Wsel, b, a, bits), x=x, g=g)
     y_ref, bits_ref = op.reference(x, g, Wsel, b, a, bits)

@@ -18,20 +18,11 @@ from cadyq.errors import EngineError
 from cadyq.export import op
 from cadyq.trt_plugins import aot
 from cadyq.trt_plugins import cadyq_select as cs
+from conftest import needs_trt_builder
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def have_trt():
-    try:
-        trt_plugins.trt_module()
-        return True
-    except EngineError:
-        return False
-
-
-needs_trt = pytest.mark.skipif(not have_trt(), reason="no TensorRT / TensorRT-RTX bindings (pip install "
-                                                      "tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs)")
 
 
 def conv_select_conv(N="N", C=4, H=8, W=8, bits=(4, 6, 8)):
@@ -99,7 +90,7 @@ def test_register_aot_needs_tensorrt_plugin():
 
 
 @pytest.mark.trt
-@needs_trt
+@needs_trt_builder
 def test_plugin_build_time_methods():
     trt = trt_plugins.trt_module()
     Plugin, Creator = trt_plugins.plugin_classes(trt)
@@ -139,7 +130,7 @@ def test_plugin_build_time_methods():
 
 
 @pytest.mark.trt
-@needs_trt
+@needs_trt_builder
 def test_parse_without_plugin_uses_standard_layers_and_builds():
     trt = trt_plugins.trt_module()
     logger = trt.Logger(trt.Logger.ERROR)
@@ -174,7 +165,7 @@ def test_parse_without_plugin_uses_standard_layers_and_builds():
 
 
 @pytest.mark.trt
-@needs_trt
+@needs_trt_builder
 def test_register_is_idempotent_and_guarded_on_rtx():
     trt = trt_plugins.trt_module()
     registry = trt.get_plugin_registry()
@@ -207,7 +198,7 @@ print(json.dumps(dict(ok=ok, layers=[network.get_layer(i).type.name for i in ran
 
 
 @pytest.mark.trt
-@needs_trt
+@needs_trt_builder
 def test_parse_with_plugin_registered_gives_plugin_layer():
     """Child process with libtensorrt_rtx.so resolvable (TensorRT-RTX's parser dlopens it for plugin nodes)."""
     import tempfile

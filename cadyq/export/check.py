@@ -38,6 +38,7 @@ from ..quant import ActQuant, BitSelector, ModelInfo, dynamic_quantizers, quant_
 from ..quant.ops import fake_quant, levels, tile_gradient
 from . import op as cadyq_op
 from .onnx_export import INPUT, META_EXPORT, META_INFO, META_TAPS, OUTPUTS, TILE_GRADIENT, attach_taps
+from .onnx_file import load_onnx
 
 __all__ = ["GraphReport", "check_graph", "Report", "Disagreement", "LayerError", "compare", "Tolerances",
            "default_tolerances", "read_metadata"]
@@ -88,12 +89,7 @@ def check_graph(path: str | Path) -> GraphReport:
     """Checker (full_check) + strict shape inference + CADyQSelect/metadata checks. Never raises for
     a bad graph: the report lists the problems; a missing or unreadable file raises CadyqError."""
     path = Path(path)
-    if not path.is_file():
-        raise CadyqError(f"{path}: no such ONNX file")
-    try:
-        proto = onnx.load(str(path))
-    except Exception as e:
-        raise CadyqError(f"{path}: not a readable ONNX file ({e})") from e
+    proto = load_onnx(path)
     rep = GraphReport(str(path), ok=True, n_nodes=len(proto.graph.node))
     rep.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     rep.inputs = [_shape(v) for v in proto.graph.input]
@@ -381,12 +377,7 @@ def compare(onnx_path: str | Path, model, tiles, *, tolerances: Tolerances | Non
     if bisect not in ("always", "auto", "never"):
         raise CadyqError(f"bisect must be 'always', 'auto' or 'never', not {bisect!r}")
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise CadyqError(f"{onnx_path}: no such ONNX file")
-    try:
-        proto = onnx.load(str(onnx_path))
-    except Exception as e:
-        raise CadyqError(f"{onnx_path}: not a readable ONNX file ({e})") from e
+    proto = load_onnx(onnx_path)
     meta = read_metadata(proto)
     if META_INFO not in meta:
         raise CadyqError(f"{onnx_path}: no 'cadyq' metadata, so not a cadyq export; export the model with `cadyq export`")

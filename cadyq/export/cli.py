@@ -42,11 +42,10 @@ def _mb(path: Path) -> str:
 
 
 def _describe_onnx(path: Path) -> list[str]:
-    import onnx
-
     from . import op
+    from .onnx_file import load_onnx
 
-    proto = onnx.load(str(path), load_external_data=False)
+    proto = load_onnx(path)
 
     def shape(vi):
         return f"{vi.name}[{','.join(d.dim_param or str(d.dim_value) for d in vi.type.tensor_type.shape.dim)}]"
@@ -174,9 +173,9 @@ def run_check(args) -> int:
 
 
 def _graph_tile(path: Path) -> int:
-    import onnx
+    from .onnx_file import load_onnx
 
-    proto = onnx.load(str(path), load_external_data=False)
+    proto = load_onnx(path)
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     if len(dims) != 4 or not dims[2].dim_value:
         raise CadyqError(f"{path}: the input is not [N,3,T,T] with a fixed tile; re-export with `cadyq export --tile`")

@@ -50,6 +50,7 @@ import onnx
 from ..errors import EngineError
 from . import op as cadyq_op
 from .onnx_export import INPUT, META_EXPORT, META_INFO, META_MODEL, OUTPUTS
+from .onnx_file import parse_onnx, read_onnx
 
 __all__ = ["build_engine", "inspect_network", "EngineInfo", "NetworkSummary", "read_sidecar", "sidecar_path",
            "parse_batch", "builder_identity", "default_cache_dir", "engine_name", "sha256_file", "resolve_target",
@@ -299,13 +300,8 @@ class _Graph:
 
 def _load_graph(onnx_path) -> _Graph:
     path = Path(onnx_path)
-    if not path.is_file():
-        raise EngineError(f"{path}: no such ONNX file; export one with `cadyq export --model CKPT -o {path.name}`")
-    data = path.read_bytes()
-    try:
-        proto = onnx.load_from_string(data)
-    except Exception as e:  # noqa: BLE001 - protobuf raises several types
-        raise EngineError(f"{path}: not a readable ONNX file ({e})") from e
+    data = read_onnx(path, EngineError, f"; export one with `cadyq export --model CKPT -o {path.name}`")
+    proto = parse_onnx(data, path, EngineError)
     meta = {p.key: p.value for p in proto.metadata_props}
     if META_INFO not in meta:
         raise EngineError(f"{path}: no cadyq metadata (not exported by cadyq); export it with `cadyq export`")

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import BackendError
+from ..export.onnx_file import load_onnx
 from ..quant import ModelInfo
 from .backend import Backend, register_backend, resolve_device
 
@@ -31,15 +32,6 @@ def _import_ort():
     except ImportError as e:
         raise BackendError("onnxruntime is not installed; pip install onnxruntime (or onnxruntime-gpu for CUDA)") from e
     return ort
-
-
-def _read_model(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise BackendError(f"{path}: no such ONNX file")
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise BackendError(f"{path}: not a readable ONNX file ({e})") from e
 
 
 class OnnxRuntimeBackend(Backend):
@@ -58,7 +50,7 @@ class OnnxRuntimeBackend(Backend):
             path = export_onnx(path, Path(self._tmp.name) / "model.onnx")
         self.path = Path(path)
         self.device = resolve_device(device)
-        proto = _read_model(self.path)
+        proto = load_onnx(self.path, BackendError)
         meta = {p.key: p.value for p in proto.metadata_props}
         if _META not in meta:
             raise BackendError(f"{self.path}: not a cadyq export (no 'cadyq' metadata); export the model with "
