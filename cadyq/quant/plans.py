@@ -16,12 +16,22 @@ class Site:
 
 
 @dataclass(frozen=True)
+class Fuse:
+    """What the integer lowering folds into quantized conv `conv`: a BatchNorm applied to its output
+    and the activation after it (ReLU, LeakyReLU, one-slope PReLU); both modules become Identity."""
+    conv: str
+    bn: str | None = None
+    act: str | None = None
+
+
+@dataclass(frozen=True)
 class QuantPlan:
     dynamic: tuple[Site, ...]  # one bit selector each, in layer order (the L of bits [N, L])
     fixed_inputs: tuple[Site, ...] = ()  # fixed-bit PAMS quantizers, not counted in FQR
     fixed_outputs: tuple[str, ...] = ()  # fixed-bit PAMS quantizers on module outputs
     feature: str = ""  # "module:input" or "module": the body feature (distillation)
     block_features: tuple[str, ...] = ()  # each block's feature (distillation)
+    fusions: tuple[Fuse, ...] = ()  # epilogues of quantized convs (integer lowering)
 
     @property
     def weight_convs(self) -> tuple[str, ...]:
@@ -39,6 +49,7 @@ def _edsr(model) -> QuantPlan:
         fixed_outputs=tuple(f"body.{i}.body" for i in range(n)),
         feature="tail:input",
         block_features=tuple(f"body.{i}.body.2" for i in range(n)),
+        fusions=tuple(Fuse(f"body.{i}.body.0", act=f"body.{i}.body.1") for i in range(n)),
     )
 
 
@@ -47,8 +58,11 @@ def _srresnet(model) -> QuantPlan:
     # leaving conv1 on full-precision input; here the first selector feeds conv1.
     n = model.config.n_resblocks
     dyn = [Site(f"body.{i}.{c}", f"body.{i}.{c}") for i in range(n) for c in ("conv1", "conv2")]
+    fuse = [Fuse(f"body.{i}.conv1", f"body.{i}.bn1", f"body.{i}.act") for i in range(n)]
+    fuse += [Fuse(f"body.{i}.conv2", f"body.{i}.bn2") for i in range(n)]
     return QuantPlan(
-        dynamic=tuple(dyn), feature="tail:input", block_features=tuple(f"body.{i}.conv2" for i in range(n))
+        dynamic=tuple(dyn), feature="tail:input", block_features=tuple(f"body.{i}.conv2" for i in range(n)),
+        fusions=tuple(fuse),
     )
 
 
@@ -56,20 +70,24 @@ def _carn(model) -> QuantPlan:
     blocks = [f"b{c}.b{r}" for c in (1, 2, 3) for r in (1, 2, 3)]
     dyn = [Site(f"{b}.body.{j}", f"{b}.body.{j}") for b in blocks for j in (0, 2)]
     return QuantPlan(
-        dynamic=tuple(dyn), feature="upsample:input", block_features=tuple(f"{b}.body" for b in blocks)
+        dynamic=tuple(dyn), feature="upsample:input", block_features=tuple(f"{b}.body" for b in blocks),
+        fusions=tuple(Fuse(f"{b}.body.0", act=f"{b}.body.1") for b in blocks),
     )
 
 
 def _idn(model) -> QuantPlan:
-    dyn = []
+    dyn, fuse = [], [Fuse("fblock.module.0", act="fblock.module.1"), Fuse("fblock.module.2", act="fblock.module.3")]
     for b in range(model.config.n_blocks):
         for part in ("top", "bottom"):
-            dyn += [Site(f"dblocks.{b}.enhancement_{part}.{j}", f"dblocks.{b}.enhancement_{part}.{j}") for j in (0, 2, 4)]
+            e = f"dblocks.{b}.enhancement_{part}"
+            dyn += [Site(f"{e}.{j}", f"{e}.{j}") for j in (0, 2, 4)]
+            fuse += [Fuse(f"{e}.{j}", act=f"{e}.{j + 1}") for j in (0, 2, 4)]
     return QuantPlan(
         dynamic=tuple(dyn),
         fixed_inputs=(Site("fblock.module.0", "fblock.module.0"), Site("fblock.module.2", "fblock.module.2")),
         feature="deconv:input",
         block_features=tuple(f"dblocks.{b}.enhancement_bottom" for b in range(model.config.n_blocks)),
+        fusions=tuple(fuse),
     )
 
 

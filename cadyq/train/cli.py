@@ -65,7 +65,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--w-feat", type=float, default=None, help="distillation weight, body feature (1e3)")
     g.add_argument("--w-block", type=float, default=None, help="distillation weight per block (1e2)")
     g.add_argument("--observe-batches", type=int, default=None, help="batches of the clip-value warm start (10)")
-    g.add_argument("--amp", action="store_true", help="mixed precision (bfloat16 where supported)")
+    g.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="autocast dtype of the forward, fp32 master weights (auto: bf16 on CUDA and on CPUs with "
+                        "AVX512-BF16/AMX, fp16 on older GPUs, else fp32)")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="NCHW instead of channels_last activations")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
     g = parser.add_argument_group("validation and output")
@@ -102,7 +106,7 @@ def config_from_args(args: argparse.Namespace):
         batch=args.batch, patch=args.patch, lr=args.lr, alpha_lr=args.alpha_lr, selector_lr=args.selector_lr,
         decay=args.decay, gamma=args.gamma, w_bit=args.w_bit, w_bit_step=args.w_bit_step,
         w_bit_every=args.w_bit_every, bit_loss=args.bit_loss, w_feat=args.w_feat, w_block=args.w_block,
-        observe_batches=args.observe_batches, amp=args.amp, val=args.val, val_every=args.val_every,
+        observe_batches=args.observe_batches, precision=args.precision, channels_last=args.channels_last, val=args.val, val_every=args.val_every,
         val_max=args.val_max, val_tile=args.val_tile, val_overlap=args.val_overlap, val_batch=args.val_batch,
         out=args.out, resume=args.resume, seed=args.seed, workers=args.workers, cache=args.cache,
         cache_dir=args.cache_dir, device=args.device, log_every=args.log_every, progress=args.progress)

@@ -49,7 +49,8 @@ _TRAIN_COLUMNS = ["iter", "loss", "l1", "bit", "kd", "w_bit", "lr", "fqr", "sec"
 _VAL_COLUMNS = ["iter", "psnr", "ssim", "fqr", "bicubic_psnr", "bicubic_ssim", "images", "sec"]
 # Fields that must match when a run is resumed (the others may change, e.g. --iters to extend it).
 _RESUME_FIXED = ("backbone", "scale", "method", "bits", "mode", "arch", "batch", "patch", "seed", "data",
-                 "bit_loss", "amp")
+                 "bit_loss", "precision", "channels_last")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -82,7 +83,8 @@ class TrainConfig:
     w_feat: float | None = None
     w_block: float | None = None
     observe_batches: int | None = None
-    amp: bool = False
+    precision: str = "auto"  # autocast dtype of the forward (fp32 master weights); auto: see resolve_precision
+    channels_last: bool = True
     val: str | None = None
     val_every: int = 1000
     val_max: int | None = None  # use only the first N validation images
@@ -103,6 +105,8 @@ class TrainConfig:
         """A copy with every None filled in (recipe, init checkpoint, defaults)."""
         if self.method not in METHODS:
             raise ModelError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.precision not in PRECISIONS:
+            raise CadyqError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.bit_loss not in BIT_LOSSES:
             raise ModelError(f"unknown bit loss {self.bit_loss!r}; choose one of {', '.join(BIT_LOSSES)}")
         if not self.data:
@@ -276,21 +280,20 @@ class Trainer:
         np.random.seed(c.seed % 2**32)
         random.seed(c.seed)
 
-        self.model = self._build_student().to(self.device)
+        self.memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
+        self.model = self._build_student().to(self.device, memory_format=self.memory_format)
         self.quantized = quant_config(self.model).method != "fp32"
         self.teacher = None
         self.distiller = None
         if c.teacher:
-            self.teacher = checkpoint.load(c.teacher).to(self.device).eval()
+            self.teacher = checkpoint.load(c.teacher).to(self.device, memory_format=self.memory_format).eval()
             self.distiller = Distiller(self.model, self.teacher, c.w_feat, c.w_block)
         self.w_bit = BitWeightSchedule(c.w_bit, c.w_bit_step, c.w_bit_every)
         self.dataset = SRTrainDataset(TrainDataConfig(c.data, c.scale, c.patch, True, c.cache, c.cache_dir, c.seed))
         self.optimizer, self.scheduler = make_optimizer(self.model, c.lr, c.alpha_lr, c.selector_lr, c.decay, c.gamma)
-        amp_dtype = torch.bfloat16
-        if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            amp_dtype = torch.float16
-        self.amp_dtype = amp_dtype
-        self.scaler = torch.amp.GradScaler("cuda", enabled=c.amp and amp_dtype == torch.float16)
+        self.precision = resolve_precision(c.precision, self.device)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.iteration = 0
         self.best_psnr: float | None = None
         self.last_val: dict | None = None
@@ -335,11 +338,12 @@ class Trainer:
     # ---- one step ------------------------------------------------------------------------------
     def compute_loss(self, lr: torch.Tensor, hr: torch.Tensor, iteration: int) -> tuple[torch.Tensor, dict]:
         """Total loss of one batch (uint8 or float tensors on any device) and its terms."""
-        lr = lr.to(self.device, non_blocking=True).float()
+        lr = lr.to(self.device, non_blocking=True).float().contiguous(memory_format=self.memory_format)
         hr = hr.to(self.device, non_blocking=True).float()
         if self.distiller is not None:
-            self.distiller.teacher_features(lr)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cfg.amp):
+            with self._autocast():
+                self.distiller.teacher_features(lr)
+        with self._autocast():
             sr = self.ddp_model(lr)
         terms = {"l1": l1_loss(sr.float(), hr)}
         if self.cfg.method == "cadyq":
@@ -351,12 +355,16 @@ class Trainer:
         total = sum(terms.values())
         return total, terms
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None)
+
     def forward_backward(self, lr: torch.Tensor, hr: torch.Tensor, iteration: int) -> dict:
         self.ddp_model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total, terms = self.compute_loss(lr, hr, iteration)
         if not torch.isfinite(total):
-            raise CadyqError(f"the loss became {float(total)} at iteration {iteration}; lower --lr or drop --amp")
+            raise CadyqError(f"the loss became {float(total)} at iteration {iteration}; lower --lr or train with "
+                             "--precision fp32")
         self.scaler.scale(total).backward()
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["loss"] = float(total.detach())
@@ -566,6 +574,23 @@ class Trainer:
         self.best_psnr = state.get("best_psnr")
         self.last_val = state.get("last_val")
         self.log(f"resumed {self.out} at iteration {self.iteration}")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto": bf16 where the hardware computes in it (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp16 on
+    older CUDA GPUs, fp32 elsewhere: emulated bf16 on a CPU without it is many times slower than fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @contextlib.contextmanager

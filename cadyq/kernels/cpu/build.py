@@ -1,0 +1,82 @@
+"""Compile cadyq's C kernels (quant.c) for this CPU on first use and load them with ctypes.
+
+The library is built with the system C compiler ($CC, else cc) for this machine (-march=native) into
+$CADYQ_CACHE_DIR/kernels, else ~/.cache/cadyq/kernels, under a name that hashes the source, the flags,
+the compiler and the CPU, so another CPU or compiler builds its own. Without a compiler `library()`
+returns None and says why (`why_unavailable()`); the kernels then fall back to torch.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("quant.c")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-std=c11")
+_why: list[str] = []
+
+
+def cache_dir() -> Path:
+    if os.environ.get("CADYQ_CACHE_DIR"):
+        return Path(os.environ["CADYQ_CACHE_DIR"]) / "kernels"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cadyq" / "kernels"
+
+
+def _cpu_id() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC") or "cc"
+    return shutil.which(cc)
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library, built if needed; None when it cannot be built here."""
+    cc = _compiler()
+    if cc is None:
+        _why.append("no C compiler (cc or $CC) to build cadyq's CPU kernels")
+        return None
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        _why.append(f"the C compiler {cc} does not run ({e})")
+        return None
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(b"|".join([src, " ".join(FLAGS).encode(), version.encode(), _cpu_id().encode()])).hexdigest()
+    lib = cache_dir() / f"cadyq_cpu_{key[:20]}.so"
+    if not lib.is_file():
+        lib.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".cadyq_cpu_", suffix=".so", dir=lib.parent)
+        os.close(fd)
+        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            os.unlink(tmp)
+            _why.append(f"{cc} could not build {SOURCE.name}: {(proc.stderr or proc.stdout).strip()[-300:]}")
+            return None
+        os.replace(tmp, lib)
+    dll = ctypes.CDLL(str(lib))
+    p, i, f, long = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_long
+    dll.cadyq_select_quant.argtypes = [p, long, i, i, p, p, p, i, p, p, p, p, p, p, p]
+    dll.cadyq_select_quant.restype = i
+    dll.cadyq_fake_quant.argtypes = [p, long, f, f, p]
+    dll.cadyq_fake_quant.restype = None
+    return dll
+
+
+def why_unavailable() -> str | None:
+    library()
+    return _why[-1] if _why else None
