@@ -25,7 +25,8 @@ class ResBlock(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x):
-        return self.body(x) * self.res_scale + x
+        y = self.body(x)
+        return (y if self.res_scale == 1 else y * self.res_scale) + x
 
 
 class EDSR(nn.Module):

@@ -34,7 +34,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x):
         res = self.act(self.bn1(self.conv1(x)))
-        return self.bn2(self.conv2(res)) * self.res_scale + x
+        y = self.bn2(self.conv2(res))
+        return (y if self.res_scale == 1 else y * self.res_scale) + x
 
 
 class SRResNet(nn.Module):

@@ -25,6 +25,22 @@ class Backend(abc.ABC):
         """float32 [N,3,h,w] in [0,255] on self.device -> (sr [N,3,h*s,w*s] float32, bits [N,L] float32)."""
 
 
+def load_module(model, backend: str) -> nn.Module:
+    """The nn.Module a torch-based backend runs: `model` itself, a checkpoint file, or a zoo name."""
+    if isinstance(model, nn.Module):
+        return model
+    path = Path(model)
+    if path.suffix in (".onnx", ".engine", ".plan"):
+        raise BackendError(f"{path}: the {backend} backend runs checkpoints; use --backend onnxruntime/tensorrt for this file")
+    if path.exists():
+        from ..checkpoint import load
+
+        return load(path)
+    from ..zoo import load_pretrained  # a zoo name such as "edsr-cadyq-x4"
+
+    return load_pretrained(str(model))
+
+
 Factory = Callable[["str | Path | nn.Module", str], Backend]
 _FACTORIES: dict[str, Factory] = {}
 _MODULES = {"torch": "torch_backend", "onnxruntime": "onnxruntime_backend", "tensorrt": "tensorrt_backend",

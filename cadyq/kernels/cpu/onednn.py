@@ -7,8 +7,11 @@ output. The input is uint8 with a zero point (oneDNN's u8 x s8 -> s32 convolutio
 - "full" range (CPUs with VNNI or AMX, which accumulate u8 x s8 products in 32 bits): u = q + 128.
 - "7bit" (AVX2 without VNNI): vpmaddubsw adds pairs of u8 x s8 products in int16 and saturates for
   u8 above 127, so every input must stay within 0..127. 4- and 6-bit tiles (|q| <= 31) take
-  u = q + 64; 8-bit tiles are split into two 7-bit halves, q = hi + lo with hi = clamp(q, -64, 63),
-  run as two convolutions, the second accumulating into the first (oneDNN's sum post-op).
+  u = q + 64. 8-bit tiles (|q| <= 127) do not fit: `eight_bit="float"` (the default: faster here)
+  runs them as a float32 convolution of q*t with the dequantized int8 weights (the fake-quant
+  arithmetic); `eight_bit="halves"` keeps them integer, split into two 7-bit halves
+  q = hi + lo with hi = clamp(q, -64, 63), two convolutions, the second accumulating into the first
+  (oneDNN's sum post-op): exact, but two INT8 convolutions cost more than one float32 one on AVX2.
 
 Which one is used is decided once per process by running a convolution of known integers (`mode()`).
 Statistics, selection and quantization of a tile are one C call (two passes over the tile, which
@@ -74,11 +77,14 @@ class OneDNNKernels(Kernels):
 
     name = "onednn"
 
-    def __init__(self, range_mode: str | None = None, library: bool = True):
+    def __init__(self, range_mode: str | None = None, library: bool = True, eight_bit: str = "float"):
         why = available()
         if why:
             raise BackendError(why)
+        if eight_bit not in ("float", "halves"):
+            raise BackendError(f"eight_bit must be 'float' or 'halves', not {eight_bit!r}")
         self.range = range_mode or mode()
+        self.eight_bit = eight_bit
         self.lib = build.library() if library else None
         self.notes = []
         if library and self.lib is None:
@@ -89,16 +95,16 @@ class OneDNNKernels(Kernels):
     def _scheme(self, quant: IntQuantizer):
         key = "_onednn_scheme"
         cached = getattr(quant, key, None)
-        if cached is None or cached[0] != self.range:
+        if cached is None or cached[0] != (self.range, self.eight_bit):
             lv = quant.levels.tolist()
             if self.range == "full":
                 zp, split = [128] * len(lv), [0] * len(lv)
             else:
                 zp = [64] * len(lv)
-                split = [0 if s <= 63 else 1 for s in lv]
+                split = [0 if s <= 63 else (1 if self.eight_bit == "halves" else 2) for s in lv]
             if max(lv) > 127:
                 raise BackendError(f"{max(lv) + 1:.0f}-level activations do not fit int8; the native backend takes <= 8 bits")
-            cached = (self.range, torch.tensor(zp, dtype=torch.int32), torch.tensor(split, dtype=torch.int32), zp, split)
+            cached = ((self.range, self.eight_bit), torch.tensor(zp, dtype=torch.int32), torch.tensor(split, dtype=torch.int32), zp, split)
             setattr(quant, key, cached)
         return cached
 
@@ -114,8 +120,8 @@ class OneDNNKernels(Kernels):
             return self._torch_select(x, quant, ctx, zp, split, dequant)
         n, c, h, w = x.shape
         q0 = torch.empty((1, c, h, w), dtype=torch.uint8, memory_format=_CL)
-        q1 = torch.empty_like(q0) if any(split) else None
-        deq = torch.empty_like(x) if dequant else None
+        q1 = torch.empty_like(q0) if 1 in split else None
+        deq = torch.empty_like(x) if dequant or 2 in split else None
         g = ctx.grad[0].float().contiguous()
         full = quant.mode == "full"
         ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
@@ -123,24 +129,27 @@ class OneDNNKernels(Kernels):
                                         ptr(quant.weight) if full else None, ptr(quant.bias) if full else None,
                                         quant.n_candidates, ptr(quant.alpha), ptr(quant.levels), ptr(zp_t),
                                         ptr(split_t), ptr(q0), ptr(q1), ptr(deq))
-        return self._qact(quant, k, q0, q1 if split[k] else None, zp[k], deq)
+        return self._qact(quant, k, q0, q1, zp[k], deq, split[k])
 
-    def _qact(self, quant, k, q0, q1, zp, deq):
+    def _qact(self, quant, k, q0, q1, zp, deq, split):
         kk = torch.tensor([k])
-        return QAct((q0, q1), (quant.alpha[kk] / quant.levels[kk]), quant.bits[kk], kk, {"zp": zp, "deq": deq})
+        q = (None, None) if split == 2 else (q0, q1 if split == 1 else None)
+        return QAct(q, (quant.alpha[kk] / quant.levels[kk]), quant.bits[kk], kk,
+                    {"zp": zp, "deq": deq, "float": split == 2})
 
     def _torch_select(self, x, quant, ctx, zp, split, dequant):
         qa = self._ref.select_quantize(x, quant, ctx)
         k = int(qa.k[0])
         q = qa.q
-        if split[k]:
+        q0 = q1 = None
+        if split[k] == 1:
             hi = q.clamp(-64, 63)
             q0, q1 = (hi + 64).to(torch.uint8), (q - hi + 63).to(torch.uint8)
-        else:
-            q0, q1 = (q + zp[k]).to(torch.uint8), None
-        deq = self._ref.dequantize(qa) if dequant else None
-        return self._qact(quant, k, q0.contiguous(memory_format=_CL),
-                          None if q1 is None else q1.contiguous(memory_format=_CL), zp[k], deq)
+            q0, q1 = q0.contiguous(memory_format=_CL), q1.contiguous(memory_format=_CL)
+        elif split[k] == 0:
+            q0 = (q + zp[k]).to(torch.uint8).contiguous(memory_format=_CL)
+        deq = self._ref.dequantize(qa).contiguous(memory_format=_CL) if dequant or split[k] == 2 else None
+        return self._qact(quant, k, q0, q1, zp[k], deq, split[k])
 
     def dequantize(self, qa):
         deq = qa.extra.get("deq")
@@ -163,6 +172,8 @@ class OneDNNKernels(Kernels):
         return conv.cache[key]
 
     def conv(self, qa, conv):
+        if qa.extra.get("float"):
+            return self._float_conv(qa.extra["deq"], conv)
         q0, q1 = qa.q
         t = float(qa.scale[0])
         relu = conv.act == "relu"
@@ -179,6 +190,17 @@ class OneDNNKernels(Kernels):
                 "relu" if relu else "none", [], "")
         if conv.act == "leaky":
             F.leaky_relu_(out, conv.slope)
+        return out
+
+    def _float_conv(self, x, conv: IntConv2d):
+        if "w_float" not in conv.cache:
+            w = conv.weight_q.float() * conv.weight_scale.view(-1, 1, 1, 1)
+            conv.cache["w_float"] = w.contiguous(memory_format=_CL)
+        out = F.conv2d(x, conv.cache["w_float"], conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if conv.act == "relu":
+            return out.relu_()
+        if conv.act == "leaky":
+            return F.leaky_relu_(out, conv.slope)
         return out
 
     def fake_quant(self, x, alpha, s):

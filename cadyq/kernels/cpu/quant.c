@@ -6,21 +6,22 @@
  */
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 
 #define BLOCK 64 /* pixels per float partial sum; the block sums go to doubles */
+#define MAXC 1024 /* channels of one quantized layer input, at most */
 
 /* Per-channel unbiased standard deviation over the tile, shifted by the first pixel (no cancellation). */
-static void tile_std(const float *x, long hw, int c, float *sigma) {
-    double *s1 = calloc((size_t)c, sizeof(double)), *s2 = calloc((size_t)c, sizeof(double));
-    float *f1 = malloc((size_t)c * sizeof(float)), *f2 = malloc((size_t)c * sizeof(float));
+static void tile_std(const float *restrict x, long hw, int c, float *restrict sigma) {
+    double s1[MAXC], s2[MAXC];
+    float f1[MAXC], f2[MAXC], x0[MAXC];
+    for (int j = 0; j < c; j++) { s1[j] = s2[j] = 0.0; x0[j] = x[j]; }
     for (long p0 = 0; p0 < hw; p0 += BLOCK) {
         long p1 = p0 + BLOCK < hw ? p0 + BLOCK : hw;
         for (int j = 0; j < c; j++) f1[j] = f2[j] = 0.0f;
         for (long p = p0; p < p1; p++) {
-            const float *r = x + p * c;
+            const float *restrict r = x + p * c;
             for (int j = 0; j < c; j++) {
-                float d = r[j] - x[j];
+                float d = r[j] - x0[j];
                 f1[j] += d;
                 f2[j] += d * d;
             }
@@ -31,7 +32,6 @@ static void tile_std(const float *x, long hw, int c, float *sigma) {
         double var = hw > 1 ? (s2[j] - s1[j] * s1[j] / (double)hw) / (double)(hw - 1) : NAN;
         sigma[j] = (float)sqrt(var > 0.0 ? var : 0.0);
     }
-    free(s1); free(s2); free(f1); free(f2);
 }
 
 /* k = argmax(W @ [g, sigma] + b), the first maximum on ties (as torch.argmax). */
@@ -47,56 +47,50 @@ static int select_k(const float *sigma, int c, const float *g, const float *w, c
     return best;
 }
 
+/* round(clamp(v, -a, a) / a * s), op for op as torch: minimum, maximum, divide, multiply, round half even */
+static inline float quant1(float v, float a, float s) {
+    v = v < a ? v : a;
+    v = v > -a ? v : -a;
+    return rintf(v / a * s);
+}
+#define QUANT(v) quant1((v), a, s)
+
 /* Select (when k_fixed < 0) and quantize one tile.
  *   q = round(clamp(x, -a, a) / a * s) with a = alpha[k], s = levels[k]
  *   split[k] == 0: q0 = q + zp[k]
  *   split[k] == 1: q0 = clamp(q, -64, 63) + 64, q1 = q - clamp(q, -64, 63) + 63  (two 7-bit halves)
- *   deq (optional): q * (a / s)
+ *   split[k] == 2: no integer output (the caller takes deq)
+ *   deq (optional; required for split 2): q * (a / s)
  * Returns k. */
-int cadyq_select_quant(const float *x, long hw, int c, int k_fixed, const float *g, const float *w,
+int cadyq_select_quant(const float *restrict x, long hw, int c, int k_fixed, const float *g, const float *w,
                        const float *b, int k_count, const float *alpha, const float *levels, const int *zp,
-                       const int *split, uint8_t *q0, uint8_t *q1, float *deq) {
+                       const int *split, uint8_t *restrict q0, uint8_t *restrict q1, float *restrict deq) {
     int k = k_fixed;
     if (k < 0) {
-        float *sigma = malloc((size_t)c * sizeof(float));
+        float sigma[MAXC];
+        if (c > MAXC) return -1;
         tile_std(x, hw, c, sigma);
         k = select_k(sigma, c, g, w, b, k_count);
-        free(sigma);
     }
-    const float a = alpha[k], s = levels[k], t = a / s;
+    const float a = alpha[k], s = levels[k], t = a / s, z = (float)zp[k];
     const long n = hw * c;
-    const int z = zp[k];
-    if (!split[k]) {
+    if (split[k] == 0) {
+        for (long i = 0; i < n; i++) q0[i] = (uint8_t)(int)(QUANT(x[i]) + z);
+    } else if (split[k] == 1) {
         for (long i = 0; i < n; i++) {
-            float v = x[i];
-            v = v < a ? v : a;
-            v = v > -a ? v : -a;
-            float q = rintf(v / a * s);
-            q0[i] = (uint8_t)(int)(q + (float)z);
-            if (deq) deq[i] = q * t;
-        }
-    } else {
-        for (long i = 0; i < n; i++) {
-            float v = x[i];
-            v = v < a ? v : a;
-            v = v > -a ? v : -a;
-            float q = rintf(v / a * s);
-            float hi = q < 63.0f ? q : 63.0f;
-            hi = hi > -64.0f ? hi : -64.0f;
-            q0[i] = (uint8_t)(int)(hi + 64.0f);
-            q1[i] = (uint8_t)(int)(q - hi + 63.0f);
-            if (deq) deq[i] = q * t;
+            int q = (int)QUANT(x[i]);
+            int hi = q < 63 ? q : 63;
+            hi = hi > -64 ? hi : -64;
+            q0[i] = (uint8_t)(hi + 64);
+            q1[i] = (uint8_t)(q - hi + 63);
         }
     }
+    if (deq)
+        for (long i = 0; i < n; i++) deq[i] = QUANT(x[i]) * t;
     return k;
 }
 
 /* out = round(clamp(x, -a, a) / a * s) / s * a, elementwise (may be in place). */
-void cadyq_fake_quant(const float *x, long n, float a, float s, float *out) {
-    for (long i = 0; i < n; i++) {
-        float v = x[i];
-        v = v < a ? v : a;
-        v = v > -a ? v : -a;
-        out[i] = rintf(v / a * s) / s * a;
-    }
+void cadyq_fake_quant(const float *x, long n, float a, float s, float *out) {  /* out may be x */
+    for (long i = 0; i < n; i++) out[i] = QUANT(x[i]) / s * a;
 }

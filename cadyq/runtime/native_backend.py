@@ -1,0 +1,112 @@
+"""The native backend: the model's integer program (`cadyq.quant.lowering`) on integer kernels.
+
+CPU: oneDNN INT8 convolutions with the per-tile scale in their epilogue, plus cadyq's C kernels for
+statistics, selection and quantization (`cadyq.kernels.cpu`). Tiles run one at a time per worker, so
+a tile's activations stay in cache between layers; with T torch threads there are T workers (one
+program each), each running its share of the batch single-threaded: the C kernels and the Python
+between the kernels then keep every core busy, and no convolution waits on a thread barrier. The float layers (head, upsampler, tail) run channels_last
+in `float_precision`: "auto" is bf16 where the CPU computes in it (AVX512-BF16/AMX), else fp32.
+"""
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import torch.nn as nn
+
+from ..errors import BackendError
+from ..quant import quant_config
+from ..quant.lowering import lower
+from .backend import Backend, load_module, register_backend, resolve_device
+
+FLOAT_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class NativeBackend(Backend):
+    name = "native"
+
+    def __init__(self, model, device="auto", float_precision: str = "auto", workers: int | None = None):
+        if float_precision not in FLOAT_PRECISIONS:
+            raise BackendError(f"unknown float precision {float_precision!r}; choose one of {', '.join(FLOAT_PRECISIONS)}")
+        dev = resolve_device(device)
+        if dev.type != "cpu":
+            raise BackendError(f"the native backend runs on the CPU here (device {dev}); its CUDA kernels need "
+                               "Triton and a GPU (pip install cadyq[gpu])")
+        from ..kernels.cpu import OneDNNKernels, available
+
+        why = available()
+        if why:
+            raise BackendError(f"native backend: {why}")
+        module = load_module(model, self.name)
+        if quant_config(module).method == "fp32":
+            raise BackendError("the native backend runs quantized models (pams8, cadyq); this is an fp32 model: use "
+                               "--backend torch, or quantize it (`cadyq calibrate` / `cadyq train --method pams8`)")
+        from .memory import keep_large_allocations
+
+        keep_large_allocations()
+        self.device = dev
+        self.kernels = OneDNNKernels()
+        module = module.cpu().eval()
+        self.workers = max(1, workers or torch.get_num_threads())
+        self.programs = [self._program(module) for _ in range(self.workers)]
+        self.program = self.programs[0]
+        self.info = self.program.info
+        if float_precision == "auto":
+            float_precision = "bf16" if cpu_has_bf16() else "fp32"
+        self.float_precision = float_precision
+        self.notes = [f"integer convolutions: oneDNN u8 x s8 -> s32, {self.kernels.range} input range "
+                      f"({'7-bit halves on AVX2 without VNNI' if self.kernels.range == '7bit' else 'VNNI/AMX'}); "
+                      f"4- and 6-bit tiles run as int8 values (no 4-bit arithmetic on this CPU); "
+                      f"float layers {float_precision}"] + self.kernels.notes
+
+    def _program(self, module):
+        program = lower(module).use(self.kernels)
+        for m in program.net.modules():  # float layers in NHWC; the integer convs keep their own layout
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                m.to(memory_format=torch.channels_last)
+        return program
+
+    def _autocast(self):
+        if self.float_precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _shard(self, program, x, indices, sr, bits):
+        with torch.inference_mode(), self._autocast():
+            for i in indices:
+                s, b = program(x[i:i + 1])
+                sr[i] = s[0]
+                bits[i] = b[0]
+
+    def run(self, tiles):
+        n = tiles.shape[0]
+        x = tiles.float().cpu().contiguous(memory_format=torch.channels_last)
+        s, (h, w) = self.info.scale, x.shape[2:]
+        sr = torch.empty((n, 3, h * s, w * s))
+        bits = torch.empty((n, self.info.n_layers))
+        workers = min(self.workers, n)
+        if workers == 1:
+            self._shard(self.program, x, range(n), sr, bits)
+        else:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    jobs = [pool.submit(self._shard, p, x, range(j, n, workers), sr, bits)
+                            for j, p in enumerate(self.programs[:workers])]
+                    for job in jobs:
+                        job.result()
+            finally:
+                torch.set_num_threads(threads)
+        return sr.to(tiles.device), bits.to(tiles.device)
+
+
+register_backend("native", NativeBackend)
