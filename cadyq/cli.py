@@ -19,7 +19,10 @@ def _model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="auto", help="torch, onnxruntime, tensorrt, native (auto: from the model file)")
+    p.add_argument("--backend", default="auto", help="torch (fake quant, the reference), native (integer kernels), "
+                                                     "onnxruntime, tensorrt (auto: from the model file)")
+    p.add_argument("--float-precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="native backend: precision of the float layers (auto: bf16 where the CPU has it)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when available)")
     p.add_argument("--tile", type=int, default=96, help="LR tile size (default 96)")
     p.add_argument("--overlap", type=int, default=6, help="LR overlap of neighbouring tiles (default 6)")
@@ -46,8 +49,13 @@ def _resolve_model(args):
 def _upscaler(args):
     from .runtime import Upscaler
 
+    options = {}
+    if getattr(args, "float_precision", None):
+        if args.backend != "native":
+            raise CadyqError("--float-precision is an option of --backend native")
+        options["float_precision"] = args.float_precision
     return Upscaler(_resolve_model(args), backend=args.backend, device=args.device, tile=args.tile,
-                    overlap=args.overlap, batch=args.batch, protocol=args.protocol)
+                    overlap=args.overlap, batch=args.batch, protocol=args.protocol, backend_options=options)
 
 
 def _progress(items, desc):

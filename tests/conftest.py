@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +82,41 @@ def boundary_tile_batch(rng, shape, a_k, s_k):
     flat = x.reshape(shape[0], -1)
     flat[:, 6:6 + bnd.size] = bnd[:flat.shape[1] - 6]
     return flat.reshape(shape)
+
+
+def photo_crops(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """n random crops of size x size from scikit-image's astronaut, chelsea and coffee photos."""
+    from skimage import data
+
+    images = [data.astronaut(), data.chelsea(), data.coffee()]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        im = images[i % 3]
+        y, x = rng.integers(0, im.shape[0] - size), rng.integers(0, im.shape[1] - size)
+        out.append(torch.from_numpy(np.ascontiguousarray(im[y:y + size, x:x + size])).permute(2, 0, 1).float())
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def randomize_selectors(model, tiles, seed: int = 1) -> None:
+    """Calibrate clip values (observe), then give every selector random weights over standardized
+    features, centred on these tiles: logits spread ~1, so all of 4/6/8 get chosen."""
+    from cadyq.quant import BitSelector, observe
+
+    with observe(model):
+        model(tiles)
+    sels = [q for q in model.modules() if isinstance(q, BitSelector)]
+    feats = {}
+    hooks = [q.register_forward_pre_hook(
+        lambda q, a: feats.__setitem__(id(q), torch.cat([q.state.grad, a[0].std(dim=(2, 3))], 1))) for q in sels]
+    model(tiles)
+    for h in hooks:
+        h.remove()
+    gen = torch.Generator().manual_seed(seed)
+    for q in sels:
+        f = feats[id(q)]
+        mu, sd = f.mean(0), f.std(0) + 1e-6
+        w = torch.randn(q.net.weight.shape, generator=gen) / sd / math.sqrt(f.shape[1])
+        q.net.weight.copy_(w)
+        q.net.bias.copy_(-(w @ mu) + 0.3 * torch.randn(q.net.bias.shape, generator=gen))

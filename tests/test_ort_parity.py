@@ -16,15 +16,14 @@ backbones (x4, 32 px tiles) run under `-m slow`. Figures are printed (`pytest -s
 """
 import math
 
-import numpy as np
 import pytest
 import torch
-from conftest import tiny
+from conftest import photo_crops as photo_tiles, randomize_selectors, tiny
 
 from cadyq import create_model, quantize
 from cadyq.export import export_onnx
 from cadyq.export.check import Tolerances, compare
-from cadyq.quant import BitSelector, ModelInfo, observe, selected_bits
+from cadyq.quant import ModelInfo, selected_bits
 
 BACKBONES = ("edsr", "srresnet", "carn", "idn")
 METHODS = ("fp32", "pams8", "cadyq")
@@ -46,42 +45,6 @@ TOL_FULL = {"fp32": Tolerances(sr_mean=1e-3, sr_max=1e-2),
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-def photo_tiles(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    """n random crops of size x size from scikit-image's astronaut, chelsea and coffee photos."""
-    from skimage import data
-
-    images = [data.astronaut(), data.chelsea(), data.coffee()]
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        im = images[i % 3]
-        y, x = rng.integers(0, im.shape[0] - size), rng.integers(0, im.shape[1] - size)
-        out.append(torch.from_numpy(np.ascontiguousarray(im[y:y + size, x:x + size])).permute(2, 0, 1).float())
-    return torch.stack(out)
-
-
-@torch.no_grad()
-def randomize_selectors(model, tiles, seed: int = 1) -> None:
-    """Calibrate clip values (observe), then give every selector random weights over standardized
-    features, centred on these tiles: logits spread ~1, so all of 4/6/8 get chosen."""
-    with observe(model):
-        model(tiles)
-    sels = [q for q in model.modules() if isinstance(q, BitSelector)]
-    feats = {}
-    hooks = [q.register_forward_pre_hook(
-        lambda q, a: feats.__setitem__(id(q), torch.cat([q.state.grad, a[0].std(dim=(2, 3))], 1))) for q in sels]
-    model(tiles)
-    for h in hooks:
-        h.remove()
-    gen = torch.Generator().manual_seed(seed)
-    for q in sels:
-        f = feats[id(q)]
-        mu, sd = f.mean(0), f.std(0) + 1e-6
-        w = torch.randn(q.net.weight.shape, generator=gen) / sd / math.sqrt(f.shape[1])
-        q.net.weight.copy_(w)
-        q.net.bias.copy_(-(w @ mu) + 0.3 * torch.randn(q.net.bias.shape, generator=gen))
-
 
 def _parity(model, method, tiles, tmp_path, tol, calib):
     model = quantize(model, method).eval()

@@ -41,7 +41,7 @@ def load_module(model, backend: str) -> nn.Module:
     return load_pretrained(str(model))
 
 
-Factory = Callable[["str | Path | nn.Module", str], Backend]
+Factory = Callable[..., Backend]
 _FACTORIES: dict[str, Factory] = {}
 _MODULES = {"torch": "torch_backend", "onnxruntime": "onnxruntime_backend", "tensorrt": "tensorrt_backend",
             "native": "native_backend"}
@@ -66,7 +66,9 @@ def guess_backend(model) -> str:
     return {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}.get(suffix, "torch")
 
 
-def create_backend(name: str, model, device: str | torch.device = "auto") -> Backend:
+def create_backend(name: str, model, device: str | torch.device = "auto", **options) -> Backend:
+    """The backend `name` ("auto": from the model file's suffix) for `model`; `options` go to its
+    constructor (e.g. float_precision for native, precision/channels_last for torch)."""
     if name == "auto":
         name = guess_backend(model)
     if name not in _MODULES:
@@ -76,4 +78,9 @@ def create_backend(name: str, model, device: str | torch.device = "auto") -> Bac
             importlib.import_module(f"{__package__}.{_MODULES[name]}")
         except ImportError as e:
             raise BackendError(f"backend {name!r} is not available here: {e}") from e
-    return _FACTORIES[name](model, str(device))
+    try:
+        return _FACTORIES[name](model, str(device), **options)
+    except TypeError as e:
+        if options and "unexpected keyword" in str(e):
+            raise BackendError(f"backend {name!r} takes no option {', '.join(sorted(options))}") from e
+        raise

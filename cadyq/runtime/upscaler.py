@@ -35,11 +35,14 @@ class Upscaler:
     """cadyq.Upscaler(model, backend="torch", device="auto", tile=96, overlap=6, batch=64).
 
     `model`: an nn.Module, a checkpoint (.safetensors, or a foreign .pt/.pth with its metadata
-    known), an exported .onnx, an .engine, or a zoo name."""
+    known), an exported .onnx, an .engine, or a zoo name. backend: torch (fake quantization, the
+    reference), native (the integer program on INT8 kernels), onnxruntime, tensorrt.
+    `backend_options` go to the backend (native: float_precision="auto"|"fp32"|"bf16")."""
 
     def __init__(self, model, backend: str = "auto", device: str = "auto", tile: int = 96, overlap: int = 6,
-                 batch: int = 64, protocol: str = "shift"):
-        self.backend: Backend = model if isinstance(model, Backend) else create_backend(backend, model, device)
+                 batch: int = 64, protocol: str = "shift", backend_options: dict | None = None):
+        self.backend: Backend = (model if isinstance(model, Backend)
+                                 else create_backend(backend, model, device, **(backend_options or {})))
         if batch < 1:
             raise BackendError("batch must be at least 1")
         if self.backend.tile_sizes is not None and protocol == "official":
