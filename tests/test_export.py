@@ -40,11 +40,12 @@ def exported(tmp_path_factory):
     """(name, method, dtype) -> (model, path), exported once per module."""
     root = tmp_path_factory.mktemp("onnx")
 
-    def get(name, method, dtype="fp32"):
-        key = (name, method, dtype)
+    def get(name, method, dtype="fp32", form="int8"):
+        key = (name, method, dtype, form)
         if key not in _CACHE:
             m = _model(name, method)
-            _CACHE[key] = (m, export_onnx(m, root / f"{name}_{method}_{dtype}.onnx", tile=TILE, dtype=dtype))
+            _CACHE[key] = (m, export_onnx(m, root / f"{name}_{method}_{dtype}_{form}.onnx", tile=TILE, dtype=dtype,
+                                          form=form))
         return _CACHE[key]
     yield get
     _CACHE.clear()
@@ -62,10 +63,11 @@ def _dims(vi):
     return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
 
 
+@pytest.mark.parametrize("form", ("int8", "fakequant"))
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", BACKBONES)
-def test_graph_structure(exported, name, method):
-    m, path = exported(name, method)
+def test_graph_structure(exported, name, method, form):
+    m, path = exported(name, method, form=form)
     rep = check_graph(path)
     assert rep.ok, str(rep)
     proto = onnx.load(str(path))
@@ -87,6 +89,10 @@ def test_graph_structure(exported, name, method):
         assert {"Pad", "Abs", "ReduceMean"} <= set(ops)
     qconvs = [n for n, c in m.named_modules() if isinstance(c, QConv2d)]
     inits = {t.name: t for t in g.initializer}
+    assert json.loads(meta["cadyq.export"])["form"] == ("fakequant" if method == "fp32" else form)
+    if form == "int8" and method != "fp32":
+        _check_int8_form(g, qconvs, L, method)
+        return
     assert ops.count("DequantizeLinear") == len(qconvs)
     for c in qconvs:
         assert inits[f"{c}.weight_q"].data_type == onnx.TensorProto.INT8
@@ -95,16 +101,50 @@ def test_graph_structure(exported, name, method):
         assert {"Round", "Min", "Max"} <= set(ops)
 
 
+def _check_int8_form(g, qconvs, n_layers, method):
+    """Every quantized conv: Conv(DequantizeLinear(int8 q, 1), DequantizeLinear(int8 w, scale, axis 0)) with no
+    bias, then Mul by the per-tile scale and Add of the bias; q comes from CADyQSelect-2 or QuantizeLinear."""
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    consumers = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    int_convs = []
+    for conv in (n for n in g.node if n.op_type == "Conv"):
+        x_dq, w_dq = producer.get(conv.input[0]), producer.get(conv.input[1])
+        if not (x_dq is not None and x_dq.op_type == "DequantizeLinear" and w_dq is not None
+                and w_dq.op_type == "DequantizeLinear"):
+            continue
+        int_convs.append(conv)
+        assert len(conv.input) == 2  # no bias in the conv
+        assert inits[w_dq.input[0]].data_type == onnx.TensorProto.INT8
+        assert onnx.helper.get_attribute_value(next(a for a in w_dq.attribute if a.name == "axis")) == 0
+        src = producer[x_dq.input[0]]
+        assert src.op_type == "QuantizeLinear" and inits.get(src.input[2]) is None or \
+            onnx.numpy_helper.to_array(inits[src.input[2]]).dtype == np.int8
+        scale = onnx.numpy_helper.to_array(inits[x_dq.input[1]]) if x_dq.input[1] in inits else None
+        if scale is not None:
+            assert float(scale) == 1.0
+        nxt = consumers[conv.output[0]]
+        assert [n.op_type for n in nxt] == ["Mul"] and [n.op_type for n in consumers[nxt[0].output[0]]] == ["Add"]
+    assert len(int_convs) == len(qconvs)
+    assert not any(n.op_type == "Conv" and len(n.input) == 2 and producer.get(n.input[1]) is not None and
+                   producer[n.input[1]].op_type == "Div" for n in g.node)  # no fake-quant weight path left
+    sel = [n for n in g.node if n.op_type == "CADyQSelect"]
+    assert all(len(n.output) == 3 for n in sel) and len(sel) == (n_layers if method == "cadyq" else 0)
+
+
 @pytest.mark.parametrize("name", BACKBONES)
 def test_int8_weights_are_bit_exact(exported, name):
-    m, path = exported(name, "cadyq")
+    m, path = exported(name, "cadyq", form="fakequant")
     errs = weight_dequant_error(path, m)
     assert errs and set(errs.values()) == {0}, errs
 
 
 def test_fused_dq_weights_within_two_ulp(tmp_path):
     m = _model("carn", "pams8")
-    path = export_onnx(m, tmp_path / "fused.onnx", tile=TILE, exact_weights=False)
+    path = export_onnx(m, tmp_path / "fused.onnx", tile=TILE, exact_weights=False, form="fakequant")
     proto = onnx.load(str(path))
     consumers = {i: n.op_type for n in proto.graph.node for i in n.input}
     dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
@@ -113,16 +153,18 @@ def test_fused_dq_weights_within_two_ulp(tmp_path):
     assert max(errs.values()) <= 2, errs
 
 
-def test_cadyq_select_nodes_and_function(exported):
-    m, path = exported("srresnet", "cadyq")
+@pytest.mark.parametrize("form,version", [("fakequant", 1), ("int8", 2)])
+def test_cadyq_select_nodes_and_function(exported, form, version):
+    m, path = exported("srresnet", "cadyq", form=form)
     proto = onnx.load(str(path))
-    assert any(f.domain == op.DOMAIN and f.name == op.OP_TYPE for f in proto.functions)
-    assert any(o.domain == op.DOMAIN for o in proto.opset_import)
+    fn = [f for f in proto.functions if f.domain == op.DOMAIN and f.name == op.OP_TYPE]
+    assert len(fn) == 1 and list(fn[0].output) == (["q", "scale", "bits"] if version == 2 else ["y", "bits"])
+    assert [o.version for o in proto.opset_import if o.domain == op.DOMAIN] == [version]
     for n in proto.graph.node:
         if n.op_type == op.OP_TYPE:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
             assert n.domain == op.DOMAIN and list(attrs["bits"]) == [4, 6, 8]
-            assert attrs["plugin_namespace"] == b"cadyq" and attrs["plugin_version"] == b"1"
+            assert attrs["plugin_namespace"] == b"cadyq" and attrs["plugin_version"] == str(version).encode()
 
 
 @pytest.mark.parametrize("method, expected", [("fp32", 32.0), ("pams8", 8.0)])
@@ -148,7 +190,7 @@ def test_dynamic_and_static_batch(exported, tmp_path):
 
 
 def test_fp16_export(exported, photo_tiles):
-    m, path = exported("carn", "cadyq", "fp16")
+    m, path = exported("carn", "cadyq", "fp16", form="fakequant")
     rep = check_graph(path)
     assert rep.ok, str(rep)
     g = onnx.load(str(path)).graph
@@ -179,6 +221,10 @@ def test_atomic_write_and_errors(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["m.onnx"]  # no temporary files left behind
     with pytest.raises(ExportError, match="opset"):
         export_onnx(m, tmp_path / "x.onnx", tile=TILE, opset=11)
+    with pytest.raises(ExportError, match="int8 graph form"):
+        export_onnx(m, tmp_path / "x.onnx", tile=TILE, dtype="fp16")
+    with pytest.raises(ExportError, match="form"):
+        export_onnx(m, tmp_path / "x.onnx", tile=TILE, form="int4")
     with pytest.raises(ExportError):
         export_onnx(torch.nn.Conv2d(3, 3, 3), tmp_path / "x.onnx", tile=TILE)
     assert not (tmp_path / "x.onnx").exists()
@@ -193,7 +239,8 @@ def test_export_leaves_the_model_untouched():
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
-        export_onnx(m, os.path.join(d, "m.onnx"), tile=TILE, dtype="fp16")
+        export_onnx(m, os.path.join(d, "m.onnx"), tile=TILE, dtype="fp16", form="fakequant")
+        export_onnx(m, os.path.join(d, "i.onnx"), tile=TILE)
     with torch.no_grad():
         after = m(x)
     assert torch.equal(before, after) and torch.equal(bits_before, selected_bits(m))
@@ -230,17 +277,23 @@ def test_compare_passes_and_prints(exported, photo_tiles):
         compare(path, _model("idn", "pams8"), photo_tiles)
 
 
+@pytest.mark.parametrize("form", ("int8", "fakequant"))
 @pytest.mark.parametrize("what", ["alpha", "weight_scale"])
-def test_compare_names_the_first_diverging_layer(exported, photo_tiles, tmp_path, what):
+def test_compare_names_the_first_diverging_layer(exported, photo_tiles, tmp_path, what, form):
     """Break one quantizer's clip value / one conv's weight scale in the graph: compare must fail
-    and name that module as the first diverging layer."""
-    m, path = exported("edsr", "pams8")
+    and name that module (or, in the int8 form, the next tapped tensor after it) as the first diverging layer."""
+    m, path = exported("edsr", "pams8", form=form)
     proto = onnx.load(str(path))
     target = "body.1.body.0" if what == "weight_scale" else "body.1.body_output_quant"
-    name = f"{target}.weight_scale" if what == "weight_scale" else f"model.{target}.alpha"
     inits = {t.name: t for t in proto.graph.initializer}
+    if form == "int8":
+        suffix = "body.1.body.0.weight_scale" if what == "weight_scale" else "body.1.body_output_quant.alpha"
+        name = next(n for n in inits if n.endswith(suffix))
+        target = "body.1.body.2" if what == "weight_scale" else target  # the int conv's output is not tapped
+    else:
+        name = f"{target}.weight_scale" if what == "weight_scale" else f"model.{target}.alpha"
     if name not in inits:  # the exporter may have shared an identical alpha: find it through the Min node
-        mins = [n for n in proto.graph.node if n.op_type == "Min" and n.name.startswith("/model/body/body.1/body_output_quant")]
+        mins = [n for n in proto.graph.node if n.op_type == "Min" and "body_output_quant" in n.name and "body.1" in n.name]
         name = mins[0].input[1]
     t = inits[name]
     arr = onnx.numpy_helper.to_array(t) * 1.5

@@ -461,7 +461,8 @@ def compare(onnx_path: str | Path, model, tiles, *, tolerances: Tolerances | Non
             worst = [int(i) for i in np.argsort(-tile_err)[:max_bisect_tiles]]
             bad_tiles = sorted(set(bad_tiles) | set(worst))
         rep.bisected_tiles = bad_tiles
-        _bisect(rep, proto, providers, model, x_all, taps, bad_tiles, pending, sel_names, tol, device, static_batch, batch)
+        _bisect(rep, proto, providers, model, x_all, taps, bad_tiles, pending, sel_names, tol, device, static_batch, batch,
+                integer=exp.get("form") == "int8")
     else:
         for t, j, bt, bo, gap, scale in pending:
             tie = gap <= tol.tie_rtol * scale
@@ -549,9 +550,33 @@ def _local_checks(rep: Report, keys, tv, ov, modules, tol, dtype, x_in) -> list[
     return fails
 
 
+def _with_quantizer_outputs(keys: list[str]) -> list[str]:
+    """The int8 graph form has no float quantizer outputs: the key of quantizer X (its fake-quant value)
+    follows X:bits, computed from the graph's own X:in (see `_derive_quantizer_outputs`)."""
+    out = []
+    for k in keys:
+        out.append(k)
+        if k.endswith(":bits") and k[:-5] not in keys:
+            out.append(k[:-5])
+    return out
+
+
+def _derive_quantizer_outputs(ov: dict, keys: list[str], modules: dict) -> None:
+    """ov[X] = fake_quant(ov[X:in]) with the graph's bits: what the int8 graph's quantizer X stands for."""
+    for k in keys:
+        if k in ov or k + ":in" not in ov or k + ":bits" not in ov:
+            continue
+        mod = modules.get(k.split("#")[0])
+        if not isinstance(mod, (ActQuant, BitSelector)):
+            continue
+        a, s = _quantizer_step(mod, 0, float(ov[k + ":bits"][0]) if isinstance(mod, BitSelector) else float(mod.bits))
+        ov[k] = fake_quant(ov[k + ":in"], torch.tensor(a, dtype=torch.float32), s)
+
+
 def _bisect(rep: Report, proto, providers, model, x_all, taps, tiles: list[int], pending, sel_names, tol, device,
-            static_batch, batch):
-    keys = [t["key"] for t in taps]
+            static_batch, batch, integer: bool = False):
+    graph_keys = [t["key"] for t in taps]
+    keys = _with_quantizer_outputs(graph_keys) if integer else graph_keys
     tensors = [t["tensor"] for t in taps]
     sess = _session(_tapped(proto, tensors), providers)
     run = _TorchRun(model, keys)
@@ -580,7 +605,9 @@ def _bisect(rep: Report, proto, providers, model, x_all, taps, tiles: list[int],
             x = x_all[t:t + 1]
             feed = x if not static_batch or static_batch == 1 else torch.cat([x] * static_batch)
             outs = sess.run(tensors, {INPUT: feed.numpy()})
-            ov = {k: torch.from_numpy(np.asarray(v[:1], dtype=np.float32)) for k, v in zip(keys, outs)}
+            ov = {k: torch.from_numpy(np.asarray(v[:1], dtype=np.float32)) for k, v in zip(graph_keys, outs)}
+            if integer:
+                _derive_quantizer_outputs(ov, keys, modules)
             diverged = []
             for pos, k in enumerate(keys):
                 if k not in tv:

@@ -121,6 +121,12 @@ class EngineInfo:
     size_bytes: int
     build_time_s: float               # 0 when taken from the cache
     cached: bool
+    engine_layers: list = field(default_factory=list)    # parse_layer_info: name, type, dtypes, ONNX nodes
+    quantized_convs: dict = field(default_factory=dict)  # ONNX conv node -> "int8" | "float" | "missing"
+
+    @property
+    def precision_summary(self) -> dict:
+        return precision_summary(self.engine_layers, self.quantized_convs)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -137,7 +143,9 @@ class EngineInfo:
                 f"  profile  lr [N,3,{self.tile},{self.tile}], N = {':'.join(map(str, self.batch))} (min:opt:max); "
                 f"precision {self.precision}; CADyQSelect {'plugin' if self.plugin else 'inlined (standard layers)'}\n"
                 f"  network  {self.network}\n"
-                f"  sidecar  {self.sidecar}")
+                + (f"  engine   {len(self.engine_layers)} layers; quantized convolutions: "
+                   f"{self.precision_summary['int8_convs']} of {len(self.quantized_convs)} INT8\n" if self.quantized_convs else "")
+                + f"  sidecar  {self.sidecar}")
 
 
 # --- small helpers -----------------------------------------------------------------------------------------
@@ -344,17 +352,79 @@ def engine_name(graph_tag: str, graph_sha: str, builder: str, version: str, targ
 
 def _make_logger(trt):
     class _Logger(trt.ILogger):
-        """Keeps warnings and errors for the error messages; drops the known noise."""
+        """Keeps warnings and errors for the error messages (drops the known noise), and the engine's
+        layer information (the verbose message with one `Name: ..., LayerType: ...` line per layer)."""
 
         def __init__(self):
             trt.ILogger.__init__(self)
             self.messages: list[str] = []
+            self.layer_info: str | None = None
 
         def log(self, severity, msg):
-            if severity <= trt.ILogger.Severity.WARNING and not any(n in msg for n in _NOISE):
+            if "LayerType:" in msg:
+                self.layer_info = msg
+            elif severity <= trt.ILogger.Severity.WARNING and not any(n in msg for n in _NOISE):
                 self.messages.append(f"[{severity.name}] {msg}")
 
     return _Logger()
+
+
+def parse_layer_info(text: str | None) -> list[dict]:
+    """The engine layers from the builder's layer information (ProfilingVerbosity.DETAILED): name, type,
+    input / constant (weight) / output data types, and the ONNX nodes each layer implements."""
+    import re
+
+    layers = []
+    for line in (text or "").splitlines():
+        m = re.match(r"\s*Name: (.*?), LayerType: (\w+), (.*)", line)
+        if not m:
+            continue
+        rest = m.group(3)
+        ins, _, rest2 = rest.partition("Constants:")
+        consts, _, outs = rest2.partition("Outputs:")
+        outs, _, meta = outs.partition("Metadata:")
+        types = lambda part: re.findall(r"Datatype: (\w+)", part)  # noqa: E731
+        layers.append({"name": m.group(1), "type": m.group(2), "inputs": types(ins), "weights": types(consts),
+                       "outputs": types(outs), "onnx": re.findall(r"\[ONNX Layer: (.*?)\]", meta)})
+    return layers
+
+
+def precision_summary(layers: list[dict], qconvs: dict) -> dict:
+    """Engine layers by type, and the quantized convolutions by precision."""
+    types = Counter(lay["type"] for lay in layers)
+    conv = Counter(qconvs.values())
+    return {"engine_layers": len(layers), "layer_types": dict(types.most_common()), "quantized_convs": len(qconvs),
+            "int8_convs": conv.get("int8", 0), "float_quantized_convs": conv.get("float", 0) + conv.get("missing", 0)}
+
+
+def quantized_conv_nodes(data: bytes) -> list[str]:
+    """Names of the graph's Conv nodes that take DequantizeLinear of int8 on both the input and the weight:
+    the quantized convolutions of the int8 graph form."""
+    proto = onnx.load_from_string(data)
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    names = []
+    for n in proto.graph.node:
+        if n.op_type != "Conv" or len(n.input) < 2:
+            continue
+        x, w = producer.get(n.input[0]), producer.get(n.input[1])
+        if x is not None and w is not None and x.op_type == w.op_type == "DequantizeLinear":
+            names.append(n.name)
+    return names
+
+
+def conv_precisions(layers: list[dict], conv_nodes: list[str]) -> dict[str, str]:
+    """ONNX conv node -> "int8" when the engine runs it as a convolution layer with Int8 input and Int8
+    weights, "float" when as a float one, "missing" when no engine layer names it."""
+    out = {}
+    for node in conv_nodes:
+        layer = next((lay for lay in layers if node in lay["onnx"] and lay["type"] in ("correlation", "convolution",
+                                                                                      "CaskConvolution", "Convolution")),
+                     None)
+        if layer is None:
+            out[node] = "missing"
+        else:
+            out[node] = "int8" if layer["inputs"][:1] == ["Int8"] and layer["weights"][:1] == ["Int8"] else "float"
+    return out
 
 
 def _summary(trt, network) -> NetworkSummary:
@@ -407,6 +477,8 @@ def _run(trt, job: dict) -> dict:
     if job.get("plan") is None:
         return result
     config = builder.create_builder_config()
+    if hasattr(trt, "ProfilingVerbosity"):  # the engine layer information (precision of each layer) in the log
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if job.get("workspace_mb"):
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(job["workspace_mb"]) << 20)
     if weak_fp16:
@@ -433,6 +505,8 @@ def _run(trt, job: dict) -> dict:
         raise EngineError(f"{name} {version} could not build an engine from {job['onnx']}: " + " | ".join(errs[-8:]) + hint)
     Path(job["plan"]).write_bytes(memoryview(plan))
     result["messages"] = logger.messages[-50:]
+    result["engine_layers"] = parse_layer_info(logger.layer_info)
+    result["quantized_convs"] = conv_precisions(result["engine_layers"], quantized_conv_nodes(data))
     return result
 
 
@@ -588,6 +662,7 @@ def build_engine(onnx_path, out_path=None, batch=(1, 16, 64), plugin: bool = Fal
     if cached:
         sc = read_sidecar(built_path)
         network, build_time = NetworkSummary.from_dict(sc["network"]), 0.0
+        engine_layers, qconvs = sc.get("engine_layers", []), sc.get("quantized_convs", {})
     else:
         built_path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".cadyq-engine-", dir=built_path.parent) as tmp:
@@ -601,6 +676,7 @@ def build_engine(onnx_path, out_path=None, batch=(1, 16, 64), plugin: bool = Fal
                                   f"{graph.n_select} CADyQSelect nodes as plugin layers")
             atomic_write(built_path, lambda t: shutil.copyfile(plan, t))
         network, build_time = NetworkSummary.from_dict(res["summary"]), float(res["build_time_s"])
+        engine_layers, qconvs = res.get("engine_layers", []), res.get("quantized_convs", {})
         sc = {
             "format": SIDECAR_FORMAT, "engine": built_path.name, "engine_sha256": sha256_file(built_path),
             "engine_bytes": built_path.stat().st_size, **expect,
@@ -615,6 +691,8 @@ def build_engine(onnx_path, out_path=None, batch=(1, 16, 64), plugin: bool = Fal
             "plugin_namespace": cadyq_op.PLUGIN_NAMESPACE if use_plugin else None,
             "plugin_version": cadyq_op.PLUGIN_VERSION if use_plugin else None,
             "network": network.to_dict(), "workspace_mb": workspace_mb,
+            "precisions": precision_summary(engine_layers, qconvs), "quantized_convs": qconvs,
+            "engine_layers": engine_layers,
             "onnx": str(graph.path.resolve()), "build_time_s": round(build_time, 3),
             "cadyq_version": _cadyq_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -624,8 +702,9 @@ def build_engine(onnx_path, out_path=None, batch=(1, 16, 64), plugin: bool = Fal
         final = Path(out_path)
         atomic_write(final, lambda t: shutil.copyfile(built_path, t))
         _write_sidecar(final, {**sc, "engine": final.name})
-    return EngineInfo(final, sidecar_path(final), name, version, target, tuple(ccs), graph.tile, batch, use_plugin,
-                      precision, network, graph.info, final.stat().st_size, build_time, cached)
+    info = EngineInfo(final, sidecar_path(final), name, version, target, tuple(ccs), graph.tile, batch, use_plugin,
+                      precision, network, graph.info, final.stat().st_size, build_time, cached, engine_layers, qconvs)
+    return info
 
 
 def _write_sidecar(engine: Path, sc: dict) -> None:

@@ -64,10 +64,11 @@ from ..quant import ActQuant, BitSelector, ModelInfo, QConv2d, dynamic_quantizer
 from ..quant.ops import levels
 from . import op as cadyq_op
 
-__all__ = ["export_onnx", "export_model_proto", "weight_dequant_error", "DTYPES", "INPUT", "OUTPUTS",
+__all__ = ["export_onnx", "export_model_proto", "weight_dequant_error", "DTYPES", "FORMS", "INPUT", "OUTPUTS",
            "META_INFO", "META_EXPORT", "META_TAPS", "META_MODEL", "EXPORT_FORMAT"]
 
 DTYPES = ("fp32", "fp16")
+FORMS = ("int8", "fakequant")
 INPUT = "lr"
 OUTPUTS = ("sr", "bits")
 META_INFO = "cadyq"
@@ -373,11 +374,17 @@ def _as_model(model) -> nn.Module:
 
 
 def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 17, dynamic_batch: bool = True,
-                       *, exact_weights: bool = True, check: bool = True) -> onnx.ModelProto:
-    """The exported graph as a ModelProto (see the module docstring); `export_onnx` writes it."""
+                       *, form: str = "int8", exact_weights: bool = True, check: bool = True) -> onnx.ModelProto:
+    """The exported graph as a ModelProto (see the module docstring); `export_onnx` writes it.
+
+    form "int8" (default): the integer graph form of quantized models (cadyq.export.int_graph):
+    CADyQSelect-2 gives int8 values and a per-tile scale that feed INT8 convolutions. "fakequant":
+    the fake-quant form (CADyQSelect-1, float convolutions). fp32 models have one form."""
     model = _as_model(model)
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if form not in FORMS:
+        raise ExportError(f"unknown graph form {form!r}; choose one of {', '.join(FORMS)}")
     if not hasattr(model, "config"):
         raise ExportError("export_onnx() needs a model from cadyq.create_model (optionally quantized)")
     if opset < cadyq_op.MIN_OPSET:
@@ -387,15 +394,26 @@ def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 
     cfg = quant_config(model)
     info = ModelInfo.from_model(model)
     scale, n_layers = model.config.scale, info.n_layers
+    integer = form == "int8" and cfg.method != "fp32"
+    if integer and dtype != "fp32":
+        raise ExportError("the int8 graph form is exported in fp32 (its convolutions are INT8); for an fp16 graph "
+                          "pass form='fakequant' (`cadyq export --form fakequant --dtype fp16`)")
     device = next(model.parameters()).device
-    traced, keys, _handles = _prepare(model, dtype)
-    wrapper = _Exported(traced, n_layers)
+    if integer:
+        from . import int_graph
+
+        wrapper = int_graph.prepare(model.cpu().eval(), lambda key, t: _Tap.apply(t, key))
+        traced, keys, device = wrapper.program, wrapper.order, torch.device("cpu")
+    else:
+        traced, keys, _handles = _prepare(model, dtype)
+        wrapper = _Exported(traced, n_layers)
     gen = torch.Generator().manual_seed(0)
     dummy = (torch.rand(2 if dynamic_batch else 1, 3, tile, tile, generator=gen) * 255).to(device)
     buf = io.BytesIO()
     opsets = {_TMP_DOMAIN: 1}
-    if any(isinstance(q, BitSelector) and q.mode == "full" for q in traced.modules()):
-        opsets[cadyq_op.DOMAIN] = cadyq_op.OP_VERSION
+    if any((isinstance(q, BitSelector) and q.mode == "full") or getattr(q, "mode", None) == "full" and
+           type(q).__name__ == "IntQuantizer" for q in traced.modules()):
+        opsets[cadyq_op.DOMAIN] = cadyq_op.INT_VERSION if integer else cadyq_op.OP_VERSION
     axes = {INPUT: {0: "N"}, "sr": {0: "N"}, "bits": {0: "N"}} if dynamic_batch else None
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -430,9 +448,13 @@ def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 
     meta = {
         META_INFO: json.dumps(info.to_dict()),
         META_MODEL: json.dumps(ckpt_metadata(model)),
-        META_EXPORT: json.dumps({"format": EXPORT_FORMAT, "dtype": dtype, "tile": tile, "opset": opset,
-                                 "dynamic_batch": dynamic_batch, "exact_weights": exact_weights,
-                                 "weights": "int8+DequantizeLinear" if cfg.method != "fp32" else "float32",
+        META_EXPORT: json.dumps({"format": EXPORT_FORMAT, "form": "int8" if integer else "fakequant", "dtype": dtype,
+                                 "tile": tile, "opset": opset,
+                                 "dynamic_batch": dynamic_batch, "exact_weights": exact_weights and not integer,
+                                 "weights": ("float32" if cfg.method == "fp32" else "int8+DequantizeLinear(per-channel scale)"
+                                             if integer else "int8+DequantizeLinear"),
+                                 "activations": ("int8 values (4/6/8-bit grids) with a per-tile scale" if integer
+                                                 else "fake-quantized float"),
                                  "bits_output": {"fp32": "constant 32"}.get(cfg.method, "chosen bits")}),
         META_TAPS: json.dumps([{"key": k, "tensor": taps[k]} for k in keys if k in taps]),
     }
@@ -449,14 +471,14 @@ def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 
 
 
 def export_onnx(model, path: str | Path, tile: int = 96, dtype: str = "fp32", opset: int = 17,
-                dynamic_batch: bool = True, *, exact_weights: bool = True) -> Path:
+                dynamic_batch: bool = True, *, form: str = "int8", exact_weights: bool = True) -> Path:
     """Export `model` (an nn.Module from cadyq, or a checkpoint path) to `path` (written atomically).
 
     Input ``lr`` [N,3,tile,tile] float32 in [0,255]; outputs ``sr`` [N,3,tile*s,tile*s] and
     ``bits`` [N,L] (see the module docstring for every choice). Raises ExportError."""
     from ..checkpoint import atomic_write
 
-    proto = export_model_proto(model, tile, dtype, opset, dynamic_batch, exact_weights=exact_weights)
+    proto = export_model_proto(model, tile, dtype, opset, dynamic_batch, form=form, exact_weights=exact_weights)
     path = Path(path)
     atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
     return path

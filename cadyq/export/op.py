@@ -8,6 +8,13 @@ Per tile n (inputs x [N,C,H,W], g [N,2], W [K,C+2], b [K], a [K], attribute bits
     y[n]       = round(clamp(x[n], -a[k], a[k]) / a[k] * s) / s * a[k]   # round half to even
     bits_out[n] = bits[k]
 
+Version 2 (the integer graph form, `cadyq export` default) has the same inputs and selection, and
+three outputs: q = round(clamp(x[n], -a[k], a[k]) / a[k] * s), integers in the type of x,
+scale[n] = a[k] / s (float32), bits[n]. The graph then runs QuantizeLinear(q, 1, int8 0) ->
+DequantizeLinear(1) -> Conv(int8 weights) -> Mul(scale) -> Add(bias): an INT8 convolution with a
+runtime per-tile scale. (The Q/DQ pair stays outside the function: TensorRT's parser cannot name the
+Quantize layers of several inlined instances of one function.)
+
 The function body uses standard ONNX ops only, so ONNX Runtime and TensorRT run it with no plugin;
 nodes carry `plugin_namespace`/`plugin_version`, so the TensorRT ONNX parser takes a registered
 `CADyQSelect` plugin instead when one is loaded. Pure onnx + numpy (no torch).
@@ -29,8 +36,10 @@ PLUGIN_NAMESPACE = "cadyq"
 PLUGIN_VERSION = "1"
 MIN_OPSET = 15          # CastLike; ReduceSum/Unsqueeze take axes as inputs, ArgMax select_last_index
 MIN_IR_VERSION = 9      # FunctionProto.attribute_proto (defaults of the plugin attributes)
+INT_VERSION = 2        # the integer form: outputs (q int8, scale, bits)
 INPUTS = ("x", "g", "W", "b", "a")
 OUTPUTS = ("y", "bits")
+INT_OUTPUTS = ("q", "scale", "bits")
 
 
 def _check_bits(bits: Sequence[int]) -> list[int]:
@@ -40,7 +49,7 @@ def _check_bits(bits: Sequence[int]) -> list[int]:
     return bits
 
 
-def make_function(opset: int) -> onnx.FunctionProto:
+def make_function(opset: int, integer: bool = False) -> onnx.FunctionProto:
     """CADyQSelect as a FunctionProto in domain `cadyq` whose body uses standard ONNX ops (default domain at `opset`).
 
     x (and g, W, b, a) may be float32 or float16: statistics, selector and quantization run in float32
@@ -81,24 +90,31 @@ def make_function(opset: int) -> onnx.FunctionProto:
         N("Unsqueeze", ["a_n", "nchw_tail"], ["a4"]), N("Unsqueeze", ["s_n", "nchw_tail"], ["s4"]),
         # y = round(clamp(x, -a, a) / a * s) / s * a
         N("Neg", ["a4"], ["neg_a4"]), N("Max", ["xf", "neg_a4"], ["lo"]), N("Min", ["lo", "a4"], ["clamped"]),
-        N("Div", ["clamped", "a4"], ["unit"]), N("Mul", ["unit", "s4"], ["scaled"]), N("Round", ["scaled"], ["q"]),
-        N("Div", ["q", "s4"], ["deq"]), N("Mul", ["deq", "a4"], ["yf"]), N("CastLike", ["yf", "x"], ["y"]),
+        N("Div", ["clamped", "a4"], ["unit"]), N("Mul", ["unit", "s4"], ["scaled"]), N("Round", ["scaled"], ["qf"]),
     ]
+    if integer:
+        nodes += [N("CastLike", ["qf", "x"], ["q"]), N("Div", ["a_n", "s_n"], ["scale"])]
+    else:
+        nodes += [N("Div", ["qf", "s4"], ["deq"]), N("Mul", ["deq", "a4"], ["yf"]), N("CastLike", ["yf", "x"], ["y"])]
     return helper.make_function(
-        DOMAIN, OP_TYPE, list(INPUTS), list(OUTPUTS), nodes,
+        DOMAIN, OP_TYPE, list(INPUTS), list(INT_OUTPUTS if integer else OUTPUTS), nodes,
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=["bits"],
         attribute_protos=[helper.make_attribute("plugin_namespace", PLUGIN_NAMESPACE),
-                          helper.make_attribute("plugin_version", PLUGIN_VERSION)],
-        doc_string="CADyQ bit selection + fake quantization per tile (see cadyq/export/op.py).",
+                          helper.make_attribute("plugin_version", str(INT_VERSION) if integer else PLUGIN_VERSION)],
+        doc_string=("CADyQ bit selection + quantization to int8 per tile, with the per-tile scale" if integer else
+                    "CADyQ bit selection + fake quantization per tile") + " (see cadyq/export/op.py).",
     )
 
 
 def make_select_node(inputs: Sequence[str], outputs: Sequence[str], bits: Sequence[int], name: str | None = None,
-                     plugin_namespace: str = PLUGIN_NAMESPACE, plugin_version: str = PLUGIN_VERSION) -> onnx.NodeProto:
-    """A `cadyq::CADyQSelect` node: inputs (x, g, W, b, a), outputs (y, bits)."""
-    if len(inputs) != 5 or len(outputs) != 2:
-        raise ExportError(f"CADyQSelect takes inputs (x, g, W, b, a) and outputs (y, bits); got {list(inputs)} -> {list(outputs)}")
+                     plugin_namespace: str = PLUGIN_NAMESPACE, plugin_version: str | None = None) -> onnx.NodeProto:
+    """A `cadyq::CADyQSelect` node: inputs (x, g, W, b, a), outputs (y, bits), or (q, scale, bits) for the
+    integer form (plugin_version "2")."""
+    if len(inputs) != 5 or len(outputs) not in (2, 3):
+        raise ExportError(f"CADyQSelect takes inputs (x, g, W, b, a) and outputs (y, bits) or (q, scale, bits); "
+                          f"got {list(inputs)} -> {list(outputs)}")
+    plugin_version = plugin_version or (str(INT_VERSION) if len(outputs) == 3 else PLUGIN_VERSION)
     return helper.make_node(OP_TYPE, list(inputs), list(outputs), name=name, domain=DOMAIN, bits=_check_bits(bits),
                             plugin_namespace=plugin_namespace, plugin_version=plugin_version)
 
@@ -128,23 +144,28 @@ def add_functions(model: onnx.ModelProto, plugin_namespace: str = PLUGIN_NAMESPA
     nodes = list(_select_nodes(model.graph))
     if not nodes:
         return
+    forms = {len(n.output) for n in nodes}
+    if len(forms) != 1 or forms - {2, 3}:
+        raise ExportError("CADyQSelect nodes must all have 2 outputs (y, bits) or all 3 (q, scale, bits); got a mix")
+    integer = forms == {3}
     for node in nodes:
         attrs = {a.name: a for a in node.attribute}
         if "bits" not in attrs:
             raise ExportError(f"CADyQSelect node {node.name!r} has no 'bits' attribute; build it with make_select_node(..., bits=[4, 6, 8])")
         _check_bits(attrs["bits"].ints)
-        if len(node.input) != 5 or len(node.output) != 2:
-            raise ExportError(f"CADyQSelect node {node.name!r} must have 5 inputs (x, g, W, b, a) and 2 outputs (y, bits)")
+        if len(node.input) != 5:
+            raise ExportError(f"CADyQSelect node {node.name!r} must have 5 inputs (x, g, W, b, a)")
         if "plugin_namespace" not in attrs:
             node.attribute.append(helper.make_attribute("plugin_namespace", plugin_namespace))
         if "plugin_version" not in attrs:
-            node.attribute.append(helper.make_attribute("plugin_version", PLUGIN_VERSION))
-    fn = make_function(_default_opset(model))
+            node.attribute.append(helper.make_attribute("plugin_version", str(INT_VERSION) if integer else PLUGIN_VERSION))
+    fn = make_function(_default_opset(model), integer)
     kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
     del model.functions[:]
     model.functions.extend(kept + [fn])
-    if not any(imp.domain == DOMAIN for imp in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(DOMAIN, OP_VERSION))
+    kept_ops = [imp for imp in model.opset_import if imp.domain != DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(kept_ops + [helper.make_opsetid(DOMAIN, INT_VERSION if integer else OP_VERSION)])
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)
 
 

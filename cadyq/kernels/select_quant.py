@@ -1,7 +1,9 @@
-"""Fused CADyQ bit selection + fake quantization (Triton), the kernel behind `cadyq::CADyQSelect`.
+"""Fused CADyQ bit selection + quantization (Triton), the kernels behind `cadyq::CADyQSelect`.
 
 Per tile n:  sigma = std_hw(x[n]) (unbiased);  k = argmax(W @ [g[n], sigma] + b);
-             y[n] = round(clamp(x[n], -a_k, a_k) / a_k * s_k) / s_k * a_k,  s_k = 2^(bits_k-1) - 1.
+             q[n] = round(clamp(x[n], -a_k, a_k) / a_k * s_k),  s_k = 2^(bits_k-1) - 1;
+  version 1 (fake quant):   y[n] = q[n] / s_k * a_k                      (select_quant_kernel)
+  version 2 (integer form): q[n] as int8 (or float), scale[n] = a_k / s_k  (select_quant_int_kernel)
 
 Decomposition: one program per tile, one launch. The choice of k needs the statistics of every
 channel of the tile before any element of y[n] can be written, so a tile is the smallest unit of
@@ -31,12 +33,9 @@ MAX_K = 16
 
 
 @triton.jit
-def select_quant_kernel(x_ptr, g_ptr, w_ptr, b_ptr, a_ptr, C, HW, y_ptr, bits_ptr,
-                        BITS: tl.constexpr, K_PAD: tl.constexpr,
-                        BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK: tl.constexpr):
-    # argument order = TensorRT AOT convention: input pointers, int32 scalars, output pointers
-    n = tl.program_id(0).to(tl.int64)
-    x_n, y_n = x_ptr + n * C * HW, y_ptr + n * C * HW
+def _select(x_n, g_ptr, w_ptr, b_ptr, a_ptr, n, C, HW, BITS: tl.constexpr, K_PAD: tl.constexpr,
+            BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """(a_k, s_k, bits_k) of tile n: statistics, selector GEMV and argmax (first max on ties)."""
     ks = tl.arange(0, K_PAD)
     k_ok = ks < len(BITS)
     w_rows = w_ptr + ks[:, None] * (C + 2)                         # W[k, :], row-major [K, C+2]
@@ -72,18 +71,51 @@ def select_quant_kernel(x_ptr, g_ptr, w_ptr, b_ptr, a_ptr, C, HW, y_ptr, bits_pt
     for i in tl.static_range(len(BITS)):
         bits = tl.where(k == i, BITS[i], bits)
         s = tl.where(k == i, (1 << (BITS[i] - 1)) - 1, s)
+    return a, s, bits
 
-    # y = round(clamp(x, -a, a) / a * s) / s * a, round half to even
+
+@triton.jit
+def _round_quant(x, a, s):
+    """round(clamp(x, -a, a) / a * s), round half to even (floor-based: exact)."""
+    v = tl.math.div_rn(tl.clamp(x, -a, a), a) * s
+    r = tl.floor(v)
+    frac = v - r
+    odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
+    return r + tl.where((frac > 0.5) | ((frac == 0.5) & odd), 1.0, 0.0)
+
+
+@triton.jit
+def select_quant_kernel(x_ptr, g_ptr, w_ptr, b_ptr, a_ptr, C, HW, y_ptr, bits_ptr,
+                        BITS: tl.constexpr, K_PAD: tl.constexpr,
+                        BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK: tl.constexpr):
+    """CADyQSelect-1: y = round(clamp(x)/a*s)/s*a. Argument order = TensorRT AOT convention: input
+    pointers, int32 scalars, output pointers."""
+    n = tl.program_id(0).to(tl.int64)
+    x_n, y_n = x_ptr + n * C * HW, y_ptr + n * C * HW
+    a, s, bits = _select(x_n, g_ptr, w_ptr, b_ptr, a_ptr, n, C, HW, BITS, K_PAD, BLOCK_C, BLOCK_HW)
     for i0 in range(0, C * HW, BLOCK):
         offs = i0 + tl.arange(0, BLOCK)
         m = offs < C * HW
-        x = tl.load(x_n + offs, mask=m, other=0.0).to(tl.float32)
-        v = tl.math.div_rn(tl.clamp(x, -a, a), a) * s
-        r = tl.floor(v)
-        frac = v - r                                           # exact
-        odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
-        q = r + tl.where((frac > 0.5) | ((frac == 0.5) & odd), 1.0, 0.0)
+        q = _round_quant(tl.load(x_n + offs, mask=m, other=0.0).to(tl.float32), a, s)
         tl.store(y_n + offs, (tl.math.div_rn(q, s) * a).to(y_ptr.dtype.element_ty), mask=m)
+    tl.store(bits_ptr + n, bits)
+
+
+@triton.jit
+def select_quant_int_kernel(x_ptr, g_ptr, w_ptr, b_ptr, a_ptr, C, HW, q_ptr, scale_ptr, bits_ptr,
+                            BITS: tl.constexpr, K_PAD: tl.constexpr,
+                            BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK: tl.constexpr):
+    """CADyQSelect-2 (the integer form): q = round(clamp(x)/a*s) in q's type (int8, or the float type of
+    x), scale[n] = a/s, bits[n]."""
+    n = tl.program_id(0).to(tl.int64)
+    x_n, q_n = x_ptr + n * C * HW, q_ptr + n * C * HW
+    a, s, bits = _select(x_n, g_ptr, w_ptr, b_ptr, a_ptr, n, C, HW, BITS, K_PAD, BLOCK_C, BLOCK_HW)
+    for i0 in range(0, C * HW, BLOCK):
+        offs = i0 + tl.arange(0, BLOCK)
+        m = offs < C * HW
+        q = _round_quant(tl.load(x_n + offs, mask=m, other=0.0).to(tl.float32), a, s)
+        tl.store(q_n + offs, q.to(q_ptr.dtype.element_ty), mask=m)
+    tl.store(scale_ptr + n, tl.math.div_rn(a, s))
     tl.store(bits_ptr + n, bits)
 
 
@@ -131,6 +163,31 @@ def launch(x, g, W, b, a, C: int, HW: int, y, bits_out, bits: tuple[int, ...], N
     select_quant_kernel[(N,)](x, g, W, b, a, C, HW, y, bits_out, BITS=bits,
                               K_PAD=max(2, triton.next_power_of_2(len(bits))),
                               enable_fp_fusion=False, **launch_config(C, HW))
+
+
+def launch_int(x, g, W, b, a, C: int, HW: int, q, scale, bits_out, bits: tuple[int, ...], N: int) -> None:
+    """The bare launch of the integer form (no checks)."""
+    select_quant_int_kernel[(N,)](x, g, W, b, a, C, HW, q, scale, bits_out, BITS=bits,
+                                  K_PAD=max(2, triton.next_power_of_2(len(bits))),
+                                  enable_fp_fusion=False, **launch_config(C, HW))
+
+
+def select_quant_int(x: torch.Tensor, g: torch.Tensor, W: torch.Tensor, b: torch.Tensor, a: torch.Tensor,
+                     bits: Sequence[int], out_dtype: torch.dtype = torch.int8):
+    """The integer form: returns (q [N,C,H,W] of `out_dtype` (int8 or a float type), scale [N], bits [N])."""
+    bits = check_bits(bits)
+    N, C, H, Wd = x.shape
+    if not x.is_contiguous() or x.dtype not in (torch.float32, torch.float16) or H * Wd < 2:
+        raise BackendError("select_quant_int: x must be contiguous float32/float16 NCHW with H*W >= 2")
+    if x.device.type == "cpu" and not INTERPRETED:
+        raise BackendError("select_quant_int on CPU tensors needs the Triton interpreter: set TRITON_INTERPRET=1")
+    q = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    scale = torch.empty(N, dtype=torch.float32, device=x.device)
+    bits_out = torch.empty(N, dtype=torch.float32, device=x.device)
+    if N:
+        launch_int(x, g.contiguous(), W.contiguous(), b.contiguous(), a.contiguous(), C, H * Wd, q, scale, bits_out,
+                   bits, N)
+    return q, scale, bits_out
 
 
 def select_quant(x: torch.Tensor, g: torch.Tensor, W: torch.Tensor, b: torch.Tensor, a: torch.Tensor,

@@ -348,6 +348,7 @@ def lower(model: nn.Module, kernels: Kernels | None = None) -> IntegerProgram:
     for site, is_dynamic in [(s, True) for s in plan.dynamic] + [(s, False) for s in plan.fixed_inputs]:
         at = net.get_submodule(site.at)
         iq = _int_quantizer(at.input_quant)
+        iq.key = f"{site.at}.input_quant"  # the fake-quant model's module path (taps, reports)
         del at.input_quant
         conv = convs[site.conv]
         if site.at == site.conv:

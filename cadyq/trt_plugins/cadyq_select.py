@@ -8,8 +8,11 @@ stream, on the raw device pointers, with no allocation and no synchronisation. I
 once Triton has compiled the kernel for the shapes: run one inference, or `warmup(bits, shape)`,
 before capturing.
 
-I/O: inputs x [N,C,H,W] (float32 or float16), g [N,2], W [K,C+2], b [K], a [K] (float32);
-outputs y (type of x, shape of x), bits [N] float32. Field: `bits` (int32[K]).
+I/O: inputs x [N,C,H,W] (float32 or float16), g [N,2], W [K,C+2], b [K], a [K] (float32).
+Version "1" (fake-quant form): outputs y (type of x, shape of x), bits [N] float32.
+Version "2" (integer form): outputs q (the integers round(clamp(x)/a*s), shape of x, type of x: the
+graph's QuantizeLinear(1)/DequantizeLinear(1) pair makes them the INT8 input of the convolution),
+scale [N] = a_k/s_k, bits [N] float32. Field: `bits` (int32[K]). Both versions are registered.
 """
 from __future__ import annotations
 
@@ -18,9 +21,10 @@ import functools
 import numpy as np
 
 from cadyq.errors import EngineError
-from cadyq.export.op import OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from cadyq.export.op import INT_VERSION, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
-NUM_INPUTS, NUM_OUTPUTS = 5, 2
+NUM_INPUTS = 5
+VERSIONS = {PLUGIN_VERSION: 2, str(INT_VERSION): 3}  # plugin version -> number of outputs
 _ALIVE: dict[tuple[int, str], object] = {}  # registry id, namespace -> creator (the registry does not own Python objects)
 
 
@@ -36,19 +40,23 @@ class DevPtr:
 
 
 def enqueue_select(bits: tuple[int, ...], half: bool, dims, inputs, outputs, stream: int) -> None:
-    """Launch select+quantize on raw pointers (x, g, W, b, a) -> (y, bits_out) on CUDA stream `stream`."""
+    """Launch select+quantize on raw pointers (x, g, W, b, a) -> (y, bits_out), or with three outputs
+    (q, scale, bits_out) the integer form, on CUDA stream `stream`."""
     import torch
 
-    from cadyq.kernels.select_quant import launch
+    from cadyq.kernels.select_quant import launch, launch_int
 
     N, C, H, W = (int(d) for d in dims)
     if N == 0:
         return
     xt, f32 = (torch.float16 if half else torch.float32), torch.float32
     x, g, w, b, a = (DevPtr(p, xt if i == 0 else f32) for i, p in enumerate(inputs))
-    y, bits_out = DevPtr(outputs[0], xt), DevPtr(outputs[1], f32)
     with torch.cuda.stream(torch.cuda.ExternalStream(int(stream))):
-        launch(x, g, w, b, a, C, H * W, y, bits_out, bits, N)
+        if len(outputs) == 2:
+            launch(x, g, w, b, a, C, H * W, DevPtr(outputs[0], xt), DevPtr(outputs[1], f32), bits, N)
+        else:
+            launch_int(x, g, w, b, a, C, H * W, DevPtr(outputs[0], xt), DevPtr(outputs[1], f32),
+                       DevPtr(outputs[2], f32), bits, N)
 
 
 def warmup(bits, shape, half: bool = False) -> None:
@@ -81,13 +89,13 @@ def plugin_classes(trt):
     """(CADyQSelectPlugin, CADyQSelectCreator) for bindings module `trt` (tensorrt or tensorrt_rtx_bindings)."""
 
     class CADyQSelectPlugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime):
-        def __init__(self, bits=(), phase=None, namespace=PLUGIN_NAMESPACE):
+        def __init__(self, bits=(), phase=None, namespace=PLUGIN_NAMESPACE, version=PLUGIN_VERSION):
             trt.IPluginV3.__init__(self)
             trt.IPluginV3OneCore.__init__(self)
             trt.IPluginV3OneBuild.__init__(self)
             trt.IPluginV3OneRuntime.__init__(self)
-            self.plugin_name, self.plugin_namespace, self.plugin_version = OP_TYPE, namespace, PLUGIN_VERSION
-            self.num_outputs = NUM_OUTPUTS
+            self.plugin_name, self.plugin_namespace, self.plugin_version = OP_TYPE, namespace, version
+            self.num_outputs = VERSIONS[version]
             self.timing_cache_id = ""
             self.bits, self.phase = tuple(bits), phase
 
@@ -95,17 +103,17 @@ def plugin_classes(trt):
         def get_capability_interface(self, type):
             return self
 
-        def clone(self):  # all state: bits, phase, namespace
-            return CADyQSelectPlugin(self.bits, self.phase, self.plugin_namespace)
+        def clone(self):  # all state: bits, phase, namespace, version
+            return CADyQSelectPlugin(self.bits, self.phase, self.plugin_namespace, self.plugin_version)
 
         # build
         def get_output_data_types(self, input_types):
-            return [input_types[0], trt.DataType.FLOAT]
+            return [input_types[0]] + [trt.DataType.FLOAT] * (self.num_outputs - 1)
 
         def get_output_shapes(self, inputs, shape_inputs, expr_builder):
-            bits = trt.DimsExprs(1)
-            bits[0] = inputs[0][0]
-            return [trt.DimsExprs(inputs[0]), bits]
+            per_tile = trt.DimsExprs(1)
+            per_tile[0] = inputs[0][0]
+            return [trt.DimsExprs(inputs[0])] + [per_tile] * (self.num_outputs - 1)
 
         def supports_format_combination(self, pos, in_out, num_inputs):
             desc = in_out[pos].desc
@@ -113,13 +121,14 @@ def plugin_classes(trt):
                 return False
             if pos == 0:                                  # x
                 return desc.type in (trt.DataType.FLOAT, trt.DataType.HALF)
-            if pos == num_inputs:                         # y: type of x
+            if pos == num_inputs:                         # y / q: type of x
                 return desc.type == in_out[0].desc.type
-            return desc.type == trt.DataType.FLOAT        # g, W, b, a, bits
+            return desc.type == trt.DataType.FLOAT        # g, W, b, a, scale, bits
 
         def configure_plugin(self, inp, out):
-            if len(inp) != NUM_INPUTS or len(out) != NUM_OUTPUTS:
-                raise EngineError(f"CADyQSelect takes 5 inputs (x, g, W, b, a) and 2 outputs, got {len(inp)} and {len(out)}")
+            if len(inp) != NUM_INPUTS or len(out) != self.num_outputs:
+                raise EngineError(f"CADyQSelect v{self.plugin_version} takes 5 inputs (x, g, W, b, a) and "
+                                  f"{self.num_outputs} outputs, got {len(inp)} and {len(out)}")
             x, w = tuple(inp[0].desc.dims), tuple(inp[2].desc.dims)
             if len(x) != 4 or len(w) != 2:
                 raise EngineError(f"CADyQSelect: x must be [N,C,H,W] and W [K,C+2], got {x} and {w}")
@@ -150,14 +159,14 @@ def plugin_classes(trt):
                            inputs, outputs, stream)
 
     class CADyQSelectCreator(trt.IPluginCreatorV3One):
-        def __init__(self, namespace=PLUGIN_NAMESPACE):
+        def __init__(self, namespace=PLUGIN_NAMESPACE, version=PLUGIN_VERSION):
             trt.IPluginCreatorV3One.__init__(self)
-            self.name, self.plugin_namespace, self.plugin_version = OP_TYPE, namespace, PLUGIN_VERSION
+            self.name, self.plugin_namespace, self.plugin_version = OP_TYPE, namespace, version
             self.field_names = trt.PluginFieldCollection(
                 [trt.PluginField("bits", np.array([], dtype=np.int32), trt.PluginFieldType.INT32)])
 
         def create_plugin(self, name, fc, phase):
-            return CADyQSelectPlugin(parse_bits(fc), phase, self.plugin_namespace)
+            return CADyQSelectPlugin(parse_bits(fc), phase, self.plugin_namespace, self.plugin_version)
 
     return CADyQSelectPlugin, CADyQSelectCreator
 
@@ -169,7 +178,8 @@ RTX_PARSER_ABORTS = ("TensorRT-RTX's ONNX parser (1.7.1) dlopens the unversioned
 
 
 def register(plugin_registry=None, trt=None, namespace: str = PLUGIN_NAMESPACE, force: bool = False):
-    """Register the CADyQSelect creator (name CADyQSelect, version "1", `namespace`); idempotent. Returns the creator.
+    """Register the CADyQSelect creators (name CADyQSelect, versions "1" and "2", `namespace`); idempotent.
+    Returns the version-1 creator.
 
     Refused on TensorRT-RTX unless `force` (see RTX_PARSER_ABORTS): a parse in a process that cannot resolve
     libtensorrt_rtx.so would terminate it. Without the plugin the parser inlines the model-local function.
@@ -183,15 +193,17 @@ def register(plugin_registry=None, trt=None, namespace: str = PLUGIN_NAMESPACE, 
     registry = plugin_registry if plugin_registry is not None else trt.get_plugin_registry()
     key = (id(registry), namespace)
     if key in _ALIVE:
-        return _ALIVE[key]
-    if registry.get_creator(OP_TYPE, PLUGIN_VERSION, namespace) is not None:
-        raise EngineError(f"another {namespace}::{OP_TYPE} v{PLUGIN_VERSION} plugin is already registered "
-                          "(an AOT plugin from register_aot() uses namespace 'cadyq_aot')")
-    creator = plugin_classes(trt)[1](namespace)
-    if not registry.register_creator(creator, namespace):
-        raise EngineError(f"TensorRT refused to register the {namespace}::{OP_TYPE} plugin creator")
-    _ALIVE[key] = creator
-    return creator
+        return _ALIVE[key][0]
+    for version in VERSIONS:
+        if registry.get_creator(OP_TYPE, version, namespace) is not None:
+            raise EngineError(f"another {namespace}::{OP_TYPE} v{version} plugin is already registered "
+                              "(an AOT plugin from register_aot() uses namespace 'cadyq_aot')")
+    creators = [plugin_classes(trt)[1](namespace, version) for version in VERSIONS]
+    for c in creators:
+        if not registry.register_creator(c, namespace):
+            raise EngineError(f"TensorRT refused to register the {namespace}::{OP_TYPE} v{c.plugin_version} plugin creator")
+    _ALIVE[key] = creators
+    return creators[0]
 
 
 def deregister(plugin_registry=None, trt=None, namespace: str = PLUGIN_NAMESPACE) -> bool:
@@ -200,5 +212,5 @@ def deregister(plugin_registry=None, trt=None, namespace: str = PLUGIN_NAMESPACE
 
     trt = trt or trt_module()
     registry = plugin_registry if plugin_registry is not None else trt.get_plugin_registry()
-    creator = _ALIVE.pop((id(registry), namespace), None)
-    return creator is not None and bool(registry.deregister_creator(creator))
+    creators = _ALIVE.pop((id(registry), namespace), None)
+    return creators is not None and all([bool(registry.deregister_creator(c)) for c in creators])

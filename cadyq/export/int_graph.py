@@ -1,0 +1,207 @@
+"""The INT8 graph form: the integer program (cadyq.quant.lowering) traced with symbolic kernels.
+
+Per quantized conv the graph holds
+
+    q [int8]  = QuantizeLinear(CADyQSelect-2(x, g, W, b, a), 1, 0)   (fixed/tile/layer selection: standard ops
+                                                                      before the QuantizeLinear)
+    y         = Conv(DequantizeLinear(q, 1), DequantizeLinear(w_int8, w_scale, axis 0))   (no bias)
+    y         = Mul(y, scale [N,1,1,1]);  y = Add(y, bias [1,C,1,1]);  then Relu / LeakyRelu if folded
+
+so TensorRT builds the convolution as an INT8 layer with the per-tile scale in a following kernel,
+and ONNX Runtime runs the same arithmetic. Where the quantized tensor is also used in float (EDSR's
+skip), it is DequantizeLinear(q, 1) * scale. 4- and 6-bit tiles are int8 values with fewer levels.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..quant.lowering import IntConv2d, IntegerProgram, Kernels, QAct, lower
+from . import op as cadyq_op
+
+TILE_GRADIENT = "tile_gradient"
+
+
+def _const(g, value):
+    return g.op("Constant", value_t=value)
+
+
+def _unsqueeze_nchw(g, t):
+    return g.op("Unsqueeze", t, _const(g, torch.tensor([1, 2, 3], dtype=torch.int64)))
+
+
+class _SelectInt(torch.autograd.Function):
+    """CADyQSelect v2: (x, g, W, b, a) -> (q int8, scale [N], bits [N])."""
+
+    @staticmethod
+    def forward(ctx, x, grad, w, b, a, bits):
+        bits_t = torch.tensor(bits, dtype=torch.float32)
+        levels = 2.0 ** (bits_t - 1) - 1
+        k = F.linear(torch.cat([grad, x.std(dim=(2, 3))], 1), w, b).argmax(1)
+        a4, s4 = a[k].view(-1, 1, 1, 1), levels[k].view(-1, 1, 1, 1)
+        q = torch.round(torch.maximum(torch.minimum(x, a4), -a4) / a4 * s4)
+        return q.to(torch.int8), a[k] / levels[k], bits_t[k]
+
+    @staticmethod
+    def symbolic(g, x, grad, w, b, a, bits):
+        qf, scale, bo = g.op(f"{cadyq_op.DOMAIN}::{cadyq_op.OP_TYPE}", x, grad, w, b, a, bits_i=list(bits), outputs=3)
+        qf.setType(x.type())
+        q = g.op("QuantizeLinear", qf, _const(g, torch.tensor(1.0)), _const(g, torch.tensor(0, dtype=torch.int8)))
+        q.setType(x.type().with_dtype(torch.int8))
+        sizes = x.type().sizes()
+        vec = x.type().with_dtype(torch.float32).with_sizes([sizes[0] if sizes else None])
+        scale.setType(vec)
+        bo.setType(vec)
+        return q, scale, bo
+
+
+class _QuantizeInt(torch.autograd.Function):
+    """round(clamp(x, -a, a) / a * s) as int8, with per-tile a, s [N] (fixed, tile and layer selection)."""
+
+    @staticmethod
+    def forward(ctx, x, a, s):
+        a4, s4 = a.view(-1, 1, 1, 1), s.view(-1, 1, 1, 1)
+        return torch.round(torch.maximum(torch.minimum(x, a4), -a4) / a4 * s4).to(torch.int8)
+
+    @staticmethod
+    def symbolic(g, x, a, s):
+        a4, s4 = _unsqueeze_nchw(g, a), _unsqueeze_nchw(g, s)
+        c = g.op("Max", g.op("Min", x, a4), g.op("Neg", a4))
+        r = g.op("Round", g.op("Mul", g.op("Div", c, a4), s4))
+        q = g.op("QuantizeLinear", r, _const(g, torch.tensor(1.0)), _const(g, torch.tensor(0, dtype=torch.int8)))
+        q.setType(x.type().with_dtype(torch.int8))
+        return q
+
+
+class _Dequant(torch.autograd.Function):
+    """q * scale (float), as DequantizeLinear(q, 1) * scale [N,1,1,1]."""
+
+    @staticmethod
+    def forward(ctx, q, scale):
+        return q.float() * scale.view(-1, 1, 1, 1)
+
+    @staticmethod
+    def symbolic(g, q, scale):
+        x = g.op("DequantizeLinear", q, _const(g, torch.tensor(1.0)), _const(g, torch.tensor(0, dtype=torch.int8)))
+        y = g.op("Mul", x, _unsqueeze_nchw(g, scale))
+        y.setType(q.type().with_dtype(torch.float32))
+        return y
+
+
+class _IntConv(torch.autograd.Function):
+    """The INT8 convolution with per-tile scale: see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, q, scale, w_q, w_scale, bias, stride, padding, dilation, groups, act, slope):
+        acc = torch.round(F.conv2d(q.float(), w_q.float(), None, stride, padding, dilation, groups))
+        y = acc * scale.view(-1, 1, 1, 1) * w_scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+        return torch.relu(y) if act == "relu" else (F.leaky_relu(y, slope) if act == "leaky" else y)
+
+    @staticmethod
+    def symbolic(g, q, scale, w_q, w_scale, bias, stride, padding, dilation, groups, act, slope):
+        one, zero = _const(g, torch.tensor(1.0)), _const(g, torch.tensor(0, dtype=torch.int8))
+        xq = g.op("DequantizeLinear", q, one, zero)
+        out_c = w_q.type().sizes()[0]
+        w = g.op("DequantizeLinear", w_q, w_scale, _const(g, torch.zeros(out_c, dtype=torch.int8)), axis_i=0)
+        k = w_q.type().sizes()[2:]
+        y = g.op("Conv", xq, w, strides_i=list(stride), pads_i=list(padding) * 2, dilations_i=list(dilation),
+                 group_i=int(groups), kernel_shape_i=list(k))
+        y = g.op("Mul", y, _unsqueeze_nchw(g, scale))
+        y = g.op("Add", y, g.op("Reshape", bias, _const(g, torch.tensor([1, -1, 1, 1], dtype=torch.int64))))
+        if act == "relu":
+            y = g.op("Relu", y)
+        elif act == "leaky":
+            y = g.op("LeakyRelu", y, alpha_f=float(slope))
+        return y
+
+
+class SymbolicKernels(Kernels):
+    """Kernels whose calls trace to the INT8 graph form; `emit(key, tensor)` taps a tensor (or is None)."""
+
+    name = "onnx-int8"
+
+    def __init__(self, emit=None):
+        self.emit = emit or (lambda key, t: t)
+
+    def tile_gradient(self, lr):
+        return self.emit(TILE_GRADIENT, super().tile_gradient(lr))
+
+    def select_quantize(self, x, quant, ctx, dequant=False):
+        key = getattr(quant, "key", None)
+        x = x.float()
+        if key:
+            x = self.emit(key + ":in", x)
+        if quant.mode == "full":
+            q, scale, bits = _SelectInt.apply(x, ctx.grad, quant.weight, quant.bias, quant.alpha,
+                                              tuple(int(b) for b in quant.bits.tolist()))
+            k = None
+        else:
+            n = x.shape[0]
+            const = quant.constant_k()
+            k = ctx.tile_logits.argmax(1) if const is None else torch.full((n,), const, dtype=torch.long)
+            a, s = quant.alpha[k], quant.levels[k]
+            q, scale, bits = _QuantizeInt.apply(x, a, s), a / s, quant.bits[k]
+        if key:
+            bits = self.emit(key + ":bits", bits)
+        return QAct(q, scale, bits, k)
+
+    def dequantize(self, qa):
+        return _Dequant.apply(qa.q, qa.scale)
+
+    def conv(self, qa, conv: IntConv2d):
+        return _IntConv.apply(qa.q, qa.scale, conv.weight_q, conv.weight_scale, conv.bias, conv.stride, conv.padding,
+                              conv.dilation, conv.groups, conv.act, conv.slope)
+
+
+class ExportedProgram(nn.Module):
+    """program(lr) -> (sr, bits) with taps: tile gradient, every dynamic/fixed quantizer's input and
+    bits, the fixed output quantizers' input and output, and every float conv's input and output,
+    keyed as `attach_taps` keys the fake-quant model (so `cadyq check` compares them)."""
+
+    def __init__(self, program: IntegerProgram, tap):
+        super().__init__()
+        self.program = program
+        self.order: list[str] = []
+        self._calls: dict[str, int] = {}
+
+        def emit(key, t):
+            self.order.append(key)
+            return tap(key, t)
+
+        self._emit = emit
+        program.use(SymbolicKernels(emit))
+        for name, mod in program.net.named_modules():
+            if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)):
+                mod.register_forward_pre_hook(self._pre(name))
+                mod.register_forward_hook(self._post(name))
+            if type(mod).__name__ == "IntFakeQuant":
+                mod.register_forward_pre_hook(self._pre(name))
+                mod.register_forward_hook(self._post(name))
+
+    def _key(self, name):
+        c = self._calls.get(name, 0)
+        return name if c == 0 else f"{name}#{c}"
+
+    def _pre(self, name):
+        def hook(mod, args):
+            return (self._emit(self._key(name) + ":in", args[0]),) + tuple(args[1:])
+        return hook
+
+    def _post(self, name):
+        def hook(mod, args, out):
+            key = self._key(name)
+            self._calls[name] = self._calls.get(name, 0) + 1
+            return self._emit(key, out)
+        return hook
+
+    def forward(self, lr):
+        self.order.clear()
+        self._calls.clear()
+        sr, bits = self.program(lr)
+        return sr.float(), bits.float()
+
+
+def prepare(model: nn.Module, tap) -> ExportedProgram:
+    """The traceable integer program of `model` (a copy; the model is not changed)."""
+    return ExportedProgram(lower(model), tap)
