@@ -31,12 +31,15 @@ def _model(name, photo_tiles, method="cadyq"):
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory, photo_tiles):
-    """Tiny CADyQ models of every backbone exported at 24x24: name -> (onnx path, ModelInfo)."""
+    """Tiny CADyQ models of every backbone exported at 24x24 (the int8 graph form): name -> (onnx path, ModelInfo);
+    "<name>-pams8" for the PAMS-8 models."""
     d = tmp_path_factory.mktemp("onnx")
     out = {}
     for name in BACKBONES:
-        m = _model(name, photo_tiles)
-        out[name] = (export_onnx(m, d / f"{name}.onnx", tile=TILE), ModelInfo.from_model(m))
+        for method in ("cadyq", "pams8"):
+            m = _model(name, photo_tiles, method)
+            key = name if method == "cadyq" else f"{name}-pams8"
+            out[key] = (export_onnx(m, d / f"{key}.onnx", tile=TILE), ModelInfo.from_model(m))
     return out
 
 
@@ -52,11 +55,14 @@ RESULTS = {}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("plugin", [False, True], ids=["inlined", "plugin"])
+@pytest.mark.parametrize("method", ["cadyq", "pams8"])
 @pytest.mark.parametrize("name", BACKBONES)
-def test_build_every_backbone(graphs, tmp_path, name, plugin):
+def test_build_every_backbone(graphs, tmp_path, name, method, plugin):
     """The builder sees standard layers (TopK for the argmax, no plugin) without the plugin, and exactly
-    one PLUGIN_V3 layer per CADyQSelect node (and no TopK) with it; the engine builds in both cases."""
-    onnx_path, info = graphs[name]
+    one PLUGIN_V3 layer per CADyQSelect node (and no TopK) with it; the engine builds in both cases, and the
+    builder's engine-layer information shows every quantized conv as an INT8 convolution (Int8 input and
+    Int8 weights), none in float."""
+    onnx_path, info = graphs[name if method == "cadyq" else f"{name}-pams8"]
     t0 = time.perf_counter()
     eng = E.build_engine(onnx_path, tmp_path / f"{name}.engine", batch=BATCH, plugin=plugin)
     wall = time.perf_counter() - t0
@@ -64,20 +70,29 @@ def test_build_every_backbone(graphs, tmp_path, name, plugin):
     RESULTS[(name, plugin)] = (net.n_layers, net.n_plugin_layers, round(eng.build_time_s, 2), round(wall, 2))
     print(f"{name} plugin={plugin}: {net.n_layers} layers, {net.n_plugin_layers} plugin, build {eng.build_time_s:.2f} s, "
           f"total {wall:.2f} s, {eng.size_bytes / 1e6:.1f} MB")
-    assert eng.path.is_file() and eng.size_bytes > 100_000
-    assert eng.plugin is plugin and eng.tile == TILE and eng.batch == BATCH and eng.cached is False
-    if plugin:
-        assert net.n_plugin_layers == info.n_layers and net.layer_types.get("PLUGIN_V3") == info.n_layers
+    assert eng.path.is_file() and eng.size_bytes > 20_000
+    assert eng.plugin is (plugin and method == "cadyq") and eng.tile == TILE and eng.batch == BATCH and not eng.cached
+    n_select = info.n_layers if method == "cadyq" else 0
+    if plugin and method == "cadyq":
+        assert net.n_plugin_layers == n_select and net.layer_types.get("PLUGIN_V3") == n_select
         assert "TOPK" not in net.layer_types                           # the function body was not inlined
     else:
-        assert not net.has_plugin and net.layer_types.get("TOPK") == info.n_layers   # ArgMax of each selector
+        assert not net.has_plugin and net.layer_types.get("TOPK", 0) == n_select   # ArgMax of each selector
+    # every quantized conv (dynamic and fixed) is one INT8 convolution layer of the engine, none runs in float
+    prec = eng.precision_summary
+    assert len(eng.quantized_convs) == len(info.layers) == prec["quantized_convs"], eng.quantized_convs
+    assert set(eng.quantized_convs.values()) == {"int8"} and prec["int8_convs"] == len(info.layers), eng.quantized_convs
+    int8_layers = [lay for lay in eng.engine_layers if lay["inputs"][:1] == ["Int8"] and lay["weights"][:1] == ["Int8"]]
+    assert len(int8_layers) == len(info.layers)
     assert net.layer_types.get("CONVOLUTION", 0) > 0
     sc = E.read_sidecar(eng.path)
-    assert sc["plugin"] is plugin and sc["batch"] == list(BATCH) and sc["tile"] == TILE
-    assert ModelInfo.from_dict(sc["model"]) == info and sc["bits"] == [4, 6, 8] and sc["n_layers"] == info.n_layers
+    assert sc["plugin"] is eng.plugin and sc["batch"] == list(BATCH) and sc["tile"] == TILE
+    assert ModelInfo.from_dict(sc["model"]) == info and sc["bits"] == list(info.bits) and sc["n_layers"] == info.n_layers
     assert sc["builder"]["name"] == eng.builder and sc["engine_sha256"] == E.sha256_file(eng.path)
     assert sc["network"]["n_layers"] == net.n_layers
     assert sc["outputs"][1]["shape"] == ["N", info.n_layers]
+    assert sc["precisions"]["int8_convs"] == len(info.layers) and sc["quantized_convs"] == eng.quantized_convs
+    assert sc["engine_layers"] and all({"name", "type", "inputs", "weights", "outputs"} <= set(x) for x in sc["engine_layers"])
     if plugin:
         assert sc["plugin_namespace"] == "cadyq"
 
@@ -164,7 +179,7 @@ def test_precision_follows_the_graph(graphs, photo_tiles, tmp_path):
     if name == "tensorrt-rtx" or int(version.split(".")[0]) >= 11:
         with pytest.raises(EngineError, match="strongly typed.*--dtype fp16"):
             E.build_engine(onnx32, tmp_path / "x.engine", batch=BATCH, fp16=True)
-    onnx16 = export_onnx(_model("edsr", photo_tiles), tmp_path / "edsr16.onnx", tile=TILE, dtype="fp16")
+    onnx16 = export_onnx(_model("edsr", photo_tiles), tmp_path / "edsr16.onnx", tile=TILE, dtype="fp16", form="fakequant")
     eng = E.build_engine(onnx16, tmp_path / "e16.engine", batch=BATCH, fp16=True)
     assert eng.precision == "fp16" and eng.path.name == "e16.engine"
 

@@ -494,11 +494,46 @@ def _local_select(q: BitSelector, x: torch.Tensor, g: torch.Tensor):
     return F.linear(feat, w, b)[0], (feat.abs() @ w.abs().t() + b.abs())[0]
 
 
-def _local_checks(rep: Report, keys, tv, ov, modules, tol, dtype, x_in) -> list[tuple[int, str]]:
+def _int_conv_reference(model, conv_path: str, ov: dict, modules: dict):
+    """What the int8 graph's conv `conv_path` must output given the graph's own quantizer input: the model's
+    quantizer (fake quant, the graph's bits), its QConv2d, then the BatchNorm and activation the lowering folds."""
+    from ..quant import plan_for
+
+    plan = plan_for(model)
+    site = next((s for s in plan.dynamic + plan.fixed_inputs if s.conv == conv_path), None)
+    if site is None:
+        return None
+    qkey = f"{site.at}.input_quant"
+    if qkey + ":in" not in ov:
+        return None
+    q = modules[qkey]
+    bits = float(ov[qkey + ":bits"][0]) if qkey + ":bits" in ov and isinstance(q, BitSelector) else float(getattr(q, "bits", 8))
+    a, s = _quantizer_step(q, 0, bits)
+    conv = modules[conv_path]
+    with torch.no_grad():
+        y = type(conv).forward(conv, fake_quant(ov[qkey + ":in"], torch.tensor(a, dtype=torch.float32), s).to(conv.weight.device))
+        fuse = next((f for f in plan.fusions if f.conv == conv_path), None)
+        if fuse is not None and fuse.bn:
+            y = modules[fuse.bn](y)
+        if fuse is not None and fuse.act:
+            y = modules[fuse.act](y.clone())
+    return y.float().cpu()
+
+
+def _local_checks(rep: Report, keys, tv, ov, modules, tol, dtype, x_in, model=None) -> list[tuple[int, str]]:
     """Each conv and quantizer of the graph applied to the graph's own inputs vs the torch module
     applied to the same inputs: independent of rounding cascades, so any failure is a real
     difference. Returns [(position in keys, message)]."""
     fails = []
+    for pos, k in enumerate(keys):  # the int8 form's integer convs
+        if k.endswith(":int") and k in ov and model is not None:
+            y_ref = _int_conv_reference(model, k[:-4], ov, modules)
+            if y_ref is None:
+                continue
+            rel = float((y_ref - ov[k]).abs().max() / (y_ref.abs().max() + 1e-12))
+            if rel > (1e-2 if dtype == "fp16" else 1e-4):
+                fails.append((pos, f"{k[:-4]}: the integer convolution is off by {rel:.3g} (relative) from the model's "
+                                   "conv on the same quantizer input"))
     fp16 = dtype == "fp16"
     conv_rtol = 1e-2 if fp16 else 1e-4
     grad_o = ov.get(TILE_GRADIENT)
@@ -628,7 +663,7 @@ def _bisect(rep: Report, proto, providers, model, x_all, taps, tiles: list[int],
                     diverged.append(pos)
             if diverged and (first_pos is None or diverged[0] < first_pos):
                 first_pos = diverged[0]
-            for pos, msg in _local_checks(rep, keys, tv, ov, modules, tol, rep.dtype, x.to(device)):
+            for pos, msg in _local_checks(rep, keys, tv, ov, modules, tol, rep.dtype, x.to(device), model):
                 rep.local_failures.append(f"tile {t}: {msg}")
                 if first_local is None or pos < first_local:
                     first_local = pos

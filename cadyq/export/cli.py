@@ -1,6 +1,6 @@
 """ONNX export, graph checks and TensorRT engines (cadyq export | check | engine).
 
-    cadyq export --model M -o model.onnx [--tile 96] [--dtype fp32|fp16] [--opset 17]
+    cadyq export --model M -o model.onnx [--tile 96] [--form int8|fakequant] [--dtype fp32|fp16] [--opset 17]
     cadyq check model.onnx [--against CKPT] [--tiles 16] [--image PATH]
     cadyq engine model.onnx -o model.engine [--batch 1:16:64] [--plugin] [--fp16] [--workspace MB] [--cache-dir DIR]
     cadyq engine --make --backbone edsr --scale 4 --method cadyq [--model CKPT] --tile 96 --batch 1:16:64 --out-dir build
@@ -60,7 +60,10 @@ def _describe_onnx(path: Path) -> list[str]:
             f"  inputs   {', '.join(shape(v) for v in proto.graph.input)}",
             f"  outputs  {', '.join(shape(v) for v in proto.graph.output)}",
             f"  graph    {len(proto.graph.node)} nodes, {n_sel} CADyQSelect nodes "
-            f"(model-local function{'' if proto.functions else ' MISSING'}), opset {opset}, {exp.get('dtype', 'fp32')}"]
+            f"(model-local function{'' if proto.functions else ' MISSING'}), opset {opset}, {exp.get('dtype', 'fp32')}",
+            f"  form     {exp.get('form', 'fakequant')}"
+            + (": int8 values and per-tile scales feed INT8 convolutions (4- and 6-bit tiles are int8 values)"
+               if exp.get("form") == "int8" else "")]
 
 
 # ---- export ---------------------------------------------------------------------------------------------
@@ -72,6 +75,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.add_argument("--tile", type=int, default=96, help="LR tile size of the graph input (default 96)")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="compute dtype of the graph (default fp32)")
+    p.add_argument("--form", choices=("int8", "fakequant"), default=None,
+                   help="int8 (default for fp32 graphs): CADyQSelect gives int8 values and a per-tile scale that feed "
+                        "INT8 convolutions; fakequant: float convolutions of fake-quantized values (the default "
+                        "with --dtype fp16)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--static-batch", action="store_true", help="batch fixed to 1 instead of dynamic")
     _foreign_args(p)
@@ -81,8 +88,9 @@ def run_export(args) -> int:
     from .onnx_export import export_onnx
 
     model = _load_model(args.model, args.backbone, args.scale, args.method)
+    form = args.form or ("fakequant" if args.dtype == "fp16" else "int8")
     path = export_onnx(model, args.output, tile=args.tile, dtype=args.dtype, opset=args.opset,
-                       dynamic_batch=not args.static_batch)
+                       dynamic_batch=not args.static_batch, form=form)
     print("\n".join(_describe_onnx(Path(path))))
     return 0
 
@@ -264,9 +272,10 @@ def run_engine(args) -> int:
 
         model, tag = _make_model(args)
         dtype = args.dtype or ("fp16" if args.fp16 else "fp32")
+        form = "fakequant" if dtype == "fp16" else "int8"  # fp32 graphs: INT8 convolutions with per-tile scales
         out = Path(args.out_dir)
         onnx_path = export_onnx(model, out / f"{tag}-t{args.tile}-{dtype}.onnx", tile=args.tile, dtype=dtype,
-                                opset=args.opset)
+                                opset=args.opset, form=form)
         print("\n".join(_describe_onnx(Path(onnx_path))))
         b = "_".join(str(v) for v in _batch(args.batch))
         engine_path = Path(args.output) if args.output else out / f"{tag}-t{args.tile}-b{b}-{dtype}{'-plugin' if args.plugin else ''}.engine"

@@ -21,6 +21,7 @@ from ..quant.lowering import IntConv2d, IntegerProgram, Kernels, QAct, lower
 from . import op as cadyq_op
 
 TILE_GRADIENT = "tile_gradient"
+INT_CONV_TAP = ":int"  # tap key suffix of an integer conv's output (after its folded BatchNorm and activation)
 
 
 def _const(g, value):
@@ -150,14 +151,16 @@ class SymbolicKernels(Kernels):
         return _Dequant.apply(qa.q, qa.scale)
 
     def conv(self, qa, conv: IntConv2d):
-        return _IntConv.apply(qa.q, qa.scale, conv.weight_q, conv.weight_scale, conv.bias, conv.stride, conv.padding,
-                              conv.dilation, conv.groups, conv.act, conv.slope)
+        y = _IntConv.apply(qa.q, qa.scale, conv.weight_q, conv.weight_scale, conv.bias, conv.stride, conv.padding,
+                           conv.dilation, conv.groups, conv.act, conv.slope)
+        return self.emit(conv.name + INT_CONV_TAP, y)
 
 
 class ExportedProgram(nn.Module):
     """program(lr) -> (sr, bits) with taps: tile gradient, every dynamic/fixed quantizer's input and
-    bits, the fixed output quantizers' input and output, and every float conv's input and output,
-    keyed as `attach_taps` keys the fake-quant model (so `cadyq check` compares them)."""
+    bits, the fixed output quantizers' input and output, every float conv's input and output, keyed as
+    `attach_taps` keys the fake-quant model (so `cadyq check` compares them), and every integer conv's
+    output as `<conv>:int` (checked locally against the model's conv + folded epilogue)."""
 
     def __init__(self, program: IntegerProgram, tap):
         super().__init__()
