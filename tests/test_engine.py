@@ -93,8 +93,8 @@ def test_build_every_backbone(graphs, tmp_path, name, method, plugin):
     assert sc["outputs"][1]["shape"] == ["N", info.n_layers]
     assert sc["precisions"]["int8_convs"] == len(info.layers) and sc["quantized_convs"] == eng.quantized_convs
     assert sc["engine_layers"] and all({"name", "type", "inputs", "weights", "outputs"} <= set(x) for x in sc["engine_layers"])
-    if plugin:
-        assert sc["plugin_namespace"] == "cadyq"
+    if eng.plugin:
+        assert sc["plugin_namespace"] == "cadyq" and sc["plugin_version"] == "2"  # the integer form of CADyQSelect
 
 
 def test_inspect_network_plugin_present_or_absent(graphs):

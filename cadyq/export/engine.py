@@ -689,7 +689,8 @@ def build_engine(onnx_path, out_path=None, batch=(1, 16, 64), plugin: bool = Fal
                         {"name": OUTPUTS[1], "shape": ["N", sum(c["act_bits"] is None for c in graph.info["layers"])],
                          "dtype": "float32"}],
             "plugin_namespace": cadyq_op.PLUGIN_NAMESPACE if use_plugin else None,
-            "plugin_version": cadyq_op.PLUGIN_VERSION if use_plugin else None,
+            "plugin_version": ((str(cadyq_op.INT_VERSION) if graph.export.get("form") == "int8" else cadyq_op.PLUGIN_VERSION)
+                               if use_plugin else None),
             "network": network.to_dict(), "workspace_mb": workspace_mb,
             "precisions": precision_summary(engine_layers, qconvs), "quantized_convs": qconvs,
             "engine_layers": engine_layers,
