@@ -64,7 +64,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     checkpoint.save(teacher, tmp_path / "pams8.safetensors")
     kw = dict(method="cadyq", data=str(tmp_path / "hr"), init=str(tmp_path / "pams8.safetensors"), patch=10, batch=4,
               iters=3, workers=0, val=str(tmp_path / "hr"), val_max=1, val_every=2, log_every=1, progress=False,
-              w_bit=1e-2, lr=1e-3, selector_lr=1e-2)
+              w_bit=1e-2, lr=1e-3, selector_lr=1e-2,
+              # NCHW: channels_last convolutions of 2 and of 4 samples round differently, and one hard bit
+              # decision near a tie then flips between the runs, which changes the gradients legitimately
+              channels_last=False)
     port = _free_port()
     mp.spawn(_worker, args=(2, port, str(tmp_path), dict(kw, out=str(tmp_path / "ddp"))), nprocs=2, join=True)
 

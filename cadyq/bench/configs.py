@@ -236,9 +236,10 @@ def make_configs(model, compare=(), backend: str = "auto", device: str = "auto",
                                  "onnxruntime to run it exported) or compare with checkpoint/.onnx paths")
             calib = calib_tiles(first.backend.info.scale) if callable(calib_tiles) else calib_tiles
             m, notes = build_baseline(first.module, item, calib)
-            notes = notes + _simulation_note(item, chosen or main_backend)
             row_backend = chosen or (main_backend if main_backend in ("torch", "onnxruntime") else "torch")
-            configs.append(Config(item, _backend_for(m, row_backend, str(dev), tile, tmpdir, threads), item, notes, m))
+            be = _backend_for(m, row_backend, str(dev), tile, tmpdir, threads)
+            notes = notes + _simulation_note(item, row_backend) + list(getattr(be, "notes", []))
+            configs.append(Config(item, be, item, notes, m))
             continue
         m = _load(item, foreign)
         if chosen:

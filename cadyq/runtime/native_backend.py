@@ -62,10 +62,13 @@ class NativeBackend(Backend):
         if float_precision == "auto":
             float_precision = "bf16" if cpu_has_bf16() else "fp32"
         self.float_precision = float_precision
-        self.notes = [f"integer convolutions: oneDNN u8 x s8 -> s32, {self.kernels.range} input range "
-                      f"({'7-bit halves on AVX2 without VNNI' if self.kernels.range == '7bit' else 'VNNI/AMX'}); "
-                      f"4- and 6-bit tiles run as int8 values (no 4-bit arithmetic on this CPU); "
-                      f"float layers {float_precision}"] + self.kernels.notes
+        eight = ("8-bit tiles as float32 convs (u8 x s8 pairs saturate without VNNI)" if self.kernels.eight_bit == "float"
+                 else "8-bit tiles as two 7-bit INT8 halves")
+        self.notes = [("integer convolutions: oneDNN u8 x s8 -> s32, "
+                       + ("full 8-bit input range (VNNI/AMX)" if self.kernels.range == "full"
+                          else f"7-bit inputs (AVX2 without VNNI), {eight}")
+                       + f"; 4- and 6-bit tiles run as int8 values (no 4-bit arithmetic on this CPU); float layers "
+                       f"{float_precision}")] + self.kernels.notes
 
     def _program(self, module):
         program = lower(module).use(self.kernels)
