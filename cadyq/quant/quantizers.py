@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ops import fake_quant, levels, quantize_weight
+from .train_ops import FakeQuantSTE, SelectQuantSTE
 
 
 class TileState:
@@ -39,6 +40,8 @@ class ActQuant(nn.Module):
             self._observe(x)
             return x
         self.last_bits = x.new_full((x.shape[0],), float(self.bits))
+        if torch.is_grad_enabled() and (x.requires_grad or self.alpha.requires_grad):
+            return FakeQuantSTE.apply(x, self.alpha, float(levels(self.bits)))
         return fake_quant(x, self.alpha, levels(self.bits))
 
     @torch.no_grad()
@@ -121,18 +124,13 @@ class BitSelector(nn.Module):
             return y
         logits = self.logits(x)
         p = logits.softmax(1)
-        hard = F.one_hot(logits.argmax(1), len(self.bits)).to(x.dtype)
         expected = p @ self.bits
-        b_hard = hard @ self.bits
+        b_hard = self.bits[logits.argmax(1)]
         self.last_bits = b_hard.detach()
         self.last_bits_ste = b_hard.detach() + expected - expected.detach()
         self.last_weighted = self.last_bits_ste / expected.detach()
-        s = (2.0 ** (self.bits - 1) - 1).view(1, -1, 1, 1, 1)
-        q = fake_quant(x.unsqueeze(1), self.alpha.view(1, -1, 1, 1, 1), s)  # [N,K,C,H,W]
-        w_soft = p.view(*p.shape, 1, 1, 1)
-        w_hard = hard.view(*hard.shape, 1, 1, 1)
-        out_soft = (q * w_soft).sum(1)
-        return (q * w_hard).sum(1).detach() - out_soft.detach() + out_soft
+        # value of the hard choice, gradient of the probability-weighted mix of all candidates (train_ops)
+        return SelectQuantSTE.apply(x, self.alpha, 2.0 ** (self.bits - 1) - 1, p, logits.argmax(1))
 
 
 class QConv2d(nn.Conv2d):
