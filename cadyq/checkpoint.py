@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -13,6 +11,8 @@ import torch.nn as nn
 
 from .errors import CheckpointError, ModelError
 from .models import canonical_name, create_model
+from .outputs import atomic_write  # noqa: F401  (the one atomic writer; kept here for its callers)
+from .paths import not_a_file
 from .quant import quant_config, quantize
 
 FORMAT_VERSION = 1
@@ -35,23 +35,6 @@ def metadata(model: nn.Module) -> dict:
     }
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """write(tmp_path) then rename over `path`: an interrupted write leaves no half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save(model: nn.Module, path: str | Path, extra_metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
 
@@ -60,20 +43,75 @@ def save(model: nn.Module, path: str | Path, extra_metadata: dict | None = None)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)}))
 
 
-def read_metadata(path: str | Path) -> dict:
+def _require_file(path: Path) -> None:
+    why = not_a_file(path)
+    if why == "no such file or folder":
+        raise CheckpointError(f"{path}: no such checkpoint file; check the path, or pass a zoo name")
+    if why is not None:
+        raise CheckpointError(f"{path}: {why}; pass a checkpoint file (.safetensors, .pt, .pth)")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(e).__name__
+
+
+def _safetensors_metadata(path: Path) -> dict | None:
+    """The cadyq metadata of a safetensors file, checked; None for a safetensors file cadyq did not write."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    _require_file(path)
     try:
         with safe_open(str(path), "pt") as f:
             meta = (f.metadata() or {}).get(_META_KEY)
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)}); the file is damaged "
+                              "or not a safetensors file") from e
+    return None if meta is None else parse_metadata(meta, path)
+
+
+def read_metadata(path: str | Path) -> dict:
+    path = Path(path)
+    meta = _safetensors_metadata(path)
     if meta is None:
-        raise CheckpointError(f"{path}: safetensors file without cadyq metadata; import it with --backbone/--scale/--method")
-    return json.loads(meta)
+        raise CheckpointError(f"{path}: a safetensors file without cadyq metadata (not written by cadyq); "
+                              "load it with cadyq.load / --model, which imports it from its tensor names")
+    return meta
+
+
+# field: (types, required); bool is refused where an int is meant
+_META_FIELDS = {"format": (int, False), "version": (str, False), "backbone": (str, True), "scale": (int, True),
+                "arch": (dict, False), "method": (str, False), "bits": (list, False), "mode": (str, False),
+                "weight_bits": (int, False), "per_channel": (bool, False)}
+
+
+def parse_metadata(text: str, path: str | Path = "checkpoint") -> dict:
+    """The cadyq metadata JSON of a checkpoint, with every field of the right type, or one CheckpointError."""
+    def bad(detail: str) -> CheckpointError:
+        return CheckpointError(f"{path}: its cadyq metadata is damaged ({detail}); the file was edited or written by "
+                               "another program; re-save the model with cadyq.save")
+    try:
+        meta = json.loads(text)
+    except (ValueError, TypeError) as e:
+        raise bad(f"not JSON: {_first_line(e)}") from None
+    if not isinstance(meta, dict):
+        raise bad(f"a JSON {type(meta).__name__} instead of an object")
+    for key, (kind, required) in _META_FIELDS.items():
+        if key not in meta:
+            if required:
+                raise bad(f"no {key!r} field")
+            continue
+        value = meta[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise bad(f"{key!r} is {json.dumps(value)[:40]}, not a JSON {_JSON_NAMES[kind]}")
+    if meta["scale"] < 1:
+        raise bad(f"'scale' is {meta['scale']}")
+    if "bits" in meta and not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 32 for b in meta["bits"]):
+        raise bad(f"'bits' is {json.dumps(meta['bits'])[:40]}, not a list of bit-widths")
+    return meta
+
+
+_JSON_NAMES = {int: "integer", str: "string", dict: "object", list: "list", bool: "true/false"}
 
 
 def build(meta: dict) -> nn.Module:
@@ -82,12 +120,13 @@ def build(meta: dict) -> nn.Module:
         model = create_model(meta["backbone"], scale=int(meta["scale"]), **meta.get("arch", {}))
         return quantize(model, meta.get("method", "fp32"), tuple(meta.get("bits", (4, 6, 8))), mode=meta.get("mode", "full"),
                         weight_bits=int(meta.get("weight_bits", 8)), per_channel=bool(meta.get("per_channel", False)))
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint metadata is incomplete or invalid: {e}") from e
 
 
-def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Strict load that names what is missing, unexpected or of the wrong shape."""
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
+               hint: str = "check --backbone/--scale/--method") -> None:
+    """Strict load that names what is missing, unexpected or of the wrong shape; `hint` says what to do."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -97,28 +136,51 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "
             return ", ".join(xs[:8]) + (f" (+{len(xs) - 8} more)" if len(xs) > 8 else "")
         parts = [f"missing keys: {few(missing)}" if missing else "", f"unexpected keys: {few(unexpected)}" if unexpected else "",
                  f"wrong shapes: {few(shapes)}" if shapes else ""]
-        raise CheckpointError(f"{source} does not match the model ({'; '.join(p for p in parts if p)}); "
-                              "check --backbone/--scale/--method")
+        raise CheckpointError(f"{source} does not match the model ({'; '.join(p for p in parts if p)}); {hint}")
     model.load_state_dict(state, strict=True)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", *, backbone: str | None = None, scale: int | None = None,
          method: str | None = None) -> nn.Module:
-    """Load a cadyq safetensors checkpoint, or import a foreign .pt/.pth/.pth.tar; eval mode."""
+    """Load a cadyq safetensors checkpoint, or import a foreign .pt/.pth/.pth.tar (or a safetensors file
+    without cadyq metadata); eval mode. backbone/scale/method describe foreign files; given with a
+    cadyq file they must agree with it."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
+    _require_file(path)
+    meta = _safetensors_metadata(path) if path.suffix == ".safetensors" else None
+    if meta is not None:
         from safetensors.torch import load_file
 
-        meta = read_metadata(path)
         if meta.get("format", 0) > FORMAT_VERSION:
             raise CheckpointError(f"{path}: written by a newer cadyq (format {meta['format']}); upgrade cadyq")
-        model = build(meta)
-        load_state(model, load_file(str(path)), str(path))
+        try:
+            model = build(meta)
+        except (CheckpointError, ModelError) as e:
+            raise CheckpointError(f"{path}: {e}") from e
+        check_asked(model, str(path), backbone, scale, method)
+        try:
+            state = load_file(str(path))
+        except Exception as e:
+            raise CheckpointError(f"{path}: the tensors cannot be read ({_first_line(e)}); the file is truncated "
+                                  "or damaged") from e
+        load_state(model, state, str(path), "its tensors do not fit its own metadata: the file was edited or "
+                                            "damaged; re-save the model with cadyq.save")
     else:
         model = import_checkpoint(path, backbone=backbone, scale=scale, method=method)
     return model.to(device).eval()
+
+
+def check_asked(model: nn.Module, source: str, backbone: str | None = None, scale: int | None = None,
+                method: str | None = None) -> None:
+    """--backbone/--scale/--method given with a model that knows its own: they must agree with it."""
+    have = {"backbone": model.config.name, "scale": model.config.scale, "method": quant_config(model).method}
+    asked = {"backbone": canonical_name(backbone) if backbone else None, "scale": scale, "method": method}
+    wrong = [k for k, v in asked.items() if v is not None and v != have[k]]
+    if wrong:
+        flags = "/".join(f"--{k}" for k in wrong)
+        raise CheckpointError(f"{source} is a {have['backbone']} x{have['scale']} {have['method']} model, but "
+                              f"{' '.join(f'--{k} {asked[k]}' for k in wrong)} asks for another; drop {flags} "
+                              "(they describe foreign checkpoints) or pass a matching model")
 
 
 def load_model(name: str | Path | None = None, device: str | torch.device = "cpu", *, backbone: str | None = None,
@@ -130,11 +192,14 @@ def load_model(name: str | Path | None = None, device: str | torch.device = "cpu
     path = Path(name)
     if path.suffix in (".onnx", ".engine", ".plan"):
         raise CheckpointError(f"{path}: this needs a checkpoint (.safetensors/.pt/.pth) or a zoo name, not a {path.suffix} file")
-    if path.exists():
+    if path.exists() or path.is_symlink():
         return load(path, device, backbone=backbone, scale=scale, method=method)
-    if not path.suffix:
-        return zoo.load_pretrained(str(name)).to(device)
-    raise CheckpointError(f"{path}: no such checkpoint file")
+    if not path.suffix and "/" not in str(name):
+        model = zoo.load_pretrained(str(name))
+        check_asked(model, str(name), backbone, scale, method)
+        return model.to(device)
+    raise CheckpointError(f"{path}: no such checkpoint file; check the path, or pass a zoo name "
+                          f"({', '.join(zoo.available()) or 'none shipped'})")
 
 
 def transfer_state(dst: nn.Module, src: dict[str, torch.Tensor]) -> None:
@@ -188,13 +253,19 @@ _RULES = {
 _DROP = re.compile(r"(^|\.)(sub_mean|add_mean)\.|max_val$|^fblock\.module\.(0|3)\.alpha$")
 
 
-def _unwrap(obj) -> dict[str, torch.Tensor]:
+def _unwrap(obj, source: str = "the file") -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model", "params"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError("not a state_dict (expected a dict of tensors, or one under 'state_dict')")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a state_dict (a dict of tensors, or one "
+                              "under 'state_dict'); save model.state_dict()")
+    other = next(((k, v) for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
+    if other is not None or not obj:
+        found = "nothing" if not obj else f"{other[0]!r} is a {type(other[1]).__name__}"
+        raise CheckpointError(f"{source}: not a state_dict (expected a dict of tensors, or one under 'state_dict'; "
+                              f"{found}); save model.state_dict()")
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
 def detect(state: dict[str, torch.Tensor]) -> tuple[str, str]:
@@ -207,7 +278,9 @@ def detect(state: dict[str, torch.Tensor]) -> tuple[str, str]:
     elif "head.0.weight" in keys:
         backbone = "srresnet" if state["head.0.weight"].shape[-1] == 9 else "edsr"
     else:
-        raise CheckpointError("cannot tell the backbone from the keys; pass --backbone")
+        example = ", ".join(sorted(keys)[:3])
+        raise CheckpointError(f"cannot tell the backbone from the tensor names ({example}, ...): this is not an "
+                              "EDSR/SRResNet/CARN/IDN checkpoint cadyq knows; if it is one, pass --backbone")
     if any("net_small" in k for k in keys):
         method = "cadyq"
     elif any(k.endswith("alpha") for k in keys):
@@ -263,11 +336,40 @@ def convert_state(state: dict[str, torch.Tensor], backbone: str, scale: int) -> 
 
 
 def _read_foreign(path) -> dict[str, torch.Tensor]:
+    """The state_dict of a foreign file: torch.load(weights_only=True) only, or a plain safetensors file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return _unwrap(load_file(str(path)), str(path))
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
     try:
         raw = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read it as a PyTorch checkpoint ({type(e).__name__}: {e})") from e
-    return _unwrap(raw)
+        raise CheckpointError(f"{path}: {_why_torch_load_failed(path, e)}") from None
+    return _unwrap(raw, str(path))
+
+
+def _why_torch_load_failed(path: Path, e: Exception) -> str:
+    """One line for torch.load's (multi-line) errors; never its advice to retry with weights_only=False."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    refused = re.search(r"GLOBAL ([\w.]+)", str(e))
+    if refused:
+        return (f"refused: it holds Python objects besides tensors ({refused[1]}), which loading would execute; cadyq "
+                "loads tensors only (weights_only=True). Ask for a plain state_dict or a .safetensors file")
+    if head.startswith(b"PK"):
+        return (f"cannot read it as a PyTorch checkpoint: a damaged or truncated archive ({_first_line(e)[:120]}); "
+                "copy or save it again")
+    if head[:1] == b"\x80":
+        return (f"cannot read it as a PyTorch checkpoint: the pickle is truncated or damaged "
+                f"({type(e).__name__}{': ' + _first_line(e)[:80] if str(e) else ''}); copy or save it again")
+    return ("cannot read it as a PyTorch checkpoint: it is neither a torch.save archive nor a pickle "
+            "(wrong file, or not a checkpoint at all)")
 
 
 def import_checkpoint_into(model: nn.Module, path: str | Path) -> nn.Module:
@@ -288,7 +390,10 @@ def import_checkpoint(path: str | Path, backbone: str | None = None, scale: int 
                       method: str | None = None) -> nn.Module:
     """Build our model for a foreign checkpoint (torch.load(weights_only=True) only) and load it."""
     state = _read_foreign(path)
-    found_backbone, found_method = detect(state)
+    try:
+        found_backbone, found_method = detect(state)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     backbone = canonical_name(backbone) if backbone else found_backbone
     scale = scale or _detect_scale(backbone, state)
     if scale is None:

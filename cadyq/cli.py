@@ -1,13 +1,32 @@
-"""The `cadyq` command: upscale, eval, info, train, export, check, engine, bench."""
+"""The `cadyq` command: upscale, eval, info, train, export, check, engine, bench.
+
+Only the standard library is imported at module level: torch loads inside `main`, so Ctrl-C while it
+loads is answered like Ctrl-C anywhere else (one line, exit code 130).
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import sys
+import time
 import traceback
+import warnings
 from pathlib import Path
 
-from .errors import CadyqError
+from .errors import CadyqError, ImageError, OptionError
+
+EXIT_USER_ERROR, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class UsageError(CadyqError):
+    """A command line argparse cannot parse; its message is the whole line to print."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of argparse's usage block, and no SystemExit
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
 def _model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -31,17 +50,46 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="shift: equal tiles, last one moved inside; official: CADyQ's test geometry")
 
 
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device(device: str | None) -> None:
+    """--device must name a device (torch's own error for `gpu` is a traceback deep in a backend)."""
+    if device is None:
+        return
+    if not _DEVICE.match(device):
+        raise OptionError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if ":" in device:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n and int(device.split(":")[1]) >= n:
+            raise OptionError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+
+
+def _model_name(args) -> str:
+    from . import zoo
+
+    return str(args.model) if args.model is not None else zoo.default_name()
+
+
 def _resolve_model(args):
     """What the Upscaler gets: a loaded nn.Module for checkpoints, the path for .onnx/.engine."""
     from . import zoo
     from .checkpoint import load_model
+    from .paths import not_a_file
 
     if args.model is None and zoo.default_name() != zoo.DEFAULT_MODEL:
         print(f"warning: no --model: using {zoo.default_name()}, a small model trained on a CPU for demonstration "
               f"({zoo.DEFAULT_MODEL} is not shipped in this release; see cadyq/zoo/MODEL_CARD.md)", file=sys.stderr)
     if args.model is not None and Path(args.model).suffix in (".onnx", ".engine", ".plan"):
-        if not Path(args.model).is_file():
-            raise CadyqError(f"{args.model}: no such model file")
+        why = not_a_file(args.model)
+        if why is not None:
+            raise CadyqError(f"{args.model}: {'no such model file' if why.startswith('no such') else why}")
+        given = [f"--{k}" for k in ("backbone", "method") if getattr(args, k, None)]
+        if given:
+            raise OptionError(f"{'/'.join(given)} describe foreign checkpoints; {args.model} names its own model, "
+                              "so leave them out")
         return Path(args.model)
     return load_model(args.model, backbone=args.backbone, scale=args.scale, method=args.method)
 
@@ -54,8 +102,31 @@ def _upscaler(args):
         if args.backend != "native":
             raise CadyqError("--float-precision is an option of --backend native")
         options["float_precision"] = args.float_precision
-    return Upscaler(_resolve_model(args), backend=args.backend, device=args.device, tile=args.tile,
-                    overlap=args.overlap, batch=args.batch, protocol=args.protocol, backend_options=options)
+    up = Upscaler(_resolve_model(args), backend=args.backend, device=args.device, tile=args.tile,
+                  overlap=args.overlap, batch=args.batch, protocol=args.protocol, backend_options=options)
+    if args.scale and args.scale != up.scale:
+        raise OptionError(f"{args.model} is a x{up.scale} model, but --scale asks for x{args.scale}; drop --scale")
+    return up
+
+
+class _TileFit:
+    """The Upscaler for an image: a tile larger than the image is clamped to it (when the backend takes any
+    tile size), instead of padding the image up to a tile that may not fit in memory."""
+
+    def __init__(self, up):
+        self.up, self._by_tile = up, {}
+
+    def __call__(self, height: int, width: int):
+        up = self.up
+        side = max(height, width)
+        if up.backend.tile_sizes is not None or up.tile <= side:
+            return up
+        if side not in self._by_tile:
+            from .runtime import Upscaler
+
+            self._by_tile[side] = Upscaler(up.backend, tile=side, overlap=min(up.overlap, side - 1), batch=up.batch,
+                                           protocol=up.protocol)
+        return self._by_tile[side]
 
 
 def _progress(items, desc):
@@ -87,52 +158,83 @@ class _TileProgress:
 # ---- upscale ------------------------------------------------------------------------------------
 def cmd_upscale(args) -> int:
     from .data.io import IMAGE_EXTENSIONS, Image, list_images, write_image
-    from .runtime.bitmap import render_bit_map
+    from .outputs import ensure_folder, plan_upscale
+    from .runtime.bitmap import render_bit_map, with_legend
 
+    if not 0 <= args.png_compression <= 9:
+        raise OptionError(f"--png-compression {args.png_compression}: use a zlib level from 0 (fastest) to 9 (smallest)")
     inputs = list_images(args.inputs)
     if not inputs:
-        raise CadyqError(f"no images found in {', '.join(map(str, args.inputs))}")
+        raise ImageError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) found in {', '.join(map(str, args.inputs))}")
     up = _upscaler(args)
     s = up.scale
-    out = Path(args.output)
-    single_file = len(inputs) == 1 and out.suffix.lower() in IMAGE_EXTENSIONS
-    if not single_file:
-        out.mkdir(parents=True, exist_ok=True)
+    jobs = plan_upscale(inputs, args.output, s, image_extensions=IMAGE_EXTENSIONS, bit_map=args.bitmap,
+                        report=args.json, overwrite=args.overwrite)
+    fit = _TileFit(up)
     report, failed = [], []
-    for src in _progress(inputs, "upscale"):
-        dst = out if single_file else out / f"{src.stem}_x{s}.png"
+    for job in _progress(jobs, "upscale"):
+        src, dst = job.src, job.image
         bar = _TileProgress(src.name)
         try:
-            r = up.upscale(src, progress=bar)
-            bar.close()
-            write_image(dst, r.image)
-            entry = {"input": str(src), "output": str(dst), "lr_size": [r.grid.height, r.grid.width],
-                     "sr_size": list(r.image.rgb.shape[:2]), "tiles": [r.grid.rows, r.grid.cols], "n_tiles": r.grid.n_tiles,
-                     "fqr": round(r.fqr, 4), "bitops_g": round(r.bitops / 1e9, 4), "time_s": {k: round(v, 4) for k, v in r.timings.items()}}
-            if args.bitmap:
-                bm = dst.with_name(f"{dst.stem}_bits.png")
-                pic = render_bit_map(r.bit_map, r.grid, s, r.image.rgb, up.backend.info.bits)
-                write_image(bm, Image(pic, None, 8, False, None, None, "RGB"))
-                entry["bit_map"] = str(bm)
-                entry["bits_per_tile"] = r.bit_map.float().mean(-1).tolist()
-            report.append(entry)
-            print(f"{src.name}: {r.grid.height}x{r.grid.width} -> {dst}  tiles {r.grid.rows}x{r.grid.cols}  "
-                  f"FQR {r.fqr:.2f}  BitOPs {r.bitops / 1e9:.2f} G  {r.timings['total']:.2f} s", file=sys.stderr)
+            img, t_decode, notes = _read(src)
+            runner = fit(*img.size)
+            r = runner.upscale(img, progress=bar)
         except CadyqError as e:
-            bar.close()
             failed.append(str(src))
             print(f"error: {e}", file=sys.stderr)
+            continue
+        finally:
+            bar.close()
+        r.timings["decode"] = t_decode
+        r.timings["total"] += t_decode
+        ensure_folder(dst.parent)
+        t = time.perf_counter()
+        write_image(dst, r.image, png_compress_level=args.png_compression)
+        r.timings["write"] = time.perf_counter() - t
+        entry = {"input": str(src), "output": str(dst), "lr_size": [r.grid.height, r.grid.width],
+                 "sr_size": list(r.image.rgb.shape[:2]), "bit_depth": r.image.bit_depth, "tile": runner.tile,
+                 "tiles": [r.grid.rows, r.grid.cols], "n_tiles": r.grid.n_tiles, "fqr": round(r.fqr, 4),
+                 "bitops_g": round(r.bitops / 1e9, 4)}
+        if notes:
+            entry["warnings"] = notes
+        if job.bit_map is not None:
+            t = time.perf_counter()
+            pic = with_legend(render_bit_map(r.bit_map, r.grid, s, r.image.rgb, up.backend.info.bits),
+                              up.backend.info.bits, r.fqr)
+            write_image(job.bit_map, Image(pic, None, 8, False, None, None, "RGB"), png_compress_level=args.png_compression)
+            r.timings["bit_map"] = time.perf_counter() - t
+            entry["bit_map"] = str(job.bit_map)
+            entry["bits_per_tile"] = r.bit_map.float().mean(-1).tolist()
+        entry["time_s"] = {k: round(v, 4) for k, v in r.timings.items()}
+        report.append(entry)
+        print(f"{src.name}: {r.grid.height}x{r.grid.width} -> {dst}  tiles {r.grid.rows}x{r.grid.cols}  "
+              f"FQR {r.fqr:.2f}  BitOPs {r.bitops / 1e9:.2f} G  {r.timings['total']:.2f} s", file=sys.stderr)
     if args.json:
-        _write_json(args.json, {"model": str(args.model), "backend": up.backend.name, "device": str(up.backend.device),
-                                "scale": s, "tile": args.tile, "overlap": args.overlap, "images": report, "failed": failed})
+        _write_json(args.json, {"model": _model_name(args), "backend": up.backend.name, "device": str(up.backend.device),
+                                "scale": s, "tile": args.tile, "overlap": args.overlap,
+                                "png_compression": args.png_compression, "images": report, "failed": failed})
     if failed:
         print(f"{len(failed)} of {len(inputs)} images failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
 
+def _read(path):
+    """The decoded image, its decode time, and what was not kept of it (each also printed as a warning)."""
+    from .data.io import read_image
+
+    t = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        img = read_image(path)
+    notes = [str(w.message) for w in caught]
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    return img, time.perf_counter() - t, notes
+
+
 def _write_json(path, obj) -> None:
-    from .checkpoint import atomic_write
+    from .outputs import atomic_write
 
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
 
@@ -148,13 +250,12 @@ def cmd_eval(args) -> int:
 
     up = _upscaler(args)
     s = up.scale
-    if args.scale and args.scale != s:
-        raise CadyqError(f"the model is x{s}, --scale asks for x{args.scale}")
     pairs = find_pairs(args.data, s)
+    fit = _TileFit(up)
     rows = []
     for pair in _progress(pairs, "eval"):
         lr, hr = load_pair(pair, s)
-        r = up.upscale(Image(lr, None, 8, False, None, None, "RGB"))
+        r = fit(*lr.shape[:2]).upscale(Image(lr, None, 8, False, None, None, "RGB"))
         sr = r.image.rgb
         bic = np.clip(np.round(imresize(lr.astype(np.float64), scale=s)), 0, 255)
         rows.append({"name": pair.name, "lr": list(lr.shape[:2]), "psnr": psnr(sr, hr, s), "ssim": ssim(sr, hr, s),
@@ -162,7 +263,8 @@ def cmd_eval(args) -> int:
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "psnr_bicubic", "fqr", "bitops_g", "time_s")}
     _print_table(rows, mean)
     if args.json:
-        _write_json(args.json, {"data": str(args.data), "scale": s, "protocol": args.protocol, "images": rows, "mean": mean})
+        _write_json(args.json, {"model": _model_name(args), "data": str(args.data), "scale": s, "protocol": args.protocol,
+                                "images": rows, "mean": mean})
     return 0
 
 
@@ -213,7 +315,7 @@ def cmd_info(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="cadyq", description=__doc__)
+    p = _Parser(prog="cadyq", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"cadyq {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -223,8 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     _model_args(u)
     _run_args(u)
-    u.add_argument("--bitmap", action="store_true", help="also write <name>_bits.png: the bit-width of each tile")
+    u.add_argument("--bitmap", action="store_true", help="also write <name>_bits.png: the bit-width of each tile, "
+                                                         "with a legend and the image's FQR")
     u.add_argument("--json", help="write a JSON report (sizes, tiles, FQR, BitOPs, time per image)")
+    u.add_argument("--overwrite", action="store_true", help="replace outputs that exist (inputs are never replaced)")
+    u.add_argument("--png-compression", type=int, default=1, metavar="0-9",
+                   help="zlib level of PNG outputs (default 1: fast; 9: smallest; all lossless)")
     u.set_defaults(func=cmd_upscale)
 
     e = sub.add_parser("eval", help="PSNR/SSIM/FQR/BitOPs on a benchmark folder")
@@ -267,18 +373,93 @@ def _add_optional(sub, name: str, module: str) -> None:
     sp.set_defaults(func=run)
 
 
+# Options that name files a command writes, and those that name what it reads (which it must not replace).
+_OUTPUT_FILES = {"eval": ("json",), "export": ("output",), "check": ("json",), "engine": ("output", "json"),
+                 "bench": ("json",)}
+_INPUTS = ("model", "model_path", "path", "onnx", "against", "image", "data", "init", "teacher")
+
+
+def check_outputs(args) -> None:
+    """Before any work: each output file can be written and is none of the command's inputs."""
+    from .outputs import check_output_file
+
+    inputs = [v for v in (getattr(args, k, None) for k in _INPUTS) if isinstance(v, str)]
+    for option in _OUTPUT_FILES.get(args.command, ()):
+        value = getattr(args, option, None)
+        if value:
+            check_output_file(value, inputs=inputs, option=f"--{option}")
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """The `cadyq` command. Exit codes: 0 done, 1 some inputs failed (or a check failed), 2 a mistake
+    in the command or its inputs (one line), 3 a bug in cadyq, 130 interrupted."""
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args_list
     try:
+        with _warnings_as_lines(debug):
+            return _main(args_list, debug)
+    except KeyboardInterrupt:  # from the first instruction: imports, parsing, work, cleanup
+        if debug:
+            traceback.print_exc()
+        print("cadyq: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str], debug: bool) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(_one_line(e), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except SystemExit as e:  # --help, --version
+        return e.code if isinstance(e.code, int) else 0
+    try:
+        check_device(getattr(args, "device", None))
+        check_outputs(args)
         return int(args.func(args) or 0)
     except CadyqError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"cadyq: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cadyq: interrupted", file=sys.stderr)
-        return 130
+        return _fail(str(e), debug)
+    except MemoryError:
+        return _fail("out of memory; use a smaller --tile or --batch, or a smaller image", debug)
+    except OSError as e:  # outside the paths that say what they could not read or write
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        return _fail(f"{where}{e.strerror or e}", debug)
+    except RuntimeError as e:
+        if re.search(r"out of memory|can't allocate memory|failed to allocate", str(e), re.I):
+            return _fail(f"out of memory ({_one_line(e)[:120]}); use a smaller --tile or --batch", debug)
+        return _internal(e, debug)
+    except Exception as e:  # a bug: one line and an exit code of its own; the traceback with --debug
+        return _internal(e, debug)
+
+
+def _one_line(e) -> str:
+    return " ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
+
+
+def _fail(message: str, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"cadyq: error: {_one_line(message)}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _internal(e: Exception, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"cadyq: internal error: {type(e).__name__}: {_one_line(e)[:300]} (a bug in cadyq: rerun with --debug "
+          "for the traceback and report it)", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(debug: bool):
+    """Warnings as `warning: ...` lines (Python's default adds the source file and line); as is with --debug."""
+    if debug:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: print(f"warning: {_one_line(message)}", file=sys.stderr)
+        yield
 
 
 if __name__ == "__main__":

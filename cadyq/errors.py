@@ -35,3 +35,19 @@ class ExportError(CadyqError):
 
 class TilingError(CadyqError, ValueError):
     """Invalid tile size, overlap or protocol."""
+
+
+class OutputError(CadyqError):
+    """An output cannot be written, or writing it would replace an input or an existing file."""
+
+
+class OptionError(CadyqError, ValueError):
+    """A command-line option has a value that cannot work (a device that is not one, say)."""
+
+
+class ContentWarning(UserWarning):
+    """Part of an input is not used as it is (frames after the first, bits below the top 8)."""
+
+
+class ImageWriteError(ImageError, OutputError):
+    """An image file cannot be written."""

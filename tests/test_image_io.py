@@ -155,23 +155,69 @@ def test_gray16_big_endian_and_float_tiff(tmp_path):
     np.testing.assert_array_equal(img.rgb[..., 0], np.rint(f * 65535).astype(np.uint16))
 
 
-def test_pillow_reads_48bit_png_and_tiff_as_8bit(tmp_path):
-    """Pins what Pillow 13 does with 16-bit colour (documented in cadyq.data.io): high byte only."""
-    a = rand((4, 5, 3), np.uint16)
+def filtered_png16(arr: np.ndarray, seed: int = 0) -> bytes:
+    """A 16-bit PNG whose rows use all five PNG filters (None, Sub, Up, Average, Paeth) at random."""
+    h, w, c = arr.shape
+    raw = arr.astype(">u2").reshape(h, w * c).view(np.uint8).astype(np.int32)
+    bpp, rng, rows = 2 * c, np.random.default_rng(seed), []
+    for y in range(h):
+        x, up = raw[y], (raw[y - 1] if y else np.zeros_like(raw[y]))
+        left = np.concatenate([np.zeros(bpp, np.int32), x[:-bpp]])
+        ul = np.concatenate([np.zeros(bpp, np.int32), up[:-bpp]])
+        p = left + up - ul
+        pa, pb, pc = abs(p - left), abs(p - up), abs(p - ul)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, ul))
+        f = int(rng.integers(0, 5))
+        pred = [0 * x, left, up, (left + up) // 2, paeth][f]
+        rows.append(bytes([f]) + ((x - pred) % 256).astype(np.uint8).tobytes())
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {3: 2, 4: 6}[c], 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+            + chunk(b"IEND", b""))
+
+
+def test_16bit_colour_png_and_tiff_keep_16_bits(tmp_path):
+    """Pillow 13 keeps only the high byte of 16-bit colour; read_image decodes the low byte too."""
+    a = rand((9, 11, 3), np.uint16)
     (tmp_path / "c.png").write_bytes(png_bytes(a, 2, 16))
     img = read_image(tmp_path / "c.png")
-    assert img.bit_depth == 8 and not img.gray
-    np.testing.assert_array_equal(img.rgb, (a >> 8).astype(np.uint8))
+    assert img.bit_depth == 16 and not img.gray and img.rgb.dtype == np.uint16
+    np.testing.assert_array_equal(img.rgb, a)
+
+    rgba = rand((13, 7, 4), np.uint16)
+    (tmp_path / "f.png").write_bytes(filtered_png16(rgba))
+    img = read_image(tmp_path / "f.png")
+    np.testing.assert_array_equal(img.rgb, rgba[..., :3])
+    np.testing.assert_array_equal(img.alpha, rgba[..., 3])
+    write_image(tmp_path / "back.png", img)
+    np.testing.assert_array_equal(decode_png16((tmp_path / "back.png").read_bytes()), rgba)
+
+    tifffile = pytest.importorskip("tifffile")
+    for name, kw in (("le", {}), ("be", {"byteorder": ">"}), ("zip", {"compression": "zlib"})):
+        tifffile.imwrite(tmp_path / f"c_{name}.tif", a, photometric="rgb", **kw)
+        img = read_image(tmp_path / f"c_{name}.tif")
+        assert img.bit_depth == 16, name
+        np.testing.assert_array_equal(img.rgb, a)
+
+
+def test_16bit_gray_alpha_and_frames_warn(tmp_path):
+    from cadyq.errors import ContentWarning
 
     la = rand((4, 5, 2), np.uint16)  # 16-bit gray+alpha: 8-bit RGBA in Pillow, still gray
     (tmp_path / "la.png").write_bytes(png_bytes(la, 4, 16))
-    img = read_image(tmp_path / "la.png")
+    with pytest.warns(ContentWarning, match="gray\\+alpha is read as 8 bits"):
+        img = read_image(tmp_path / "la.png")
     assert img.gray and img.bit_depth == 8
     np.testing.assert_array_equal(img.alpha, (la[..., 1] >> 8).astype(np.uint8))
 
-    tifffile = pytest.importorskip("tifffile")
-    tifffile.imwrite(tmp_path / "c.tif", a, photometric="rgb")
-    assert read_image(tmp_path / "c.tif").bit_depth == 8
+    frames = [PILImage.fromarray(rand((6, 8, 3))) for _ in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    for name in ("anim.gif", "pages.tif"):
+        with pytest.warns(ContentWarning, match="3 frames.*only the first"):
+            assert read_image(tmp_path / name).size == (6, 8)
 
 
 def test_write_16bit_colour_png(tmp_path):

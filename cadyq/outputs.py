@@ -1,0 +1,197 @@
+"""Writing outputs: one atomic writer, and the plan of what `cadyq upscale` will write.
+
+Every file cadyq writes goes through `atomic_write` (a temporary name in the same folder, then a
+rename), so an interrupted or failed write leaves the old file, or nothing, and never a partial
+one; its failures are `OutputError`s that name the path and the reason. `plan_upscale` decides
+every output name before any work starts: collisions are resolved or refused, inputs are never
+overwritten, existing outputs are replaced only when asked.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import OutputError
+
+# A suffix that reads as a file extension (".png", ".gif"), not a folder name such as "runs.2024" or "x.05".
+_EXTENSION_LIKE = re.compile(r"^\.[A-Za-z][A-Za-z0-9]{0,4}$")
+
+
+def reason(e: BaseException) -> str:
+    return (getattr(e, "strerror", None) or str(e) or type(e).__name__).rstrip(".")
+
+
+def _is_io_failure(e: Exception) -> bool:
+    # safetensors reports a failed write as SafetensorError("... IoError(Os { code: 28, ... })")
+    return isinstance(e, OSError) or "IoError" in str(e)
+
+
+def ensure_folder(folder: str | Path) -> Path:
+    """Create `folder` (and its parents) unless it exists; OutputError when that is impossible."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return folder
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(f"{folder}: cannot create this folder: {blocker} is a file; choose another output path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot create this folder ({reason(e)}); choose another output path") from e
+    return folder
+
+
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
+    """write(tmp_path), then rename it over `path`. Raises OutputError naming `path` and the reason."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; name a file to write")
+    ensure_folder(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:180]}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write in {path.parent} ({reason(e)})") from e
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
+        os.replace(tmp, path)
+    except Exception as e:
+        if not _is_io_failure(e):
+            raise
+        raise OutputError(f"{path}: cannot write ({reason(e)}); check free space and permissions") from e
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+# ---- checks before work starts ----------------------------------------------------------------------------
+
+def _key(path: Path) -> str:
+    # casefold: on case-insensitive file systems (macOS, Windows) A.png and a.png are one file
+    return str(path.resolve()).casefold()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_file(path: str | Path, *, inputs: Sequence[str | Path] = (), overwrite: bool = True,
+                      option: str = "the output") -> Path:
+    """Refuse, before any work, an output file that cannot be written or that would replace an input
+    (or, without `overwrite`, any existing file)."""
+    path = Path(path)
+    for src in map(Path, inputs):
+        if _key(src) == _key(path) or _same_file(src, path):
+            raise OutputError(f"{path}: {option} is also an input ({src}); writing it would replace the input, "
+                              "so choose another name")
+    if path.is_dir():
+        raise OutputError(f"{path}: {option} is a folder; name a file")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: exists; pass --overwrite to replace it, or choose another name")
+    _check_folder_can_hold(path.parent)
+    return path
+
+
+def _check_folder_can_hold(folder: Path) -> None:
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise OutputError(f"{folder}: cannot create this folder: {existing} is a file; choose another output path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: cannot write there ({existing} is not writable); choose another output path")
+
+
+# ---- cadyq upscale ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UpscaleJob:
+    src: Path
+    image: Path                 # the SR image
+    bit_map: Path | None        # its bit map picture, with --bitmap
+
+
+def plan_upscale(inputs: Sequence[Path], output: str | Path, scale: int, *, image_extensions: Sequence[str],
+                 bit_map: bool = False, report: str | Path | None = None, overwrite: bool = False) -> list[UpscaleJob]:
+    """Every file `cadyq upscale` will write, checked before the first image runs.
+
+    One input and an image file name for `output`: that file. Otherwise `output` is a folder and each
+    input writes `<stem>_x<scale>.png`; inputs whose names would collide (photo.png, photo.jpg) get
+    their extension in the name (photo_png_x4.png, photo_jpg_x4.png); collisions that remain are refused.
+    """
+    output = Path(output)
+    inputs = [Path(p) for p in inputs]
+    if _names_a_file(output):
+        if output.suffix.lower() not in image_extensions:
+            raise OutputError(f"-o {output}: {output.suffix} is not an image format cadyq writes (use "
+                              f"{' '.join(image_extensions)}); to write into a folder of that name, create it first")
+        if len(inputs) > 1:
+            raise OutputError(f"-o {output} names one image file, but {len(inputs)} images were given; "
+                              f"pass a folder for -o (e.g. -o {output.with_suffix('')})")
+        images = [output]
+    else:
+        if output.exists() and not output.is_dir():
+            raise OutputError(f"-o {output}: exists and is not a folder; with {len(inputs)} input(s) "
+                              "-o must be a folder (or an image file name for a single input)")
+        _check_folder_can_hold(output)
+        images = _folder_names(inputs, output, scale)
+    jobs = [UpscaleJob(src, dst, dst.with_name(f"{dst.stem}_bits.png") if bit_map else None)
+            for src, dst in zip(inputs, images)]
+    _check_outputs(jobs, inputs, None if report is None else Path(report), overwrite)
+    return jobs
+
+
+def _names_a_file(output: Path) -> bool:
+    return not output.is_dir() and bool(_EXTENSION_LIKE.match(output.suffix))
+
+
+def _folder_names(inputs: list[Path], folder: Path, scale: int) -> list[Path]:
+    def plain(src: Path) -> str:
+        return f"{src.stem}_x{scale}.png"
+
+    groups: dict[str, list[int]] = {}
+    for i, src in enumerate(inputs):
+        groups.setdefault(plain(src).casefold(), []).append(i)
+    names = [plain(src) for src in inputs]
+    for idx in groups.values():
+        if len(idx) > 1:
+            for i in idx:
+                names[i] = f"{inputs[i].stem}_{inputs[i].suffix.lstrip('.').lower()}_x{scale}.png"
+    return [folder / n for n in names]
+
+
+def _check_outputs(jobs: list[UpscaleJob], inputs: list[Path], report: Path | None, overwrite: bool) -> None:
+    planned: list[tuple[Path, str]] = []
+    for job in jobs:
+        planned.append((job.image, f"the output of {job.src}"))
+        if job.bit_map is not None:
+            planned.append((job.bit_map, f"the bit map of {job.src}"))
+    if report is not None:
+        planned.append((report, "the --json report"))
+    seen: dict[str, str] = {}
+    for path, what in planned:
+        if _key(path) in seen:
+            raise OutputError(f"{path} would be written twice ({seen[_key(path)]} and {what}); give the inputs "
+                              "different names, or upscale them into separate folders")
+        seen[_key(path)] = what
+    input_keys = {_key(p): p for p in inputs}
+    for path, what in planned:
+        src = input_keys.get(_key(path)) or next((p for p in inputs if _same_file(p, path)), None)
+        if src is not None:
+            raise OutputError(f"{path}: {what} would replace the input {src}; choose another -o")
+        if path.is_dir():
+            raise OutputError(f"{path}: {what} would be written here, but it is a folder; remove it or choose another -o")
+    existing = [path for path, _ in planned if path.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more of the outputs)" if len(existing) > 1 else ""
+        raise OutputError(f"{existing[0]}: exists{more}; pass --overwrite to replace, or choose another -o")
+    if report is not None:
+        _check_folder_can_hold(report.parent)
