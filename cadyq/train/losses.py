@@ -44,13 +44,21 @@ def at_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (at(student) - at(teacher)).pow(2).mean()
 
 
+class _FeaturesComplete(Exception):
+    """Raised by a FeatureTap with stop_early once every feature is recorded (the rest is not needed)."""
+
+
 class FeatureTap:
     """Collects named features of a model with forward hooks during each forward.
 
-    A name "module:input" records the module's first input; "module" records its output."""
+    A name "module:input" records the module's first input; "module" records its output. With
+    `stop_early`, the forward is cut (FeatureTap.run) as soon as every feature is recorded: the
+    distillation teacher need not run its upsampler."""
 
-    def __init__(self, model: nn.Module, names: list[str]):
+    def __init__(self, model: nn.Module, names: list[str], stop_early: bool = False):
         self.names = list(names)
+        self.stop_early = stop_early
+        self._running = False  # raise only inside run(): other forwards of the model are not cut
         self.features: dict[str, torch.Tensor] = {}
         self._handles = []
         for name in self.names:
@@ -63,15 +71,30 @@ class FeatureTap:
             else:
                 raise ValueError(f"feature {name!r}: expected 'module' or 'module:input'")
 
+    def _record(self, name, t):
+        self.features[name] = t
+        if self._running and self.stop_early and len(self.features) == len(self.names):
+            raise _FeaturesComplete
+
     def _pre(self, name):
         def hook(module, args):
-            self.features[name] = args[0]
+            self._record(name, args[0])
         return hook
 
     def _post(self, name):
         def hook(module, args, output):
-            self.features[name] = output
+            self._record(name, output)
         return hook
+
+    def run(self, model: nn.Module, x: torch.Tensor) -> None:
+        """model(x), stopped once the features are in (stop_early)."""
+        self._running = True
+        try:
+            model(x)
+        except _FeaturesComplete:
+            pass
+        finally:
+            self._running = False
 
     def take(self) -> list[torch.Tensor]:
         """The features of the last forward in the order of `names`, then forget them."""
@@ -110,13 +133,13 @@ class Distiller:
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.w_feat, self.w_block = w_feat, w_block
-        self.s_tap, self.t_tap = FeatureTap(student, s_names), FeatureTap(teacher, t_names)
+        self.s_tap, self.t_tap = FeatureTap(student, s_names), FeatureTap(teacher, t_names, stop_early=True)
         self._t: list[torch.Tensor] | None = None
 
     @torch.no_grad()
     def teacher_features(self, lr: torch.Tensor) -> None:
         self.teacher.eval()
-        self.teacher(lr)
+        self.t_tap.run(self.teacher, lr)
         self._t = [f.detach() for f in self.t_tap.take()]
 
     def loss(self) -> torch.Tensor:
