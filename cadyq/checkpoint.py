@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -180,7 +181,7 @@ def check_asked(model: nn.Module, source: str, backbone: str | None = None, scal
         flags = "/".join(f"--{k}" for k in wrong)
         raise CheckpointError(f"{source} is a {have['backbone']} x{have['scale']} {have['method']} model, but "
                               f"{' '.join(f'--{k} {asked[k]}' for k in wrong)} asks for another; drop {flags} "
-                              "(they describe foreign checkpoints) or pass a matching model")
+                              "(these options describe foreign checkpoints) or pass a matching model")
 
 
 def load_model(name: str | Path | None = None, device: str | torch.device = "cpu", *, backbone: str | None = None,
@@ -262,7 +263,7 @@ def _unwrap(obj, source: str = "the file") -> dict[str, torch.Tensor]:
                               "under 'state_dict'); save model.state_dict()")
     other = next(((k, v) for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
     if other is not None or not obj:
-        found = "nothing" if not obj else f"{other[0]!r} is a {type(other[1]).__name__}"
+        found = "it is empty" if not obj else f"{other[0]!r} is {type(other[1]).__name__!r}, not a tensor"
         raise CheckpointError(f"{source}: not a state_dict (expected a dict of tensors, or one under 'state_dict'; "
                               f"{found}); save model.state_dict()")
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
@@ -281,7 +282,7 @@ def detect(state: dict[str, torch.Tensor]) -> tuple[str, str]:
         example = ", ".join(sorted(keys)[:3])
         raise CheckpointError(f"cannot tell the backbone from the tensor names ({example}, ...): this is not an "
                               "EDSR/SRResNet/CARN/IDN checkpoint cadyq knows; if it is one, pass --backbone")
-    if any("net_small" in k for k in keys):
+    if any("net_small" in k or k.endswith("input_quant.net.weight") for k in keys):  # official, or cadyq's own names
         method = "cadyq"
     elif any(k.endswith("alpha") for k in keys):
         method = "pams8"
@@ -348,7 +349,9 @@ def _read_foreign(path) -> dict[str, torch.Tensor]:
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
     try:
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on pickle protocols: the error below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path}: {_why_torch_load_failed(path, e)}") from None
     return _unwrap(raw, str(path))
@@ -358,6 +361,8 @@ def _why_torch_load_failed(path: Path, e: Exception) -> str:
     """One line for torch.load's (multi-line) errors; never its advice to retry with weights_only=False."""
     with open(path, "rb") as f:
         head = f.read(4)
+    if not head:
+        return "the file is empty; copy or save it again"
     refused = re.search(r"GLOBAL ([\w.]+)", str(e))
     if refused:
         return (f"refused: it holds Python objects besides tensors ({refused[1]}), which loading would execute; cadyq "
@@ -365,11 +370,16 @@ def _why_torch_load_failed(path: Path, e: Exception) -> str:
     if head.startswith(b"PK"):
         return (f"cannot read it as a PyTorch checkpoint: a damaged or truncated archive ({_first_line(e)[:120]}); "
                 "copy or save it again")
-    if head[:1] == b"\x80":
-        return (f"cannot read it as a PyTorch checkpoint: the pickle is truncated or damaged "
-                f"({type(e).__name__}{': ' + _first_line(e)[:80] if str(e) else ''}); copy or save it again")
-    return ("cannot read it as a PyTorch checkpoint: it is neither a torch.save archive nor a pickle "
-            "(wrong file, or not a checkpoint at all)")
+    if head[:1] != b"\x80":
+        return ("cannot read it as a PyTorch checkpoint: it is neither a torch.save archive nor a pickle "
+                "(wrong file, or not a checkpoint at all)")
+    operand = re.search(r"Unsupported operand \d+", str(e))
+    if operand:  # pickle.dumps (protocol 4+) output, not torch.save: the safe loader cannot even parse it
+        return (f"refused: a plain pickle, not a torch.save file ({operand[0]} for the safe loader); a pickle can "
+                "run code when loaded, and cadyq loads tensors only (weights_only=True). Ask for a state_dict saved "
+                "with torch.save, or a .safetensors file")
+    return (f"cannot read it as a PyTorch checkpoint: the pickle is truncated or damaged "
+            f"({type(e).__name__}{': ' + _first_line(e)[:80] if str(e) else ''}); copy or save it again")
 
 
 def import_checkpoint_into(model: nn.Module, path: str | Path) -> nn.Module:

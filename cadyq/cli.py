@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import CadyqError, ImageError, OptionError
 
 EXIT_USER_ERROR, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 2, 3, 130
+DEFAULT_TILE = 96
 
 
 class UsageError(CadyqError):
@@ -43,7 +44,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--float-precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="native backend: precision of the float layers (auto: bf16 where the CPU has it)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when available)")
-    p.add_argument("--tile", type=int, default=96, help="LR tile size (default 96)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"LR tile size (default {DEFAULT_TILE}; a tile larger "
+                                                                  "than an image is clamped to the image)")
     p.add_argument("--overlap", type=int, default=6, help="LR overlap of neighbouring tiles (default 6)")
     p.add_argument("--batch", type=int, default=64, help="tiles per batch (default 64)")
     p.add_argument("--protocol", choices=("shift", "official"), default="shift",
@@ -88,8 +90,8 @@ def _resolve_model(args):
             raise CadyqError(f"{args.model}: {'no such model file' if why.startswith('no such') else why}")
         given = [f"--{k}" for k in ("backbone", "method") if getattr(args, k, None)]
         if given:
-            raise OptionError(f"{'/'.join(given)} describe foreign checkpoints; {args.model} names its own model, "
-                              "so leave them out")
+            raise OptionError(f"{' and '.join(given)} {'describes' if len(given) == 1 else 'describe'} foreign "
+                              f"checkpoints; {args.model} names its own model, so leave {'it' if len(given) == 1 else 'them'} out")
         return Path(args.model)
     return load_model(args.model, backbone=args.backbone, scale=args.scale, method=args.method)
 
@@ -110,15 +112,16 @@ def _upscaler(args):
 
 
 class _TileFit:
-    """The Upscaler for an image: a tile larger than the image is clamped to it (when the backend takes any
-    tile size), instead of padding the image up to a tile that may not fit in memory."""
+    """The Upscaler for an image: a tile larger than the image is clamped to the image (when the backend takes
+    any tile size) instead of padding the image up to a tile that may not fit in memory. Never below the
+    default tile: smaller images are reflect-padded to one default tile, as the Upscaler does."""
 
     def __init__(self, up):
         self.up, self._by_tile = up, {}
 
     def __call__(self, height: int, width: int):
         up = self.up
-        side = max(height, width)
+        side = max(height, width, min(up.tile, DEFAULT_TILE))
         if up.backend.tile_sizes is not None or up.tile <= side:
             return up
         if side not in self._by_tile:
@@ -127,6 +130,13 @@ class _TileFit:
             self._by_tile[side] = Upscaler(up.backend, tile=side, overlap=min(up.overlap, side - 1), batch=up.batch,
                                            protocol=up.protocol)
         return self._by_tile[side]
+
+
+def _say(message: str) -> None:
+    """A line on stderr that does not end up inside a progress bar's line."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 def _progress(items, desc):
@@ -181,7 +191,7 @@ def cmd_upscale(args) -> int:
             r = runner.upscale(img, progress=bar)
         except CadyqError as e:
             failed.append(str(src))
-            print(f"error: {e}", file=sys.stderr)
+            _say(f"error: {e}")
             continue
         finally:
             bar.close()
@@ -207,8 +217,8 @@ def cmd_upscale(args) -> int:
             entry["bits_per_tile"] = r.bit_map.float().mean(-1).tolist()
         entry["time_s"] = {k: round(v, 4) for k, v in r.timings.items()}
         report.append(entry)
-        print(f"{src.name}: {r.grid.height}x{r.grid.width} -> {dst}  tiles {r.grid.rows}x{r.grid.cols}  "
-              f"FQR {r.fqr:.2f}  BitOPs {r.bitops / 1e9:.2f} G  {r.timings['total']:.2f} s", file=sys.stderr)
+        _say(f"{src.name}: {r.grid.height}x{r.grid.width} -> {dst}  tiles {r.grid.rows}x{r.grid.cols}  "
+             f"FQR {r.fqr:.2f}  BitOPs {r.bitops / 1e9:.2f} G  {r.timings['total']:.2f} s")
     if args.json:
         _write_json(args.json, {"model": _model_name(args), "backend": up.backend.name, "device": str(up.backend.device),
                                 "scale": s, "tile": args.tile, "overlap": args.overlap,
@@ -229,7 +239,7 @@ def _read(path):
         img = read_image(path)
     notes = [str(w.message) for w in caught]
     for note in notes:
-        print(f"warning: {note}", file=sys.stderr)
+        _say(f"warning: {note}")
     return img, time.perf_counter() - t, notes
 
 
@@ -376,18 +386,45 @@ def _add_optional(sub, name: str, module: str) -> None:
 # Options that name files a command writes, and those that name what it reads (which it must not replace).
 _OUTPUT_FILES = {"eval": ("json",), "export": ("output",), "check": ("json",), "engine": ("output", "json"),
                  "bench": ("json",)}
-_INPUTS = ("model", "model_path", "path", "onnx", "against", "image", "data", "init", "teacher")
+_OUTPUT_FOLDERS = {"train": ("out",), "engine": ("out_dir",)}
+_INPUT_FILES = ("model", "model_path", "path", "onnx", "against", "image", "init", "teacher")
+_INPUT_FOLDERS = ("data", "val")
+
+
+def check_inputs(args) -> None:
+    """An input option that names something on disk names a file (or, for --data, a folder): a FIFO would
+    block the reader, and "no such file" would be the wrong message for a folder or a link loop."""
+    import os
+
+    from .paths import not_a_file, not_a_folder
+
+    for option, want, why_not in [(o, "file", not_a_file) for o in _INPUT_FILES] + \
+                                 [(o, "folder", not_a_folder) for o in _INPUT_FOLDERS]:
+        value = getattr(args, option, None)
+        if isinstance(value, str) and os.path.lexists(value):
+            why = why_not(value)
+            if why is not None:
+                flag = "MODEL" if option in ("model_path", "path", "onnx") else f"--{option}"
+                raise OptionError(f"{flag} {value}: {why}; pass a {want}" if not why.startswith("no such")
+                                  else f"{flag} {value}: {why}")
 
 
 def check_outputs(args) -> None:
     """Before any work: each output file can be written and is none of the command's inputs."""
+    from .errors import OutputError
     from .outputs import check_output_file
+    from .paths import not_a_folder
 
-    inputs = [v for v in (getattr(args, k, None) for k in _INPUTS) if isinstance(v, str)]
+    inputs = [v for v in (getattr(args, k, None) for k in _INPUT_FILES) if isinstance(v, str)]
     for option in _OUTPUT_FILES.get(args.command, ()):
         value = getattr(args, option, None)
         if value:
             check_output_file(value, inputs=inputs, option=f"--{option}")
+    for option in _OUTPUT_FOLDERS.get(args.command, ()):
+        value = getattr(args, option, None)
+        why = not_a_folder(value) if value and Path(value).exists() else None
+        if why is not None:
+            raise OutputError(f"--{option.replace('_', '-')} {value}: {why}; name a folder (it is created if missing)")
 
 
 def main(argv=None) -> int:
@@ -415,6 +452,7 @@ def _main(argv: list[str], debug: bool) -> int:
         return e.code if isinstance(e.code, int) else 0
     try:
         check_device(getattr(args, "device", None))
+        check_inputs(args)
         check_outputs(args)
         return int(args.func(args) or 0)
     except CadyqError as e:

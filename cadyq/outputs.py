@@ -85,6 +85,18 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _os_errors_name_the_path(check):
+    """A check that stats paths (a name too long, say) fails with an OutputError, not a bare OSError."""
+    def wrapped(path, *a, **k):
+        try:
+            return check(path, *a, **k)
+        except OSError as e:
+            raise OutputError(f"{e.filename or path}: cannot write there ({reason(e)}); choose another output path") from e
+    wrapped.__doc__, wrapped.__name__ = check.__doc__, check.__name__
+    return wrapped
+
+
+@_os_errors_name_the_path
 def check_output_file(path: str | Path, *, inputs: Sequence[str | Path] = (), overwrite: bool = True,
                       option: str = "the output") -> Path:
     """Refuse, before any work, an output file that cannot be written or that would replace an input
@@ -119,6 +131,7 @@ class UpscaleJob:
     bit_map: Path | None        # its bit map picture, with --bitmap
 
 
+@_os_errors_name_the_path
 def plan_upscale(inputs: Sequence[Path], output: str | Path, scale: int, *, image_extensions: Sequence[str],
                  bit_map: bool = False, report: str | Path | None = None, overwrite: bool = False) -> list[UpscaleJob]:
     """Every file `cadyq upscale` will write, checked before the first image runs.

@@ -19,7 +19,7 @@ def not_a_file(path: str | Path) -> str | None:
         return _stat_failure(path, e)
     if stat.S_ISREG(st.st_mode):
         return None if os.access(path, os.R_OK) else "a file that cannot be read (permission denied)"
-    return _kind(st.st_mode)
+    return f"{_kind(st.st_mode)}, not a file"
 
 
 def not_a_folder(path: str | Path) -> str | None:
@@ -29,19 +29,21 @@ def not_a_folder(path: str | Path) -> str | None:
         st = os.stat(path)
     except OSError as e:
         return _stat_failure(path, e)
-    return None if stat.S_ISDIR(st.st_mode) else ("a file" if stat.S_ISREG(st.st_mode) else _kind(st.st_mode))
+    return None if stat.S_ISDIR(st.st_mode) else f"{_kind(st.st_mode)}, not a folder"
 
 
 def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "a file"
     if stat.S_ISDIR(mode):
-        return "a folder, not a file"
+        return "a folder"
     if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe), not a file"
+        return "a FIFO (named pipe)"
     if stat.S_ISSOCK(mode):
-        return "a socket, not a file"
+        return "a socket"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device, not a file"
-    return "not a regular file"
+        return "a device"
+    return "a special file"
 
 
 def _stat_failure(path: Path, e: OSError) -> str:

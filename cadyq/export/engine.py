@@ -32,6 +32,7 @@ process whose LD_LIBRARY_PATH holds a ``libtensorrt_rtx.so`` symlink to the whee
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -664,8 +665,7 @@ def build_engine(onnx_path, out_path=None, batch=(1, 16, 64), plugin: bool = Fal
         network, build_time = NetworkSummary.from_dict(sc["network"]), 0.0
         engine_layers, qconvs = sc.get("engine_layers", []), sc.get("quantized_convs", {})
     else:
-        built_path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".cadyq-engine-", dir=built_path.parent) as tmp:
+        with _build_dir(built_path) as tmp:
             plan = Path(tmp) / "plan"
             job = {"onnx": str(graph.path), "plugin": use_plugin, "plan": str(plan), "batch": list(batch),
                    "tile": graph.tile, "workspace_mb": workspace_mb, "precision": precision,
@@ -706,6 +706,21 @@ def build_engine(onnx_path, out_path=None, batch=(1, 16, 64), plugin: bool = Fal
     info = EngineInfo(final, sidecar_path(final), name, version, target, tuple(ccs), graph.tile, batch, use_plugin,
                       precision, network, graph.info, final.stat().st_size, build_time, cached, engine_layers, qconvs)
     return info
+
+
+@contextlib.contextmanager
+def _build_dir(built_path: Path):
+    """A temporary folder beside the engine to build into; OutputError when that folder cannot be made."""
+    from ..errors import OutputError
+    from ..outputs import ensure_folder, reason
+
+    ensure_folder(built_path.parent)
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix=".cadyq-engine-", dir=built_path.parent)
+    except OSError as e:
+        raise OutputError(f"{built_path}: cannot write in {built_path.parent} ({reason(e)})") from e
+    with tmp as path:
+        yield path
 
 
 def _write_sidecar(engine: Path, sc: dict) -> None:
