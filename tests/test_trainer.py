@@ -153,7 +153,7 @@ def test_cli_arguments_and_run(runs, tmp_path):
     meta = checkpoint.read_metadata(tmp_path / "cli" / "last.safetensors")
     assert meta["arch"]["n_resblocks"] == 1 and meta["scale"] == 2
     d = parser.parse_args(["--data", "x"])
-    assert d.method == "cadyq" and d.bits == (4, 6, 8) and d.val_every == 1000 and d.kd
+    assert d.method == "cadyq" and d.bits is None and d.val_every == 1000 and d.kd
     r = TrainConfig(data="x").resolved()
     assert (r.backbone, r.scale, r.iters, r.batch, r.patch, r.lr, r.alpha_lr, r.selector_lr, r.decay) == (
         "edsr", 4, 300_000, 16, 48, 1e-4, 1e-2, 1e-4, 150_000)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import ModelError
 from .accounting import ModelInfo
+from .gdq import tile_entropy
 from .ops import fake_quant, levels, tile_gradient
 from .plans import plan_for
 from .quantizers import ActQuant, BitSelector, QConv2d
@@ -164,6 +165,7 @@ class _Context:
         self.kernels = kernels
         self.grad: torch.Tensor | None = None
         self.tile_logits: torch.Tensor | None = None
+        self.entropy: torch.Tensor | None = None  # Granular-DQ: the input tiles' entropy
         self.handoff: dict = {}
 
 
@@ -254,6 +256,8 @@ class IntegerProgram(nn.Module):
         ctx.handoff.clear()
         ctx.grad = ctx.kernels.tile_gradient(lr)
         ctx.tile_logits = self.net.tile_selector(ctx.grad) if hasattr(self.net, "tile_selector") else None
+        if hasattr(self.net, "gdq"):  # the head hook turns GBC + E2B into one-hot tile logits
+            ctx.entropy = tile_entropy(lr)
         sr = self.net(lr)
         if ctx.handoff:
             raise ModelError(f"internal: quantized activations never consumed: {sorted(ctx.handoff)}")
@@ -339,7 +343,8 @@ def lower(model: nn.Module, kernels: Kernels | None = None) -> IntegerProgram:
             ws = ws * inv
             bias = (bias - bn.running_mean) * inv + bn.bias.detach()
             _set(net, fuse.bn, nn.Identity())
-        if fuse is not None and fuse.act:
+        if fuse is not None and fuse.act and not (cfg.method == "gdq" and path == plan.head):
+            # (Granular-DQ's controller reads the head conv's output before its activation)
             act, slope = _activation(net.get_submodule(fuse.act))
             _set(net, fuse.act, nn.Identity())
         convs[path] = IntConv2d(path, wq, ws.float(), bias.float(), qc.stride, qc.padding, qc.dilation, qc.groups,
@@ -368,10 +373,19 @@ def lower(model: nn.Module, kernels: Kernels | None = None) -> IntegerProgram:
         fq.context = context
         setattr(owner, f"{name}_output_quant", fq)
         net.get_submodule(path).register_forward_hook(lambda mod, args, out, fq=fq: fq(out))
+    if hasattr(net, "gdq"):
+        net.gdq.eval()
+        net.get_submodule(plan.head).register_forward_hook(_gdq_hook(net.gdq, context))
     for m in net.modules():
         if isinstance(m, (BitSelector, ActQuant)):
             raise ModelError(f"internal: a {type(m).__name__} survived the lowering")
     return IntegerProgram(net, info, dynamic, context, list(convs.values()))
+
+
+def _gdq_hook(gdq, context: _Context):
+    def hook(module, args, out):
+        context.tile_logits = F.one_hot(gdq.decide(out, context.entropy)[1], len(gdq.bits)).float()
+    return hook
 
 
 def _handoff_hook(quant: IntQuantizer, conv_path: str, context: _Context):

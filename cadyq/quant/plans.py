@@ -32,6 +32,7 @@ class QuantPlan:
     feature: str = ""  # "module:input" or "module": the body feature (distillation)
     block_features: tuple[str, ...] = ()  # each block's feature (distillation)
     fusions: tuple[Fuse, ...] = ()  # epilogues of quantized convs (integer lowering)
+    head: str = ""  # the conv whose output feeds Granular-DQ's controller
 
     @property
     def weight_convs(self) -> tuple[str, ...]:
@@ -50,6 +51,7 @@ def _edsr(model) -> QuantPlan:
         feature="tail:input",
         block_features=tuple(f"body.{i}.body.2" for i in range(n)),
         fusions=tuple(Fuse(f"body.{i}.body.0", act=f"body.{i}.body.1") for i in range(n)),
+        head="head.0",
     )
 
 
@@ -62,7 +64,7 @@ def _srresnet(model) -> QuantPlan:
     fuse += [Fuse(f"body.{i}.conv2", f"body.{i}.bn2") for i in range(n)]
     return QuantPlan(
         dynamic=tuple(dyn), feature="tail:input", block_features=tuple(f"body.{i}.conv2" for i in range(n)),
-        fusions=tuple(fuse),
+        fusions=tuple(fuse), head="head.0",
     )
 
 
@@ -71,7 +73,7 @@ def _carn(model) -> QuantPlan:
     dyn = [Site(f"{b}.body.{j}", f"{b}.body.{j}") for b in blocks for j in (0, 2)]
     return QuantPlan(
         dynamic=tuple(dyn), feature="upsample:input", block_features=tuple(f"{b}.body" for b in blocks),
-        fusions=tuple(Fuse(f"{b}.body.0", act=f"{b}.body.1") for b in blocks),
+        fusions=tuple(Fuse(f"{b}.body.0", act=f"{b}.body.1") for b in blocks), head="entry",
     )
 
 
@@ -87,7 +89,7 @@ def _idn(model) -> QuantPlan:
         fixed_inputs=(Site("fblock.module.0", "fblock.module.0"), Site("fblock.module.2", "fblock.module.2")),
         feature="deconv:input",
         block_features=tuple(f"dblocks.{b}.enhancement_bottom" for b in range(model.config.n_blocks)),
-        fusions=tuple(fuse),
+        fusions=tuple(fuse), head="fblock.module.0",
     )
 
 

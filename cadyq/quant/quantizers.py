@@ -17,7 +17,10 @@ class TileState:
 
     def __init__(self):
         self.grad: torch.Tensor | None = None
-        self.tile_logits: torch.Tensor | None = None
+        self.tile_logits: torch.Tensor | None = None  # cadyq tile mode: logits [N,K] of the tile selector
+        self.tile_probs: torch.Tensor | None = None  # gdq: candidate probabilities [N,K] (one-hot valued)
+        self.tile_choice: torch.Tensor | None = None  # gdq: candidate index [N]
+        self.entropy: torch.Tensor | None = None  # gdq: the input tiles' entropy [N]
 
 
 class ActQuant(nn.Module):
@@ -116,21 +119,25 @@ class BitSelector(nn.Module):
             if self.mode == "full":
                 y, b = self.select_fn(x, self.state.grad, self.net.weight, self.net.bias, self.alpha, self.bits)
             else:
-                k = self.logits(x).argmax(1)
+                k = self.state.tile_choice if self.mode == "tile" and self.state.tile_choice is not None \
+                    else self.logits(x).argmax(1)
                 s = (2.0 ** (self.bits - 1) - 1)[k].view(-1, 1, 1, 1)
                 y, b = fake_quant(x, self.alpha[k].view(-1, 1, 1, 1), s), self.bits[k]
             self.last_bits = self.last_bits_ste = b
             self.last_weighted = None
             return y
-        logits = self.logits(x)
-        p = logits.softmax(1)
+        if self.mode == "tile" and self.state.tile_probs is not None:  # gdq: the model-level decision
+            p, k = self.state.tile_probs, self.state.tile_choice
+        else:
+            logits = self.logits(x)
+            p, k = logits.softmax(1), logits.argmax(1)
         expected = p @ self.bits
-        b_hard = self.bits[logits.argmax(1)]
+        b_hard = self.bits[k]
         self.last_bits = b_hard.detach()
         self.last_bits_ste = b_hard.detach() + expected - expected.detach()
         self.last_weighted = self.last_bits_ste / expected.detach()
         # value of the hard choice, gradient of the probability-weighted mix of all candidates (train_ops)
-        return SelectQuantSTE.apply(x, self.alpha, 2.0 ** (self.bits - 1) - 1, p, logits.argmax(1))
+        return SelectQuantSTE.apply(x, self.alpha, 2.0 ** (self.bits - 1) - 1, p, k)
 
 
 class QConv2d(nn.Conv2d):

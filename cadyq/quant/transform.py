@@ -13,19 +13,21 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelError
+from .gdq import GranularDQ, tile_entropy
 from .ops import tile_gradient
 from .plans import plan_for
 from .quantizers import ActQuant, BitSelector, QConv2d, TileState
 
-METHODS = ("fp32", "pams8", "cadyq")
+METHODS = ("fp32", "pams8", "cadyq", "gdq")
+DEFAULT_BITS = {"cadyq": (4, 6, 8), "gdq": (4, 5, 6, 8)}
 MODES = ("full", "fixed", "tile", "layer")
 
 
 @dataclass(frozen=True)
 class QuantConfig:
     method: str = "cadyq"
-    bits: tuple[int, ...] = (4, 6, 8)  # candidates; "pams8" uses (8,), mode "fixed" uses bits[0]
-    mode: str = "full"  # Table 2 ablations: fixed bit, tile-only, layer-only
+    bits: tuple[int, ...] = (4, 6, 8)  # candidates; "pams8" uses (8,), mode "fixed" uses bits[0]; gdq: 4 of them
+    mode: str = "full"  # Table 2 ablations: fixed bit, tile-only, layer-only (gdq: always "tile")
     weight_bits: int = 8
     per_channel: bool = False
     fixed_bits: int = 8  # EDSR's residual quantizer, IDN's feature block
@@ -38,10 +40,16 @@ class QuantConfig:
         if not self.bits or any(not (2 <= b <= 16) for b in self.bits) or len(set(self.bits)) != len(self.bits):
             raise ModelError(f"bit candidates must be distinct integers in 2..16, got {self.bits}")
         object.__setattr__(self, "bits", tuple(sorted(int(b) for b in self.bits)))
+        if self.method == "gdq":
+            if self.mode not in ("full", "tile"):
+                raise ModelError(f"Granular-DQ picks one bit-width per tile: mode 'tile', not {self.mode!r}")
+            object.__setattr__(self, "mode", "tile")
+            if len(self.bits) != 4:
+                raise ModelError(f"Granular-DQ takes 4 bit candidates (default 4,5,6,8), got {self.bits}")
 
     @property
     def dynamic(self) -> bool:
-        return self.method == "cadyq" and self.mode != "fixed"
+        return self.method in ("cadyq", "gdq") and self.mode != "fixed"
 
     @property
     def act_bits(self) -> tuple[int, ...]:
@@ -66,6 +74,15 @@ def _tile_state_hook(model, args):
     state.grad = tile_gradient(args[0])
     if hasattr(model, "tile_selector"):
         state.tile_logits = model.tile_selector(state.grad)
+    if hasattr(model, "gdq"):
+        state.entropy = tile_entropy(args[0])
+        state.tile_probs = state.tile_choice = None
+        if model.gdq.observing:
+            model.gdq.observe_entropy(state.entropy)
+
+
+def _gdq_head_hook(gdq, state: TileState, module, args, output):
+    state.tile_probs, state.tile_choice = gdq.decide(output, state.entropy)
 
 
 def _set(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -81,13 +98,15 @@ def _selector_init(linear: nn.Linear) -> nn.Linear:
     return linear
 
 
-def quantize(model: nn.Module, method: str = "cadyq", bits=(4, 6, 8), *, mode: str = "full",
+def quantize(model: nn.Module, method: str = "cadyq", bits=None, *, mode: str = "full",
              weight_bits: int = 8, per_channel: bool = False) -> nn.Module:
-    """Quantize `model` in place (and return it) with the given method; "fp32" leaves it as is."""
+    """Quantize `model` in place (and return it) with the given method; "fp32" leaves it as is.
+    bits: the candidates (default 4,6,8 for cadyq; 4,5,6,8 for gdq, Granular-DQ)."""
     if getattr(model, "quant_config", None) is not None:
         raise ModelError("model is already quantized")
     if not hasattr(model, "config"):
         raise ModelError("quantize() needs a backbone from cadyq.create_model")
+    bits = DEFAULT_BITS.get(method, (4, 6, 8)) if bits is None else bits
     cfg = QuantConfig(method, tuple(bits), mode, weight_bits, per_channel)
     model.quant_config = cfg
     if cfg.method == "fp32":
@@ -98,7 +117,11 @@ def quantize(model: nn.Module, method: str = "cadyq", bits=(4, 6, 8), *, mode: s
     state = TileState()
     model._tile_state = state
     model.register_forward_pre_hook(_tile_state_hook)
-    if cfg.mode == "tile":
+    if cfg.method == "gdq":
+        head = model.get_submodule(plan.head)
+        model.gdq = GranularDQ(head.out_channels, cfg.bits)
+        head.register_forward_hook(functools.partial(_gdq_head_hook, model.gdq, state))
+    elif cfg.mode == "tile":
         model.tile_selector = _selector_init(nn.Linear(2, len(cfg.bits)))
     for site in plan.dynamic:
         conv = model.get_submodule(site.conv)
@@ -166,16 +189,22 @@ def observe(model: nn.Module):
     """Within this block forwards pass activations unquantized and set every clip value alpha to
     the running mean of the observed per-sample max |x| (PAMS warm start). Run it under no_grad."""
     qs = all_quantizers(model)
+    gdq = getattr(model, "gdq", None)
     for q in qs:
         q.observing = True
         if isinstance(q, ActQuant):
             q.n_observed.zero_()
         else:
             q._n_obs = 0
+    if gdq is not None:  # the E2B thresholds: quantiles of the observed tiles' entropy
+        gdq.observing = True
     try:
         yield model
     finally:
         for q in qs:
             q.observing = False
+        if gdq is not None:
+            gdq.observing = False
+            gdq.finish_observing()
 
 

@@ -25,14 +25,15 @@ HELP = {"train": "train fp32 -> pams8 -> cadyq (DDP under torchrun)"}
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--method", choices=("fp32", "pams8", "cadyq"), default="cadyq",
-                   help="fp32 from scratch; pams8 from an fp32 --init; cadyq from a pams8 --init (default)")
+    g.add_argument("--method", choices=("fp32", "pams8", "cadyq", "gdq"), default="cadyq",
+                   help="fp32 from scratch; pams8 from an fp32 --init; cadyq (default) or gdq (Granular-DQ: one "
+                        "bit-width per tile) from a pams8 --init")
     g.add_argument("--backbone", default=None, help="edsr | srresnet | carn | idn (default: the --init "
                    "checkpoint's, else edsr)")
     g.add_argument("--scale", type=int, default=None, help="2, 3 or 4 (default: the --init checkpoint's, else 4)")
     g.add_argument("--n-feats", type=int, default=None, help="channels of a model built from scratch")
     g.add_argument("--n-resblocks", type=int, default=None, help="residual blocks of a model built from scratch")
-    g.add_argument("--bits", type=_bits, default=(4, 6, 8), help="bit candidates (default 4,6,8)")
+    g.add_argument("--bits", type=_bits, default=None, help="bit candidates (default 4,6,8; gdq 4,5,6,8)")
     g.add_argument("--mode", choices=("full", "fixed", "tile", "layer"), default="full",
                    help="bit selection (ablations of Table 2; default full)")
     g.add_argument("--init", default=None, help="checkpoint to start from (.safetensors or an official .pt/.pth)")
@@ -102,7 +103,7 @@ def config_from_args(args: argparse.Namespace):
         arch = {**{k: v for k, v in full.items() if k not in ("name", "scale")}, **arch}
     return TrainConfig(
         method=args.method, data=args.data, backbone=args.backbone, scale=args.scale, arch=arch,
-        bits=tuple(args.bits), mode=args.mode, init=args.init, teacher=args.teacher, kd=args.kd, iters=args.iters,
+        bits=tuple(args.bits) if args.bits else None, mode=args.mode, init=args.init, teacher=args.teacher, kd=args.kd, iters=args.iters,
         batch=args.batch, patch=args.patch, lr=args.lr, alpha_lr=args.alpha_lr, selector_lr=args.selector_lr,
         decay=args.decay, gamma=args.gamma, w_bit=args.w_bit, w_bit_step=args.w_bit_step,
         w_bit_every=args.w_bit_every, bit_loss=args.bit_loss, w_feat=args.w_feat, w_block=args.w_block,

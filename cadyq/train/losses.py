@@ -176,7 +176,7 @@ def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
             continue
         if name.endswith("alpha"):
             groups["alpha"].append(p)
-        elif ".input_quant.net." in f".{name}" or name.startswith("tile_selector."):
+        elif ".input_quant.net." in f".{name}" or name.startswith(("tile_selector.", "gdq.gbc.")):
             groups["selector"].append(p)
         else:
             groups["net"].append(p)

@@ -40,6 +40,7 @@ from ..errors import CadyqError, CheckpointError, ModelError
 from ..metrics import psnr, ssim
 from ..models import canonical_name, create_model
 from ..quant import METHODS, observe, quant_config, quantize, selected_bits
+from ..quant.transform import DEFAULT_BITS
 from . import ddp
 from .losses import BIT_LOSSES, BitWeightSchedule, Distiller, bit_loss, l1_loss, make_optimizer
 from .recipes import recipe_for
@@ -51,6 +52,7 @@ _VAL_COLUMNS = ["iter", "psnr", "ssim", "fqr", "bicubic_psnr", "bicubic_ssim", "
 _RESUME_FIXED = ("backbone", "scale", "method", "bits", "mode", "arch", "batch", "patch", "seed", "data",
                  "bit_loss", "precision", "channels_last")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DYNAMIC_METHODS = ("cadyq", "gdq")  # bit loss and distillation from the pams8 teacher
 
 
 @dataclass
@@ -63,7 +65,7 @@ class TrainConfig:
     backbone: str | None = None
     scale: int | None = None
     arch: dict = field(default_factory=dict)  # backbone options for a model built from scratch
-    bits: tuple[int, ...] = (4, 6, 8)
+    bits: tuple[int, ...] | None = None  # candidates; None: the method's default (cadyq 4,6,8; gdq 4,5,6,8)
     mode: str = "full"
     init: str | None = None
     teacher: str | None = None  # default for cadyq: the init checkpoint
@@ -111,7 +113,8 @@ class TrainConfig:
             raise ModelError(f"unknown bit loss {self.bit_loss!r}; choose one of {', '.join(BIT_LOSSES)}")
         if not self.data:
             raise CadyqError("no training data; pass --data DIR (DIV2K or a folder of HR images)")
-        c = dataclasses.replace(self, arch=dict(self.arch), bits=tuple(int(b) for b in self.bits))
+        bits = DEFAULT_BITS.get(self.method, (4, 6, 8)) if self.bits is None else self.bits
+        c = dataclasses.replace(self, arch=dict(self.arch), bits=tuple(int(b) for b in bits))
         if c.init:
             meta = _describe(c.init)
             if c.backbone and canonical_name(c.backbone) != meta["backbone"]:
@@ -133,9 +136,9 @@ class TrainConfig:
                      "w_bit_step", "w_bit_every", "w_feat", "w_block", "observe_batches"):
             if getattr(c, name) is None:
                 setattr(c, name, getattr(r, name))
-        if c.teacher is None and c.method == "cadyq" and c.kd and c.init:
+        if c.teacher is None and c.method in DYNAMIC_METHODS and c.kd and c.init:
             c.teacher = c.init
-        if not c.kd or c.method != "cadyq":
+        if not c.kd or c.method not in DYNAMIC_METHODS:
             c.teacher = None
         if c.out is None:
             c.out = str(Path("runs") / f"{c.backbone}-{c.method}-x{c.scale}")
@@ -146,7 +149,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["bits"] = list(d["bits"])
+        d["bits"] = None if d["bits"] is None else list(d["bits"])
         return d
 
 
@@ -346,7 +349,7 @@ class Trainer:
         with self._autocast():
             sr = self.ddp_model(lr)
         terms = {"l1": l1_loss(sr.float(), hr)}
-        if self.cfg.method == "cadyq":
+        if self.cfg.method in DYNAMIC_METHODS:
             w = self.w_bit(iteration)
             # a sum over the batch: times the world size, as DDP averages the gradients
             terms["bit"] = bit_loss(self.model, w, self.cfg.bit_loss) * self.dist.world
@@ -437,7 +440,7 @@ class Trainer:
         vals = ddp.all_mean(torch.tensor([terms.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.device),
                             self.dist).tolist()
         row = dict(zip(keys, vals), iter=it, sec=sec, lr=self.optimizer.param_groups[0]["lr"])
-        if self.cfg.method == "cadyq":
+        if self.cfg.method in DYNAMIC_METHODS:
             row["w_bit"] = self.w_bit(it - 1)
         row["fqr"] = float(selected_bits(self.model).float().mean()) if self.quantized else 32.0
         return row
