@@ -1,0 +1,49 @@
+"""`cadyq calibrate`: post-training quantization of a model from a folder of photos."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import CadyqError
+
+HELP = {"calibrate": "post-training calibration: clip values (and E2B thresholds) from photos, no training"}
+
+
+def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Post-training quantization: a pams8 (or cadyq/gdq) model from an fp32 (or any) checkpoint, with "
+                     "clip values calibrated on the LR tiles of a folder of photos. No training.")
+    p.add_argument("--model", "-m", required=True, help="the checkpoint (usually fp32) or zoo name")
+    p.add_argument("--data", required=True, help="folder of HR photos (their bicubic LR is used), or LR with --lr")
+    p.add_argument("-o", "--output", required=True, help="the .safetensors to write")
+    p.add_argument("--target", choices=("pams8", "cadyq", "gdq"), default="pams8", help="the method (default pams8)")
+    p.add_argument("--method", choices=("max", "percentile", "mse"), default="mse", help="clip rule (default mse)")
+    p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
+    p.add_argument("--bits", help="bit candidates, e.g. 8 (pams8) or 4,6,8 (cadyq)")
+    p.add_argument("--tiles", type=int, default=128, help="calibration tiles at most (default 128)")
+    p.add_argument("--tile", type=int, default=96, help="LR tile size (default 96)")
+    p.add_argument("--lr", action="store_true", help="the folder holds LR images: use them as they are")
+
+
+def run_calibrate(args) -> int:
+    from tqdm import tqdm
+
+    from ..checkpoint import load_model, save
+    from . import calibrate, photo_tiles
+
+    bits = None
+    if args.bits:
+        try:
+            bits = tuple(int(b) for b in args.bits.replace("+", ",").split(",") if b.strip())
+        except ValueError:
+            raise CadyqError(f"--bits {args.bits!r}: expected bit-widths like 8 or 4,6,8") from None
+    if args.tiles < 1:
+        raise CadyqError("--tiles must be at least 1")
+    model = load_model(args.model)
+    batches, total = photo_tiles(args.data, model.config.scale, args.tile, max_tiles=args.tiles, lr=args.lr)
+    with tqdm(total=total, desc="calibrate", unit="tile", file=sys.stderr) as bar:
+        out = calibrate(model, batches, target=args.target, method=args.method, bits=bits,
+                        percentile=args.percentile, progress=bar.update)
+    save(out, args.output, {"calibration": {**out.calibration, "data": str(args.data)}})
+    print(f"wrote {args.output}: {model.config.name} x{model.config.scale} {args.target} calibrated ({args.method}) on "
+          f"{out.calibration['tiles']} tiles of {args.data}", file=sys.stderr)
+    return 0
