@@ -6,8 +6,10 @@ MODEL ?=
 TILE ?= 96
 BATCH ?= 1:16:64
 OUT ?= build
+CPP_BUILD ?= build/cpp
 
 .PHONY: install install-trt test test-all engine clean
+.PHONY: cpp
 
 install:  ## the package, its test tools and TensorRT-RTX (builds engines without a GPU)
 	$(PY) -m pip install -e ".[dev,trt-rtx]" -c constraints.txt
@@ -17,6 +19,9 @@ test:  ## the default suite: everything that runs without a GPU
 
 test-all:
 	$(PY) -m pytest -q
+
+cpp:  ## the C++ library, cadyq-upscale and their tests (cpp/) into $(CPP_BUILD); installs libpng-dev/libjpeg-dev if missing
+	PY=$(PY) sh cpp/scripts/build.sh $(CPP_BUILD)
 
 engine:  ## export BACKBONE (x SCALE, METHOD; MODEL=ckpt or the shipped weights) and build its engine
 	$(PY) -m cadyq engine --make --backbone $(BACKBONE) --scale $(SCALE) --method $(METHOD) \

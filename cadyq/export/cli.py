@@ -81,6 +81,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                         "with --dtype fp16)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--static-batch", action="store_true", help="batch fixed to 1 instead of dynamic")
+    p.add_argument("--format", choices=("onnx", "aoti"), default=None,
+                   help="onnx (default), or aoti: an AOTInductor package (.pt2, the default for -o *.pt2) for the C++ "
+                        "library and cadyq-upscale, with a dynamic batch and tile size")
+    p.add_argument("--device", default="cpu", help="aoti: the device the package is compiled for (cpu, cuda)")
     _foreign_args(p)
 
 
@@ -88,6 +92,10 @@ def run_export(args) -> int:
     from .onnx_export import export_onnx
 
     model = _load_model(args.model, args.backbone, args.scale, args.method)
+    if (args.format or ("aoti" if Path(args.output).suffix == ".pt2" else "onnx")) == "aoti":
+        from .aoti import run_export_aoti
+
+        return run_export_aoti(args, model)
     form = args.form or ("fakequant" if args.dtype == "fp16" else "int8")
     path = export_onnx(model, args.output, tile=args.tile, dtype=args.dtype, opset=args.opset,
                        dynamic_batch=not args.static_batch, form=form)
