@@ -8,8 +8,10 @@ overwritten, existing outputs are replaced only when asked.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,16 +47,31 @@ def ensure_folder(folder: str | Path) -> Path:
     return folder
 
 
+def writable_target(path: str | Path) -> Path:
+    """Where writing `path` puts the bytes: the target of a symbolic link (the link stays), after checking
+    that nothing but a regular file would be replaced (a rename over /dev/null would replace the device)."""
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        st = os.stat(target)
+    except (FileNotFoundError, NotADirectoryError):  # nothing to replace; the folder checks say the rest
+        return target
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write there ({reason(e)}); choose another output path") from e
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+        raise OutputError(f"{path}: is {kind}; name a file to write")
+    return target
+
+
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     """write(tmp_path), then rename it over `path`. Raises OutputError naming `path` and the reason."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder; name a file to write")
+    shown, path = Path(path), writable_target(path)
     ensure_folder(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:180]}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise OutputError(f"{path}: cannot write in {path.parent} ({reason(e)})") from e
+        raise OutputError(f"{shown}: cannot write in {path.parent} ({reason(e)})") from e
     os.close(fd)
     try:
         write(tmp)
@@ -65,7 +82,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     except Exception as e:
         if not _is_io_failure(e):
             raise
-        raise OutputError(f"{path}: cannot write ({reason(e)}); check free space and permissions") from e
+        raise OutputError(f"{shown}: cannot write ({reason(e)}); check free space and permissions") from e
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
@@ -110,16 +127,24 @@ def check_output_file(path: str | Path, *, inputs: Sequence[str | Path] = (), ov
         raise OutputError(f"{path}: {option} is a folder; name a file")
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: exists; pass --overwrite to replace it, or choose another name")
-    _check_folder_can_hold(path.parent)
+    target = writable_target(path)
+    _check_folder_can_hold(target.parent)
     return path
 
 
 def _check_folder_can_hold(folder: Path) -> None:
+    """`folder` exists or can be created, and files can be created in it: probed with a temporary folder
+    in its nearest existing ancestor (permission bits do not tell for root, /proc or a read-only mount)."""
     existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
     if not existing.is_dir():
         raise OutputError(f"{folder}: cannot create this folder: {existing} is a file; choose another output path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{folder}: cannot write there ({existing} is not writable); choose another output path")
+    before = existing.stat()
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".cadyq-probe-", dir=existing))
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot write there ({reason(e)} in {existing}); choose another output path") from e
+    with contextlib.suppress(OSError):  # the probe leaves the folder as it was, modification time included
+        os.utime(existing, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 # ---- cadyq upscale ----------------------------------------------------------------------------------------
@@ -149,6 +174,7 @@ def plan_upscale(inputs: Sequence[Path], output: str | Path, scale: int, *, imag
         if len(inputs) > 1:
             raise OutputError(f"-o {output} names one image file, but {len(inputs)} images were given; "
                               f"pass a folder for -o (e.g. -o {output.with_suffix('')})")
+        _check_folder_can_hold(output.parent)
         images = [output]
     else:
         if output.exists() and not output.is_dir():
@@ -202,6 +228,7 @@ def _check_outputs(jobs: list[UpscaleJob], inputs: list[Path], report: Path | No
             raise OutputError(f"{path}: {what} would replace the input {src}; choose another -o")
         if path.is_dir():
             raise OutputError(f"{path}: {what} would be written here, but it is a folder; remove it or choose another -o")
+        writable_target(path)
     existing = [path for path, _ in planned if path.exists()]
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more of the outputs)" if len(existing) > 1 else ""

@@ -440,6 +440,25 @@ def _replaced(world, out):
     assert PILImage.open(out / "out.png").size == (80, 80)
 
 
+def _link_to_missing(world, out, monkeypatch):
+    os.symlink("real.png", out / "link.png")
+
+
+def _link_kept(world, out):
+    assert os.readlink(out / "link.png") == "real.png" and PILImage.open(out / "real.png").size == (80, 80)
+
+
+def _needs_sysfs(world, out, monkeypatch):
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("no sysfs here")
+
+
+def _dev_null_intact(world, out):
+    import stat
+
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
 def _both_pair_outputs(world, out):
     assert sorted(p.name for p in out.iterdir()) == ["photo_jpg_x2.png", "photo_png_x2.png"]
 
@@ -482,6 +501,15 @@ OUTPUTS = [
          ("out.png",), setup=_json_write_fails),
     Case("out-rename-fails", up("{w}/img/a.png", "--json", "{o}/r.json"), 2, r"out\.png: cannot write \(Invalid cross-device",
          (), setup=_rename_fails),
+    Case("out-is-a-fifo", ["upscale", "{w}/img/a.png", "-o", "{w}/paths/fifo.png", "-m", X2, "--overwrite"], 2,
+         r"fifo\.png: is not a regular file"),
+    Case("out-symlink-keeps-pointing-at-the-new-image", ["upscale", "{w}/img/a.png", "-o", "{o}/link.png", "-m", X2,
+                                                         "--overwrite"], 0, "", ("real.png",),
+         setup=_link_to_missing, check=_link_kept),
+    Case("out-json-in-a-read-only-place", up("{w}/img/a.png", "--json", "/sys/cadyq-report.json"), 2,
+         r"/sys: cannot write there", (), setup=_needs_sysfs),
+    Case("export-output-is-dev-null", ["export", "-m", X2, "-o", "/dev/null"], 2,
+         r"/dev/null: is not a regular file", check=_dev_null_intact),
     Case("export-output-under-a-file", ["export", "-m", X2, "-o", "{w}/paths/plainfile/m.onnx"], 2, r"plainfile is a file"),
     Case("export-output-is-the-model", ["export", "-m", "{w}/m/x2.safetensors", "-o", "{w}/m/x2.safetensors"], 2,
          r"--output is also an input"),

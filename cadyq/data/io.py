@@ -26,7 +26,8 @@ import torch
 from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
-from cadyq.errors import ContentWarning, ImageError, ImageWriteError
+from cadyq.errors import ContentWarning, ImageError, ImageWriteError, OutputError
+from cadyq.outputs import writable_target
 from cadyq.paths import not_a_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
@@ -261,8 +262,10 @@ def write_image(path, img: Image, png_compress_level: int = PNG_COMPRESS_LEVEL) 
                          f"{' '.join(IMAGE_EXTENSIONS)}")
     if not path.parent.is_dir():
         raise ImageWriteError(f"{path}: folder {path.parent} does not exist; create it first")
-    if path.is_dir():
-        raise ImageWriteError(f"{path}: is a folder; name an image file to write")
+    try:
+        path = writable_target(path)  # a symbolic link keeps pointing at the new image; /dev/null stays a device
+    except OutputError as e:
+        raise ImageWriteError(str(e)) from None
     _check(img)
     rgb, alpha, sixteen = img.rgb, img.alpha, img.bit_depth == 16
     if fmt in ("JPEG", "BMP"):
