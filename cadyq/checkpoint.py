@@ -126,7 +126,7 @@ def build(meta: dict) -> nn.Module:
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
-               hint: str = "check --backbone/--scale/--method") -> None:
+               hint: str = "it was saved from a different model") -> None:
     """Strict load that names what is missing, unexpected or of the wrong shape; `hint` says what to do."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -392,7 +392,8 @@ def import_checkpoint_into(model: nn.Module, path: str | Path) -> nn.Module:
     for k, v in model.state_dict().items():  # absent from checkpoints older than torch 0.4.1
         if k.endswith("num_batches_tracked"):
             converted.setdefault(k, v)
-    load_state(model, converted, f"{path} (read as {model.config.name} x{model.config.scale} {quant_config(model).method})")
+    load_state(model, converted, f"{path} (read as {model.config.name} x{model.config.scale} {quant_config(model).method})",
+               "check --backbone/--scale/--method")
     return model
 
 

@@ -285,6 +285,8 @@ IMAGES = [
     Case("img-animated-gif", up("{w}/odd/anim.gif"), 0, r"anim\.gif: 3 frames .*only the first is used", ("out.png",)),
     Case("img-multipage-tiff", up("{w}/odd/pages.tif"), 0, r"pages\.tif: 3 frames .*only the first", ("out.png",)),
     Case("img-16bit-rgb-kept", up("{w}/odd/rgb16.png"), 0, "", ("out.png",), check=_bit_depth_16),
+    Case("img-16bit-rgb-to-jpeg-warns", ["upscale", "{w}/odd/rgb16.png", "-o", "{o}/out.jpg", "-m", X2], 0,
+         r"out\.jpg: JPEG holds 8 bits per channel, so the 16-bit image is rounded", ("out.jpg",)),
     Case("img-16bit-gray-alpha-warns", up("{w}/odd/la16.png"), 0, r"la16\.png: 16-bit gray\+alpha is read as 8 bits",
          ("out.png",)),
     Case("img-one-pixel", up("{w}/odd/one_pixel.png"), 0, "", ("out.png",)),
@@ -704,3 +706,23 @@ def test_ctrl_c_while_torch_loads_in_a_real_process(tmp_path):
     assert p.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "cadyq: interrupted", err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_debug_shows_the_traceback_and_still_ends_with_one_line(world, capsys):
+    assert main(["--debug", "info", str(world / "m" / "meta_list.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("cadyq: error:")
+
+
+def test_a_bug_is_one_line_with_its_own_exit_code(monkeypatch, capsys):
+    import cadyq.cli
+
+    monkeypatch.setattr(cadyq.cli, "cmd_info", lambda args: 1 / 0)
+    assert main(["info", X2]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cadyq: internal error: ZeroDivisionError") and "--debug" in err[0]
+
+
+def test_help_and_version_exit_zero(capsys):
+    assert main(["--version"]) == 0 and "cadyq" in capsys.readouterr().out
+    assert main(["upscale", "--help"]) == 0 and "--overwrite" in capsys.readouterr().out

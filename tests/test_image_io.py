@@ -237,7 +237,10 @@ def test_write_16bit_colour_png(tmp_path):
 
     with pytest.raises(ImageError, match=r"\.png"):
         write_image(tmp_path / "c.tif", Image(a, None, 16, False, None, None, "RGB"))
-    write_image(tmp_path / "c.jpg", Image(a, None, 16, False, None, None, "RGB"))  # rounded to 8 bits
+    from cadyq.errors import ContentWarning
+
+    with pytest.warns(ContentWarning, match="rounded to 8 bits"):
+        write_image(tmp_path / "c.jpg", Image(a, None, 16, False, None, None, "RGB"))
     assert PILImage.open(tmp_path / "c.jpg").mode == "RGB"
 
 

@@ -271,6 +271,8 @@ def write_image(path, img: Image, png_compress_level: int = PNG_COMPRESS_LEVEL) 
     if fmt in ("JPEG", "BMP"):
         alpha = None
     if sixteen and fmt not in ("PNG", "TIFF"):
+        warnings.warn(f"{path}: {fmt} holds 8 bits per channel, so the 16-bit image is rounded to 8 bits; write a "
+                      ".png to keep 16", ContentWarning, stacklevel=2)
         rgb, alpha, sixteen = _to8(rgb), None if alpha is None else _to8(alpha), False
     if img.gray:
         wide = rgb.astype(np.uint32)
