@@ -120,3 +120,25 @@ def randomize_selectors(model, tiles, seed: int = 1) -> None:
         w = torch.randn(q.net.weight.shape, generator=gen) / sd / math.sqrt(f.shape[1])
         q.net.weight.copy_(w)
         q.net.bias.copy_(-(w @ mu) + 0.3 * torch.randn(q.net.bias.shape, generator=gen))
+
+
+@torch.no_grad()
+def spread_gdq(model, tiles, seed: int = 1) -> None:
+    """Calibrate a gdq model (observe), then give its controller random weights over standardized granularity
+    features of these tiles, so that all three of its classes get chosen (and E2B refines the top one)."""
+    from cadyq.quant import observe, plan_for
+    from cadyq.quant.gdq import granularity_features
+
+    with observe(model):
+        model(tiles)
+    feats = {}
+    h = model.get_submodule(plan_for(model).head).register_forward_hook(
+        lambda m, a, o: feats.__setitem__("f", granularity_features(o)))
+    model(tiles)
+    h.remove()
+    f = feats["f"]
+    mu, sd = f.mean(0), f.std(0) + 1e-6
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(model.gdq.gbc.weight.shape, generator=g) / sd / math.sqrt(f.shape[1])
+    model.gdq.gbc.weight.copy_(w)
+    model.gdq.gbc.bias.copy_(-(w @ mu) + 0.3 * torch.randn(3, generator=g))

@@ -723,6 +723,31 @@ def _build_dir(built_path: Path):
         yield path
 
 
+def build_routed(manifest, out_dir=None, batch=(1, 16, 64), **kw) -> tuple[Path, dict[int, EngineInfo]]:
+    """One engine per bit-width of a tile-routed export (cadyq.export.routed), built and cached together, and
+    `routed-engines.json` beside them (the router stays an ONNX graph, run by ONNX Runtime). Returns (its path,
+    {bits: EngineInfo})."""
+    from ..checkpoint import atomic_write
+    from .routed import read_manifest
+
+    m = read_manifest(manifest)
+    src = Path(m["_dir"])
+    out = Path(out_dir) if out_dir else src
+    out.mkdir(parents=True, exist_ok=True)
+    infos = {}
+    for b, f in m.get("graphs_tensorrt", m["graphs"]).items():  # the symmetric int8 weights TensorRT takes
+        infos[int(b)] = build_engine(src / f, out / (Path(f).stem.removesuffix("-trt") + ".engine"), batch=batch, **kw)
+    if out.resolve() != src.resolve():
+        shutil.copyfile(src / m["router"], out / m["router"])
+    em = {k: v for k, v in m.items() if k != "_dir"}
+    em["graphs"] = {str(b): i.path.name for b, i in infos.items()}
+    em["engines"] = {str(b): {"int8_convs": i.precision_summary["int8_convs"],
+                              "quantized_convs": i.precision_summary["quantized_convs"]} for b, i in infos.items()}
+    path = out / "routed-engines.json"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(em, indent=2)))
+    return path, infos
+
+
 def _write_sidecar(engine: Path, sc: dict) -> None:
     from ..checkpoint import atomic_write
 

@@ -162,7 +162,7 @@ class ExportedProgram(nn.Module):
     `attach_taps` keys the fake-quant model (so `cadyq check` compares them), and every integer conv's
     output as `<conv>:int` (checked locally against the model's conv + folded epilogue)."""
 
-    def __init__(self, program: IntegerProgram, tap):
+    def __init__(self, program: IntegerProgram, tap, kernels=SymbolicKernels):
         super().__init__()
         self.program = program
         self.order: list[str] = []
@@ -173,7 +173,7 @@ class ExportedProgram(nn.Module):
             return tap(key, t)
 
         self._emit = emit
-        program.use(SymbolicKernels(emit))
+        program.use(kernels(emit))
         for name, mod in program.net.named_modules():
             if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)):
                 mod.register_forward_pre_hook(self._pre(name))

@@ -68,7 +68,7 @@ __all__ = ["export_onnx", "export_model_proto", "weight_dequant_error", "DTYPES"
            "META_INFO", "META_EXPORT", "META_TAPS", "META_MODEL", "EXPORT_FORMAT"]
 
 DTYPES = ("fp32", "fp16")
-FORMS = ("int8", "fakequant")
+FORMS = ("int8", "fakequant")  # and "static" (one graph of a tile-routed set: cadyq.export.routed)
 INPUT = "lr"
 OUTPUTS = ("sr", "bits")
 META_INFO = "cadyq"
@@ -374,7 +374,8 @@ def _as_model(model) -> nn.Module:
 
 
 def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 17, dynamic_batch: bool = True,
-                       *, form: str = "int8", exact_weights: bool = True, check: bool = True) -> onnx.ModelProto:
+                       *, form: str = "int8", exact_weights: bool = True, check: bool = True,
+                       static=None) -> onnx.ModelProto:
     """The exported graph as a ModelProto (see the module docstring); `export_onnx` writes it.
 
     form "int8" (default): the integer graph form of quantized models (cadyq.export.int_graph):
@@ -383,7 +384,7 @@ def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 
     model = _as_model(model)
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if form not in FORMS:
+    if form not in FORMS + ("static",):
         raise ExportError(f"unknown graph form {form!r}; choose one of {', '.join(FORMS)}")
     if not hasattr(model, "config"):
         raise ExportError("export_onnx() needs a model from cadyq.create_model (optionally quantized)")
@@ -399,7 +400,15 @@ def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 
         raise ExportError("the int8 graph form is exported in fp32 (its convolutions are INT8); for an fp16 graph "
                           "pass form='fakequant' (`cadyq export --form fakequant --dtype fp16`)")
     device = next(model.parameters()).device
-    if integer:
+    if form == "static":  # (program with fixed quantizers, conv output scales) from cadyq.export.routed
+        from . import int_graph
+        from .routed import StaticKernels
+
+        program, scales, weights = static
+        wrapper = int_graph.ExportedProgram(program, lambda key, t: _Tap.apply(t, key),
+                                            lambda emit: StaticKernels(scales, emit, weights))
+        traced, keys, device, integer = wrapper.program, wrapper.order, torch.device("cpu"), True
+    elif integer:
         from . import int_graph
 
         wrapper = int_graph.prepare(model.cpu().eval(), lambda key, t: _Tap.apply(t, key))
@@ -413,7 +422,8 @@ def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 
     opsets = {_TMP_DOMAIN: 1}
     if any((isinstance(q, BitSelector) and q.mode == "full") or getattr(q, "mode", None) == "full" and
            type(q).__name__ == "IntQuantizer" for q in traced.modules()):
-        opsets[cadyq_op.DOMAIN] = cadyq_op.INT_VERSION if integer else cadyq_op.OP_VERSION
+        if form != "static":
+            opsets[cadyq_op.DOMAIN] = cadyq_op.INT_VERSION if integer else cadyq_op.OP_VERSION
     axes = {INPUT: {0: "N"}, "sr": {0: "N"}, "bits": {0: "N"}} if dynamic_batch else None
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -448,7 +458,7 @@ def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 
     meta = {
         META_INFO: json.dumps(info.to_dict()),
         META_MODEL: json.dumps(ckpt_metadata(model)),
-        META_EXPORT: json.dumps({"format": EXPORT_FORMAT, "form": "int8" if integer else "fakequant", "dtype": dtype,
+        META_EXPORT: json.dumps({"format": EXPORT_FORMAT, "form": form if integer else "fakequant", "dtype": dtype,
                                  "tile": tile, "opset": opset,
                                  "dynamic_batch": dynamic_batch, "exact_weights": exact_weights and not integer,
                                  "weights": ("float32" if cfg.method == "fp32" else "int8+DequantizeLinear(per-channel scale)"

@@ -44,7 +44,7 @@ def load_module(model, backend: str) -> nn.Module:
 Factory = Callable[..., Backend]
 _FACTORIES: dict[str, Factory] = {}
 _MODULES = {"torch": "torch_backend", "onnxruntime": "onnxruntime_backend", "tensorrt": "tensorrt_backend",
-            "native": "native_backend"}
+            "native": "native_backend", "routed": "routed_backend"}
 BACKENDS = tuple(_MODULES)
 
 
@@ -62,6 +62,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def guess_backend(model) -> str:
+    if isinstance(model, (str, Path)) and (Path(model).name.endswith(("routed.json", "routed-engines.json")) or
+                                           (Path(model).is_dir() and (Path(model) / "routed.json").is_file())):
+        return "routed"
     suffix = Path(model).suffix if isinstance(model, (str, Path)) else ""
     return {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}.get(suffix, "torch")
 
