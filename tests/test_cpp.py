@@ -28,7 +28,7 @@ from cadyq.errors import BackendError, ExportError, TilingError
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "cpp"
-TOOLS = ("cadyq-upscale", "cadyq-tiling-check", "cadyq-c-api-test", "cadyq-unit-tests")
+TOOLS = ("cadyq-upscale", "cadyq-tiling-check", "cadyq-c-api-test", "cadyq-unit-tests", "cadyq-embed-example")
 TILE, OVERLAP, BATCH = 32, 4, 8
 
 
@@ -334,7 +334,7 @@ def test_cpp_upscale_equals_python_upscaler(cpp, package, tmp_path, protocol):
 
 
 def test_cpp_gray_alpha_16bit_and_jpeg_inputs(cpp, package, tmp_path):
-    """Gray stays gray, alpha is upscaled bicubic (within 1 LSB of torch's), 16-bit gray keeps 16 bits,
+    """Gray stays gray, alpha is upscaled bicubic (within 1 LSB of torch's), 16-bit PNGs keep 16 bits,
     JPEG decodes as Pillow decodes it (EXIF orientation applied)."""
     import PIL.Image
 
@@ -347,6 +347,7 @@ def test_cpp_gray_alpha_16bit_and_jpeg_inputs(cpp, package, tmp_path):
         "rgba.png": Image(photo, alpha, 8, False, None, None, "RGBA"),
         "gray16.png": Image(np.repeat((gray.astype(np.uint16) * 257 + 91)[..., None], 3, 2), None, 16, True, None, None,
                             "I;16"),
+        "rgb16.png": Image(photo.astype(np.uint16) * 257 + np.uint16(77), None, 16, False, None, None, "RGB"),
     }
     for name, img in cases.items():
         write_image(tmp_path / name, img)
@@ -371,10 +372,11 @@ def test_cpp_gray_alpha_16bit_and_jpeg_inputs(cpp, package, tmp_path):
     assert read_image(tmp_path / "rotated_x2.png").rgb.shape == (114, 80, 3)
 
 
-def test_cpp_within_one_lsb_of_the_reference_backends(cpp, package, checkpoint, tmp_path):
+def test_cpp_close_to_the_reference_backends(cpp, package, checkpoint, tmp_path):
     """The package's integer program vs the fake-quant model (torch backend) and the oneDNN integer
-    kernels (native backend): float layers differ in rounding only, so pixels are within 1 LSB and the
-    bits agree except at ties."""
+    kernels (native backend): their float arithmetic differs in rounding only, so the bits agree except
+    at ties, and pixels are within 1 LSB except where a float difference moves an activation across a
+    rounding boundary of its quantizer (then 2 LSB, a few samples per million on a photo)."""
     import cadyq
 
     src = tmp_path / "in.png"
@@ -391,7 +393,7 @@ def test_cpp_within_one_lsb_of_the_reference_backends(cpp, package, checkpoint, 
         by, bx = r.grid.bounds(2)
         rows = np.repeat(agree, np.diff(by), axis=0)
         own = np.repeat(rows, np.diff(bx), axis=1)
-        assert d[own].max() <= 1 and (d[own] == 0).mean() > 0.999, backend
+        assert d[own].max() <= 2 and (d[own] <= 1).mean() > 0.9999 and (d[own] == 0).mean() > 0.999, backend
 
 
 def test_c_api_from_c(cpp, package, tmp_path):
@@ -408,6 +410,19 @@ def test_c_api_from_c(cpp, package, tmp_path):
     assert (rep["rows"], rep["cols"], rep["layers"]) == tuple(r.bit_map.shape)
     np.testing.assert_array_equal(np.array(rep["bits"], dtype=np.float32), r.bit_map.numpy().ravel())
     assert rep["fqr"] == r.fqr and rep["bitops"] == r.bitops
+
+
+def test_readme_embedding_example(cpp, package, tmp_path):
+    """The README's 15-line example is cpp/examples/embed.cpp, built and run here."""
+    example = (REPO / "cpp" / "examples" / "embed.cpp").read_text()
+    assert example in (REPO / "README.md").read_text() and len(example.splitlines()) <= 15
+    src = tmp_path / "in.png"
+    write_image(src, Image(_photo(50, 70, "chelsea"), None, 8, False, None, None, "RGB"))
+    p = subprocess.run([str(cpp / "cadyq-embed-example"), str(package), str(src), str(tmp_path / "out.png")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "1x1 tiles, FQR" in p.stdout, p.stderr
+    r = _python_upscaler(package, tile=96, overlap=6, batch=16).upscale(src)
+    np.testing.assert_array_equal(read_image(tmp_path / "out.png").rgb, r.image.rgb)
 
 
 # ---- the command line's bad inputs --------------------------------------------------------------------
@@ -436,7 +451,7 @@ def _assert_failed_cleanly(p, workdir, rc, pattern):
 @pytest.mark.parametrize("args, rc, pattern", [
     (["bad.png"], 1, "corrupt or truncated"),
     (["text.jpg"], 1, "not a PNG or JPEG file"),
-    (["missing.png"], 1, "no such file"),
+    (["missing.png"], 2, "no such file or folder"),
     (["in.png", "--model", "missing.pt2"], 2, "no such model package"),
     (["in.png", "--model", "model.onnx"], 2, "expected an AOTInductor package"),
     (["in.png", "--model", "broken.pt2"], 2, "not a readable AOTInductor package"),
@@ -450,20 +465,20 @@ def _assert_failed_cleanly(p, workdir, rc, pattern):
     (["in.png", "--device", "cuda"], 2, "compiled for cpu, not cuda"),
     (["in.png", "--frobnicate"], 2, "unknown option --frobnicate"),
     (["in.png", "--tile"], 2, "--tile needs a value"),
-    (["in.png", "in.png"], 2, "need an output folder"),
+    (["in.png", "text.jpg"], 2, "names one image file, but 2 images"),
     (["in.png", "--json", "nowhere/r.json"], 2, "its folder does not exist"),
+    (["in.png", "--json", "in.png"], 2, "would replace the input"),
 ])
 def test_cli_bad_input_fails_cleanly(cpp, package, workdir, args, rc, pattern):
     """One line on stderr, a non-zero exit, the earlier output untouched, no temporary files."""
-    argv = ["-o", workdir / "out.png"] + ([] if "--model" in args else ["--model", package])
+    argv = ["-o", workdir / "out.png", "--overwrite"] + ([] if "--model" in args else ["--model", package])
     argv += [workdir / a if a.endswith((".png", ".jpg", ".pt2", ".onnx", ".engine")) else a for a in args]
     p = _run(cpp, *argv, check=False)
     _assert_failed_cleanly(p, workdir, rc, pattern)
 
 
 def test_cli_bad_image_among_good_ones(cpp, package, workdir):
-    out = workdir / "outdir"
-    out.mkdir()
+    out = workdir / "outdir"  # created by the run
     p = _run(cpp, workdir / "in.png", workdir / "bad.png", "-o", out, "--model", package, "--tile", TILE, "-q",
              "--json", workdir / "r.json", check=False)
     assert p.returncode == 1
@@ -473,11 +488,20 @@ def test_cli_bad_image_among_good_ones(cpp, package, workdir):
     assert rep["failed"] == [str(workdir / "bad.png")] and len(rep["images"]) == 1
 
 
-def test_cli_refuses_to_overwrite_its_input(cpp, package, workdir):
+def test_cli_output_plan(cpp, package, workdir):
+    """Outputs are decided before any work: no overwriting without --overwrite, never an input,
+    colliding names get their extension."""
+    p = _run(cpp, workdir / "in.png", "-o", workdir / "out.png", "--model", package, check=False)
+    _assert_failed_cleanly(p, workdir, 2, "exists; pass --overwrite")
     before = (workdir / "in.png").read_bytes()
-    p = _run(cpp, workdir / "in.png", "-o", workdir / "in.png", "--model", package, check=False)
-    assert p.returncode == 1 and "would overwrite its input" in p.stderr
+    p = _run(cpp, workdir / "in.png", "-o", workdir / "in.png", "--model", package, "--overwrite", check=False)
+    _assert_failed_cleanly(p, workdir, 2, "would replace the input")
     assert (workdir / "in.png").read_bytes() == before
+    (workdir / "in.jpg").write_bytes((workdir / "text.jpg").read_bytes())
+    p = _run(cpp, workdir / "in.png", workdir / "in.jpg", "-o", workdir / "o", "--model", package, "--tile", TILE,
+             "-q", check=False)
+    assert p.returncode == 1 and "in.jpg" in p.stderr  # the JPEG is not a picture: reported, skipped
+    assert sorted(f.name for f in (workdir / "o").iterdir()) == ["in_png_x2.png"]
 
 
 def test_cli_usage(cpp):

@@ -197,7 +197,8 @@ def export_aoti(model: nn.Module, path, *, device: str = "cpu", program: str = "
     with tempfile.TemporaryDirectory(prefix=".cadyq-aoti-", dir=path.parent) as tmp:
         built = Path(tmp) / path.name
         try:
-            torch._inductor.aoti_compile_and_package(ep, package_path=str(built), inductor_configs=configs)
+            with _quiet_loader():
+                torch._inductor.aoti_compile_and_package(ep, package_path=str(built), inductor_configs=configs)
         except Exception as e:
             raise ExportError(f"AOTInductor could not compile the model ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); it needs a working C++ compiler "
@@ -210,7 +211,8 @@ def export_aoti(model: nn.Module, path, *, device: str = "cpu", program: str = "
 
 @torch.no_grad()
 def _check(package: Path, prog: nn.Module, x: torch.Tensor) -> dict:
-    compiled = torch._inductor.aoti_load_package(str(package))
+    with _quiet_loader():
+        compiled = torch._inductor.aoti_load_package(str(package))
     sr, bits = compiled(x)
     ref_sr, ref_bits = prog(x)
     return {"bits_agree": float((bits == ref_bits).float().mean()) if bits.numel() else 1.0,

@@ -155,7 +155,7 @@ struct PngWriteState {
   png_bytep* rows = nullptr;
 };
 
-bool write_png_raw(std::FILE* file, const Image* img, bool with_icc, char* error) {
+bool write_png_raw(std::FILE* file, const Image* img, bool with_icc, int level, char* error) {
   PngJump j;
   j.raw = nullptr;
   j.message = error;
@@ -179,6 +179,7 @@ bool write_png_raw(std::FILE* file, const Image* img, bool with_icc, char* error
   }
   png_init_io(s->png, file);
   png_set_benign_errors(s->png, 1);  // an ICC profile libpng dislikes is dropped, not fatal
+  png_set_compression_level(s->png, level);
   static const int types[] = {0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA, PNG_COLOR_TYPE_RGB, PNG_COLOR_TYPE_RGB_ALPHA};
   png_set_IHDR(s->png, s->info, static_cast<png_uint_32>(img->width), static_cast<png_uint_32>(img->height), img->bit_depth,
                types[img->channels], PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
@@ -472,11 +473,13 @@ bool is_writable_image_path(const std::string& path) {
   return ext == ".png" || ext == ".jpg" || ext == ".jpeg";
 }
 
-void write_image(const std::string& path, const Image& img) {
+void write_image(const std::string& path, const Image& img, int png_compression) {
   const std::string ext = lower_extension(path);
   if (!is_writable_image_path(path))
     throw Error(ErrorCode::Image, path + ": unknown image extension '" + ext + "'; use .png, .jpg or .jpeg");
   if (img.width < 1 || img.height < 1) throw Error(ErrorCode::Image, "cannot write an empty (0-pixel) image");
+  if (png_compression < 0 || png_compression > 9)
+    throw Error(ErrorCode::InvalidArgument, "PNG compression must be a zlib level from 0 to 9, not " + std::to_string(png_compression));
   if (img.channels < 1 || img.channels > 4 || (img.bit_depth != 8 && img.bit_depth != 16) ||
       img.pixels.size() != img.row_bytes() * static_cast<std::size_t>(img.height))
     throw Error(ErrorCode::InvalidArgument, path + ": the image's size, channels or bit depth do not match its pixels");
@@ -489,7 +492,7 @@ void write_image(const std::string& path, const Image& img) {
   std::unique_ptr<std::FILE, FileCloser> file(fdopen(tmp.release_fd(), "wb"));
   if (!file) throw Error(ErrorCode::Image, path + ": cannot write (" + std::strerror(errno) + ")");
   char error[JMSG_LENGTH_MAX + 64] = {0};
-  const bool ok = ext == ".png" ? write_png_raw(file.get(), &img, icc_matches(img), error)
+  const bool ok = ext == ".png" ? write_png_raw(file.get(), &img, icc_matches(img), png_compression, error)
                                 : write_jpeg_raw(file.get(), &img, icc_matches(img), error);
   const bool flushed = std::fflush(file.get()) == 0 && !std::ferror(file.get());
   const int saved = errno;

@@ -3,13 +3,18 @@
 //   cadyq-upscale in.png -o out.png --model model.pt2 [--tile 96] [--overlap 6] [--batch N] [--bitmap]
 //
 // Exit status: 0 done; 1 some images could not be read or written (reported, skipped; the others
-// are done); 2 a bad option or model (nothing is written). Every error is one line on stderr.
+// are done); 2 a bad option, input path, output plan or model (nothing is written). Every output
+// name is decided and checked before the first image runs; existing outputs are replaced only with
+// --overwrite. Every error is one line on stderr.
 // Outputs are written under a temporary name and renamed, so nothing is half-written; Ctrl-C
 // removes the file being written.
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <filesystem>
 #include <cmath>
 #include <chrono>
 #include <csignal>
@@ -45,7 +50,9 @@ const char* const kUsage =
     "  --device NAME        auto (default: the package's), cpu, cuda, cuda:N\n"
     "  --threads N          CPU threads of the model (default: one per core)\n"
     "  --bitmap             also write <output stem>_bits.png: the bit-width of each tile\n"
+    "  --overwrite          replace outputs that exist (inputs are never replaced)\n"
     "  --json PATH          write a JSON report (sizes, tiles, FQR, BitOPs, bit map, times)\n"
+    "  --png-compression N  zlib level of PNG outputs, 0-9 (default 1: fast; all lossless)\n"
     "  --max-pixels N       refuse larger inputs (default 134217728)\n"
     "  --plugin-lib PATH    TensorRT plugin library to load (repeatable)\n"
     "  -q, --quiet          no per-image line on stderr\n"
@@ -59,9 +66,9 @@ struct UsageError {
 struct Args {
   std::vector<std::string> inputs;
   std::string output, model, json, device = "auto", protocol = "shift";
-  int tile = 96, overlap = 6, batch = 64, threads = 0;
+  int tile = 96, overlap = 6, batch = 64, threads = 0, png_compression = 1;
   long long max_pixels = cadyq::kDefaultMaxPixels;
-  bool bitmap = false, quiet = false;
+  bool bitmap = false, quiet = false, overwrite = false;
   std::vector<std::string> plugin_libs;
 };
 
@@ -123,6 +130,8 @@ Args parse_args(int argc, char** argv) {
       a.batch = static_cast<int>(parse_int(flag, take(), 1, 1 << 20));
     } else if (flag == "--threads") {
       a.threads = static_cast<int>(parse_int(flag, take(), 0, 4096));
+    } else if (flag == "--png-compression") {
+      a.png_compression = static_cast<int>(parse_int(flag, take(), 0, 9));
     } else if (flag == "--max-pixels") {
       a.max_pixels = parse_int(flag, take(), 1, 1LL << 40);
     } else if (flag == "--protocol") {
@@ -138,6 +147,9 @@ Args parse_args(int argc, char** argv) {
     } else if (flag == "--bitmap") {
       no_value();
       a.bitmap = true;
+    } else if (flag == "--overwrite") {
+      no_value();
+      a.overwrite = true;
     } else if (flag == "-q" || flag == "--quiet") {
       no_value();
       a.quiet = true;
@@ -157,28 +169,9 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-bool is_dir(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 bool same_file(const std::string& a, const std::string& b) {
   struct stat sa {}, sb {};
   return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
-}
-
-std::string stem(const std::string& path) {
-  const auto slash = path.find_last_of('/');
-  std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
-  const auto dot = name.find_last_of('.');
-  return dot == std::string::npos || dot == 0 ? name : name.substr(0, dot);
-}
-
-std::string with_suffix_stem(const std::string& path, const std::string& extra) {  // a/b.png -> a/b<extra>.png
-  const auto slash = path.find_last_of('/');
-  const auto dot = path.find_last_of('.');
-  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return path + extra + ".png";
-  return path.substr(0, dot) + extra + ".png";
 }
 
 void on_signal(int sig) {
@@ -219,6 +212,123 @@ std::string json_number(double v) {
   return buf;
 }
 
+namespace fs = std::filesystem;
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+bool is_image_name(const fs::path& p) {
+  const std::string ext = lower(p.extension().string());
+  return ext == ".png" || ext == ".jpg" || ext == ".jpeg";
+}
+
+// Files as given, plus each folder's PNG/JPEG files (sorted by name, hidden files skipped).
+std::vector<std::string> expand_inputs(const std::vector<std::string>& given) {
+  std::vector<std::string> out;
+  for (const auto& g : given) {
+    std::error_code ec;
+    if (fs::is_directory(g, ec)) {
+      std::vector<std::string> files;
+      for (const auto& e : fs::directory_iterator(g, ec))
+        if (e.is_regular_file() && is_image_name(e.path()) && e.path().filename().string()[0] != '.')
+          files.push_back(e.path().string());
+      std::sort(files.begin(), files.end());
+      out.insert(out.end(), files.begin(), files.end());
+    } else if (fs::is_regular_file(g, ec)) {
+      out.push_back(g);
+    } else {
+      throw cadyq::Error(cadyq::ErrorCode::InvalidArgument, g + ": no such file or folder; check the path");
+    }
+  }
+  if (out.empty()) throw cadyq::Error(cadyq::ErrorCode::InvalidArgument, "no PNG or JPEG images found in the inputs");
+  std::vector<std::string> unique;  // duplicates dropped, order kept
+  for (const auto& f : out)
+    if (std::find(unique.begin(), unique.end(), f) == unique.end()) unique.push_back(f);
+  return unique;
+}
+
+struct Plan {
+  std::vector<std::string> images, bit_maps;
+  std::string folder;  // the output folder to create, if any
+};
+
+std::string key(const fs::path& p) {  // how two names of one file compare
+  std::error_code ec;
+  const fs::path abs = fs::weakly_canonical(fs::absolute(p, ec), ec);
+  return ec ? p.lexically_normal().string() : abs.string();
+}
+
+// Every file this run writes, decided and checked before the first image (as cadyq.outputs.plan_upscale):
+// one input and an image file name: that file; otherwise OUTPUT/<stem>_x<s>.png (inputs whose names
+// collide get their extension in it); outputs that are inputs, written twice, or exist (without
+// --overwrite) are refused.
+Plan plan_outputs(const std::vector<std::string>& inputs, const Args& a, int scale) {
+  Plan plan;
+  const fs::path out(a.output);
+  std::error_code ec;
+  const bool names_file = !fs::is_directory(out, ec) && !out.extension().empty();
+  if (names_file) {
+    if (!is_image_name(out))
+      throw cadyq::Error(cadyq::ErrorCode::InvalidArgument, "-o " + a.output + ": " + out.extension().string() +
+                                                                " is not an image format cadyq-upscale writes (use .png .jpg .jpeg)");
+    if (inputs.size() > 1)
+      throw cadyq::Error(cadyq::ErrorCode::InvalidArgument, "-o " + a.output + " names one image file, but " +
+                                                                std::to_string(inputs.size()) + " images were given; pass a folder for -o");
+    const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
+    if (!fs::is_directory(parent, ec))
+      throw cadyq::Error(cadyq::ErrorCode::InvalidArgument, a.output + ": folder " + parent.string() + " does not exist; create it first");
+    plan.images.push_back(a.output);
+  } else {
+    if (fs::exists(out, ec) && !fs::is_directory(out, ec))
+      throw cadyq::Error(cadyq::ErrorCode::InvalidArgument, "-o " + a.output + ": exists and is not a folder");
+    if (!fs::exists(out, ec)) plan.folder = a.output;
+    std::vector<std::string> names;
+    for (const auto& src : inputs) names.push_back(fs::path(src).stem().string() + "_x" + std::to_string(scale) + ".png");
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      bool clash = false;
+      for (std::size_t j = 0; j < inputs.size(); ++j) clash |= i != j && lower(names[i]) == lower(names[j]);
+      const fs::path src(inputs[i]);
+      plan.images.push_back((out / (clash ? src.stem().string() + "_" + lower(src.extension().string().substr(1)) + "_x" +
+                                                std::to_string(scale) + ".png"
+                                          : names[i]))
+                                .string());
+    }
+  }
+  for (const auto& img : plan.images) {
+    const fs::path p(img);
+    plan.bit_maps.push_back((p.parent_path() / (p.stem().string() + "_bits.png")).string());
+  }
+  std::vector<std::pair<std::string, std::string>> planned;  // path, what
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    planned.push_back({plan.images[i], "the output of " + inputs[i]});
+    if (a.bitmap) planned.push_back({plan.bit_maps[i], "the bit map of " + inputs[i]});
+  }
+  if (!a.json.empty()) planned.push_back({a.json, "the --json report"});
+  for (std::size_t i = 0; i < planned.size(); ++i) {
+    for (std::size_t j = 0; j < i; ++j)
+      if (key(planned[i].first) == key(planned[j].first))
+        throw cadyq::Error(cadyq::ErrorCode::InvalidArgument, planned[i].first + " would be written twice (" + planned[j].second +
+                                                                  " and " + planned[i].second + "); give the inputs different names");
+    for (const auto& src : inputs)
+      if (key(planned[i].first) == key(src) || same_file(planned[i].first, src))
+        throw cadyq::Error(cadyq::ErrorCode::InvalidArgument, planned[i].first + ": " + planned[i].second +
+                                                                  " would replace the input " + src + "; choose another -o");
+    if (fs::is_directory(planned[i].first, ec))
+      throw cadyq::Error(cadyq::ErrorCode::InvalidArgument, planned[i].first + ": " + planned[i].second + " would be written here, but it is a folder");
+  }
+  for (const auto& [path, what] : planned)
+    if (!a.overwrite && fs::exists(path, ec))
+      throw cadyq::Error(cadyq::ErrorCode::InvalidArgument, path + ": exists; pass --overwrite to replace it, or choose another -o");
+  if (!a.json.empty()) {
+    const fs::path parent = fs::path(a.json).has_parent_path() ? fs::path(a.json).parent_path() : fs::path(".");
+    if (!fs::is_directory(parent, ec))
+      throw cadyq::Error(cadyq::ErrorCode::InvalidArgument, a.json + ": its folder does not exist; create it first");
+  }
+  return plan;
+}
+
 int run(const Args& a) {
   cadyq::Options opt;
   opt.tile = a.tile;
@@ -228,35 +338,30 @@ int run(const Args& a) {
   opt.protocol = cadyq::parse_protocol(a.protocol);
   opt.threads = a.threads;
   opt.plugin_libraries = a.plugin_libs;
-  const bool single_file = a.inputs.size() == 1 && cadyq::is_writable_image_path(a.output) && !is_dir(a.output);
-  if (!single_file && cadyq::is_writable_image_path(a.output) && !is_dir(a.output))
-    throw cadyq::Error(cadyq::ErrorCode::InvalidArgument,
-                       std::to_string(a.inputs.size()) + " inputs need an output folder, not the file " + a.output);
-  if (!single_file && !is_dir(a.output))
-    throw cadyq::Error(cadyq::ErrorCode::InvalidArgument, a.output + ": no such output folder; create it first");
-  if (!a.json.empty() && a.json.find('/') != std::string::npos && !is_dir(a.json.substr(0, a.json.find_last_of('/'))))
-    throw cadyq::Error(cadyq::ErrorCode::InvalidArgument, a.json + ": its folder does not exist; create it first");
+  const std::vector<std::string> inputs = expand_inputs(a.inputs);  // missing inputs: an error before any work
   cadyq::Upscaler up(a.model, opt);  // a bad model fails here, before anything is read or written
   const int s = up.scale();
+  const Plan plan = plan_outputs(inputs, a, s);  // every output name, checked before the first image
+  if (!plan.folder.empty()) {
+    std::error_code ec;
+    fs::create_directories(plan.folder, ec);
+    if (ec) throw cadyq::Error(cadyq::ErrorCode::InvalidArgument, plan.folder + ": cannot create this folder (" + ec.message() + ")");
+  }
   std::string images_json;
   std::vector<std::string> failed;
-  for (const std::string& src : a.inputs) {
-    const std::string dst = single_file ? a.output : a.output + "/" + stem(src) + "_x" + std::to_string(s) + ".png";
+  for (std::size_t n = 0; n < inputs.size(); ++n) {
+    const std::string& src = inputs[n];
+    const std::string& dst = plan.images[n];
     try {
-      if (same_file(src, dst))
-        throw cadyq::Error(cadyq::ErrorCode::Image, dst + ": the output would overwrite its input; pick another output name");
       const auto t0 = std::chrono::steady_clock::now();
       cadyq::Image lr = cadyq::read_image(src, a.max_pixels);
       const double t_decode = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       cadyq::Result r = up.upscale(lr.view());
       r.image.icc_profile = lr.icc_profile;
       const auto t1 = std::chrono::steady_clock::now();
-      cadyq::write_image(dst, r.image);
-      std::string bm_path;
-      if (a.bitmap) {
-        bm_path = with_suffix_stem(dst, "_bits");
-        cadyq::write_image(bm_path, cadyq::render_bit_map(r, s, up.model_info().bits));
-      }
+      cadyq::write_image(dst, r.image, a.png_compression);
+      const std::string bm_path = a.bitmap ? plan.bit_maps[n] : std::string();
+      if (a.bitmap) cadyq::write_image(bm_path, cadyq::render_bit_map(r, s, up.model_info().bits), a.png_compression);
       const double t_encode = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
       r.timings["decode"] = t_decode;
       r.timings["encode"] = t_encode;
@@ -307,8 +412,8 @@ int run(const Args& a) {
     cadyq::write_file_atomically(a.json, j.str());
   }
   if (!failed.empty()) {
-    if (a.inputs.size() > 1)
-      std::fprintf(stderr, "cadyq-upscale: %zu of %zu images failed\n", failed.size(), a.inputs.size());
+    if (inputs.size() > 1)
+      std::fprintf(stderr, "cadyq-upscale: %zu of %zu images failed\n", failed.size(), inputs.size());
     return 1;
   }
   return 0;

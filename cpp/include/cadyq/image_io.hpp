@@ -19,7 +19,8 @@ namespace cadyq {
 constexpr long long kDefaultMaxPixels = 8192LL * 8192LL * 2LL;  // cadyq.data.io.read_image's limit
 
 CADYQ_API Image read_image(const std::string& path, long long max_pixels = kDefaultMaxPixels);
-CADYQ_API void write_image(const std::string& path, const Image& image);
+// png_compression: zlib level 0-9 of PNG files (1, as `cadyq upscale`: fast; all levels are lossless)
+CADYQ_API void write_image(const std::string& path, const Image& image, int png_compression = 1);
 CADYQ_API bool is_writable_image_path(const std::string& path);  // .png .jpg .jpeg (any case)
 
 // Writes `bytes` to `path` through a temporary file in the same folder and a rename (Error(Image)).
