@@ -91,15 +91,21 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
 # ---- checks before work starts ----------------------------------------------------------------------------
 
 def _key(path: Path) -> str:
-    # casefold: on case-insensitive file systems (macOS, Windows) A.png and a.png are one file
-    return str(path.resolve()).casefold()
+    return os.path.normcase(str(path.resolve()))  # normcase: A.png and a.png are one file on Windows
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file: two names of one file (a hard link, say) share it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
+    ia = _identity(a)
+    return ia is not None and ia == _identity(b)
 
 
 def _os_errors_name_the_path(check):
@@ -198,7 +204,7 @@ def _folder_names(inputs: list[Path], folder: Path, scale: int) -> list[Path]:
 
     groups: dict[str, list[int]] = {}
     for i, src in enumerate(inputs):
-        groups.setdefault(plain(src).casefold(), []).append(i)
+        groups.setdefault(os.path.normcase(plain(src)), []).append(i)
     names = [plain(src) for src in inputs]
     for idx in groups.values():
         if len(idx) > 1:
@@ -215,23 +221,56 @@ def _check_outputs(jobs: list[UpscaleJob], inputs: list[Path], report: Path | No
             planned.append((job.bit_map, f"the bit map of {job.src}"))
     if report is not None:
         planned.append((report, "the --json report"))
+    folders = _FolderCache()
+    key, exists = folders.key, folders.exists
     seen: dict[str, str] = {}
     for path, what in planned:
-        if _key(path) in seen:
-            raise OutputError(f"{path} would be written twice ({seen[_key(path)]} and {what}); give the inputs "
+        k = key(path)
+        if k in seen:
+            raise OutputError(f"{path} would be written twice ({seen[k]} and {what}); give the inputs "
                               "different names, or upscale them into separate folders")
-        seen[_key(path)] = what
-    input_keys = {_key(p): p for p in inputs}
+        seen[k] = what
+    input_keys = {key(p): p for p in inputs}
     for path, what in planned:
-        src = input_keys.get(_key(path)) or next((p for p in inputs if _same_file(p, path)), None)
+        src = input_keys.get(key(path))
         if src is not None:
             raise OutputError(f"{path}: {what} would replace the input {src}; choose another -o")
-        if path.is_dir():
-            raise OutputError(f"{path}: {what} would be written here, but it is a folder; remove it or choose another -o")
-        writable_target(path)
-    existing = [path for path, _ in planned if path.exists()]
+    existing = [(path, what) for path, what in planned if exists(path)]
+    if existing:  # only these can be inputs under another name (a hard link) or something that is no file
+        input_ids = {i: p for p in inputs if (i := _identity(p)) is not None}
+        for path, what in existing:
+            if _identity(path) in input_ids:
+                raise OutputError(f"{path}: {what} would replace the input {input_ids[_identity(path)]}; "
+                                  "choose another -o")
+            if path.is_dir():
+                raise OutputError(f"{path}: {what} would be written here, but it is a folder; remove it or choose "
+                                  "another -o")
+            writable_target(path)
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more of the outputs)" if len(existing) > 1 else ""
-        raise OutputError(f"{existing[0]}: exists{more}; pass --overwrite to replace, or choose another -o")
+        raise OutputError(f"{existing[0][0]}: exists{more}; pass --overwrite to replace, or choose another -o")
     if report is not None:
         _check_folder_can_hold(report.parent)
+
+
+class _FolderCache:
+    """Keys and existence of many paths in few folders, with one resolve and one listing per folder."""
+
+    def __init__(self):
+        self._resolved: dict[str, str] = {}
+        self._listed: dict[str, set[str]] = {}
+
+    def key(self, path: Path) -> str:
+        parent, name = os.path.split(str(path))
+        if parent not in self._resolved:
+            self._resolved[parent] = _key(Path(parent or "."))
+        return os.path.join(self._resolved[parent], os.path.normcase(name))
+
+    def exists(self, path: Path) -> bool:
+        parent, name = os.path.split(str(path))
+        if parent not in self._listed:
+            try:
+                self._listed[parent] = set(os.listdir(parent or "."))
+            except (FileNotFoundError, NotADirectoryError):
+                self._listed[parent] = set()
+        return name in self._listed[parent]
