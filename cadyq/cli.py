@@ -134,9 +134,11 @@ class _TileFit:
 
 def _say(message: str) -> None:
     """A line on stderr that does not end up inside a progress bar's line."""
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stderr)
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is None:  # no bar can be showing
+        print(message, file=sys.stderr)
+    else:
+        tqdm.tqdm.write(message, file=sys.stderr)
 
 
 def _progress(items, desc):
@@ -496,7 +498,7 @@ def _warnings_as_lines(debug: bool):
         yield
         return
     with warnings.catch_warnings():
-        warnings.showwarning = lambda message, *_, **__: print(f"warning: {_one_line(message)}", file=sys.stderr)
+        warnings.showwarning = lambda message, *_, **__: _say(f"warning: {_one_line(message)}")
         yield
 
 
