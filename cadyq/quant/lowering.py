@@ -83,8 +83,10 @@ class IntQuantizer(nn.Module):
         """The candidate when it does not depend on the tile (modes layer and fixed), else None."""
         if self.mode == "fixed":
             return 0
-        if self.mode == "layer":
-            return int(self.bias.argmax())
+        if self.mode == "layer":  # computed once: no device sync per call (CUDA graphs)
+            if getattr(self, "_layer_k", None) is None:
+                self._layer_k = int(self.bias.argmax())
+            return self._layer_k
         return None
 
     def choose(self, sigma: torch.Tensor | None, grad: torch.Tensor, tile_logits: torch.Tensor | None) -> torch.Tensor:
