@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 from .errors import CadyqError, ImageError, OptionError
+from .methods import METHODS
 
 EXIT_USER_ERROR, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 2, 3, 130
 DEFAULT_TILE = 96
@@ -35,7 +36,7 @@ def _model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                    help="checkpoint (.safetensors, or a foreign .pt/.pth/.pth.tar), .onnx, .engine, or a zoo name")
     p.add_argument("--backbone", help="backbone of a foreign checkpoint when its keys cannot tell")
     p.add_argument("--scale", type=int, help="scale of a foreign checkpoint when its keys cannot tell")
-    p.add_argument("--method", choices=("fp32", "pams8", "cadyq"), help="method of a foreign checkpoint")
+    p.add_argument("--method", choices=METHODS, help="method of a foreign checkpoint")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -356,13 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model_path", metavar="MODEL")
     i.add_argument("--backbone")
     i.add_argument("--scale", type=int)
-    i.add_argument("--method", choices=("fp32", "pams8", "cadyq"))
+    i.add_argument("--method", choices=METHODS)
     i.add_argument("--tile", type=int, default=96)
     i.add_argument("--layers", action="store_true", help="list the quantized layers")
     i.set_defaults(func=cmd_info)
 
     for name, module in (("train", "train.cli"), ("export", "export.cli"), ("check", "export.cli"),
-                         ("engine", "export.cli"), ("bench", "bench")):
+                         ("engine", "export.cli"), ("bench", "bench"), ("calibrate", "calib.cli")):
         _add_optional(sub, name, module)
     return p
 
@@ -387,7 +388,7 @@ def _add_optional(sub, name: str, module: str) -> None:
 
 # Options that name files a command writes, and those that name what it reads (which it must not replace).
 _OUTPUT_FILES = {"eval": ("json",), "export": ("output",), "check": ("json",), "engine": ("output", "json"),
-                 "bench": ("json",)}
+                 "bench": ("json",), "calibrate": ("output",)}
 _OUTPUT_FOLDERS = {"train": ("out",), "engine": ("out_dir",)}
 _INPUT_FILES = ("model", "model_path", "path", "onnx", "against", "image", "init", "teacher")
 _INPUT_FOLDERS = ("data", "val")
@@ -403,12 +404,26 @@ def check_inputs(args) -> None:
     for option, want, why_not in [(o, "file", not_a_file) for o in _INPUT_FILES] + \
                                  [(o, "folder", not_a_folder) for o in _INPUT_FOLDERS]:
         value = getattr(args, option, None)
-        if isinstance(value, str) and os.path.lexists(value):
+        if isinstance(value, str) and os.path.lexists(value) and not (want == "file" and _is_routed_folder(value)):
             why = why_not(value)
             if why is not None:
                 flag = "MODEL" if option in ("model_path", "path", "onnx") else f"--{option}"
                 raise OptionError(f"{flag} {value}: {why}; pass a {want}" if not why.startswith("no such")
                                   else f"{flag} {value}: {why}")
+
+
+def _is_routed_folder(path: str) -> bool:
+    """A tile-routed export (`cadyq export --routed`) is a folder that stands for one model."""
+    import os
+
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, n)) for n in ("routed.json", "routed-engines.json"))
+
+
+def _writes_folder(args) -> bool:
+    """-o names a folder: routed graphs (export --routed) and their engines (engine ROUTED_DIR)."""
+    return (args.command == "export" and getattr(args, "routed", False)) or \
+        (args.command == "engine" and isinstance(getattr(args, "onnx", None), str)
+         and (_is_routed_folder(args.onnx) or args.onnx.endswith(("routed.json", "routed-engines.json"))))
 
 
 def check_outputs(args) -> None:
@@ -418,11 +433,14 @@ def check_outputs(args) -> None:
     from .paths import not_a_folder
 
     inputs = [v for v in (getattr(args, k, None) for k in _INPUT_FILES) if isinstance(v, str)]
+    folders = _OUTPUT_FOLDERS.get(args.command, ())
+    if _writes_folder(args):
+        folders = folders + ("output",)
     for option in _OUTPUT_FILES.get(args.command, ()):
         value = getattr(args, option, None)
-        if value:
+        if value and option not in folders:
             check_output_file(value, inputs=inputs, option=f"--{option}")
-    for option in _OUTPUT_FOLDERS.get(args.command, ()):
+    for option in folders:
         value = getattr(args, option, None)
         why = not_a_folder(value) if value and Path(value).exists() else None
         if why is not None:

@@ -31,6 +31,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..methods import METHODS
 from .configs import (BUILT_BASELINES, FLOAT_PEERS, Config, build_baseline, expand_compare, make_configs,  # noqa: F401
                       _autocast_backend, _simulation_note)
 from .report import benchmark, format_report, machine_info, _add_ratios, _warnings  # noqa: F401
@@ -48,7 +49,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="checkpoint (.safetensors, .pt/.pth), zoo name, .onnx or .engine")
     p.add_argument("--backbone", help="backbone of a foreign checkpoint when its keys cannot tell")
     p.add_argument("--scale", type=int, help="scale of a foreign checkpoint when its keys cannot tell")
-    p.add_argument("--method", choices=("fp32", "pams8", "cadyq"), help="method of a foreign checkpoint")
+    p.add_argument("--method", choices=METHODS, help="method of a foreign checkpoint")
     p.add_argument("--backend", default="auto", help="torch, native, onnxruntime, tensorrt (auto: from the model "
                                                      "file); a checkpoint with onnxruntime is exported at --tile first")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when available)")

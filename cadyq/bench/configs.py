@@ -104,7 +104,7 @@ FLOAT_PEERS = {"fp32-cl": "fp32", "bf16-cl": "bf16", "fp16-cl": "fp16"}  # the f
 
 
 def _float_peer_unavailable(precision: str, dev: torch.device) -> str | None:
-    from ..runtime.native_backend import cpu_has_bf16
+    from ..hardware import cpu_has_bf16
 
     if precision == "fp16" and dev.type != "cuda":
         return "fp16 autocast is a CUDA peer; on the CPU the float peers are fp32-cl and bf16-cl"

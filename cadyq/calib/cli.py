@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..errors import CadyqError
+from ..methods import METHODS
 
 HELP = {"calibrate": "post-training calibration: clip values (and E2B thresholds) from photos, no training"}
 
@@ -15,7 +16,7 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True, help="the checkpoint (usually fp32) or zoo name")
     p.add_argument("--data", required=True, help="folder of HR photos (their bicubic LR is used), or LR with --lr")
     p.add_argument("-o", "--output", required=True, help="the .safetensors to write")
-    p.add_argument("--target", choices=("pams8", "cadyq", "gdq"), default="pams8", help="the method (default pams8)")
+    p.add_argument("--target", choices=METHODS[1:], default="pams8", help="the method (default pams8)")
     p.add_argument("--method", choices=("max", "percentile", "mse"), default="mse", help="clip rule (default mse)")
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
     p.add_argument("--bits", help="bit candidates, e.g. 8 (pams8) or 4,6,8 (cadyq)")

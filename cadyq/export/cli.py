@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import CadyqError, EngineError
 
-METHODS = ("fp32", "pams8", "cadyq")
+from ..methods import METHODS
 HELP = {"export": "export a checkpoint to ONNX (CADyQSelect op, INT8 weights)",
         "check": "check an ONNX graph or engine; compare ONNX Runtime with torch",
         "engine": "build a TensorRT / TensorRT-RTX engine (cached, with a JSON sidecar)"}
@@ -85,6 +85,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="onnx (default), or aoti: an AOTInductor package (.pt2, the default for -o *.pt2) for the C++ "
                         "library and cadyq-upscale, with a dynamic batch and tile size")
     p.add_argument("--device", default="cpu", help="aoti: the device the package is compiled for (cpu, cuda)")
+    r = p.add_argument_group("tile-routed graphs (gdq, cadyq --mode tile): -o names a folder")
+    r.add_argument("--routed", action="store_true", help="a router graph and one static INT8 graph per bit-width "
+                                                        "(QLinearConv in ONNX Runtime, INT8 engines without a plugin)")
+    r.add_argument("--calib", metavar="DIR", help="photos whose LR tiles set the static graphs' conv output scales "
+                                                  "(required with --routed)")
+    r.add_argument("--calib-tiles", type=int, default=64, help="calibration tiles at most (default 64)")
     _foreign_args(p)
 
 
@@ -96,10 +102,38 @@ def run_export(args) -> int:
         from .aoti import run_export_aoti
 
         return run_export_aoti(args, model)
+    if args.routed:
+        return _export_routed(args, model)
+    if args.calib:
+        raise CadyqError("--calib goes with --routed (the per-tile graphs need no calibration)")
     form = args.form or ("fakequant" if args.dtype == "fp16" else "int8")
     path = export_onnx(model, args.output, tile=args.tile, dtype=args.dtype, opset=args.opset,
                        dynamic_batch=not args.static_batch, form=form)
     print("\n".join(_describe_onnx(Path(path))))
+    return 0
+
+
+def _export_routed(args, model) -> int:
+    import torch
+
+    from ..calib import photo_tiles
+    from .routed import export_routed, routing_candidates
+
+    if not args.calib:
+        raise CadyqError("--routed needs --calib DIR: photos whose LR tiles calibrate the static graphs' output scales")
+    if args.form or args.dtype != "fp32" or args.static_batch:
+        raise CadyqError("--routed writes fp32 static INT8 graphs with a dynamic batch: leave out --form, --dtype "
+                         "and --static-batch")
+    routing_candidates(model)  # a clear error for a model whose bits differ between layers, before any work
+    out = Path(args.output)
+    if out.suffix == ".onnx" or (out.exists() and not out.is_dir()):
+        raise CadyqError(f"-o {out}: --routed writes a folder of graphs; name a folder")
+    batches, _ = photo_tiles(args.calib, model.config.scale, args.tile, max_tiles=max(args.calib_tiles, 1))
+    calib = torch.cat(list(batches))
+    manifest = export_routed(model, out, tile=args.tile, calib=calib, opset=args.opset)
+    m = json.loads(manifest.read_text())
+    print(f"wrote {manifest}: router {m['router']}, static INT8 graphs for bits "
+          f"{', '.join(m['graphs'])} ({m['calibration_tiles']} calibration tiles from {args.calib})")
     return 0
 
 
@@ -294,6 +328,10 @@ def run_engine(args) -> int:
             if getattr(args, flag):
                 raise CadyqError(f"--{flag} goes with --make; to build from a checkpoint use `cadyq engine --make --model CKPT`")
         onnx_path = Path(args.onnx)
+        from ..runtime.backend import is_routed
+
+        if is_routed(onnx_path):
+            return _engine_routed(args, onnx_path)
         engine_path = Path(args.output) if args.output else onnx_path.with_suffix(".engine")
     if engine_path.suffix not in (".engine", ".plan"):
         raise EngineError(f"{engine_path}: name the engine file *.engine (or *.plan) so backends recognise it")
@@ -305,6 +343,23 @@ def run_engine(args) -> int:
     print(f"wrote {info}")
     if args.json:
         _write_json(args.json, info.to_dict())
+    return 0
+
+
+def _engine_routed(args, src: Path) -> int:
+    from .engine import build_routed
+
+    if args.plugin:
+        raise CadyqError("routed graphs have static scales and no CADyQSelect nodes: leave out --plugin")
+    if args.output and Path(args.output).suffix in (".engine", ".plan"):
+        raise CadyqError("a routed export builds one engine per bit-width: -o names a folder (default: beside the graphs)")
+    path, infos = build_routed(src, args.output, batch=_batch(args.batch), fp16=args.fp16, workspace_mb=args.workspace,
+                               cache_dir=args.cache_dir, targets=_targets(args), rebuild=args.rebuild)
+    for b, info in sorted(infos.items()):
+        print(f"  {b}-bit: {info}")
+    print(f"wrote {path}")
+    if args.json:
+        _write_json(args.json, {str(b): i.to_dict() for b, i in infos.items()})
     return 0
 
 

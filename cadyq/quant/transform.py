@@ -13,13 +13,12 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelError
+from ..methods import DEFAULT_BITS, METHODS  # noqa: F401  (re-exported)
 from .gdq import GranularDQ, tile_entropy
 from .ops import tile_gradient
 from .plans import plan_for
 from .quantizers import ActQuant, BitSelector, QConv2d, TileState
 
-METHODS = ("fp32", "pams8", "cadyq", "gdq")
-DEFAULT_BITS = {"cadyq": (4, 6, 8), "gdq": (4, 5, 6, 8)}
 MODES = ("full", "fixed", "tile", "layer")
 
 

@@ -4,7 +4,7 @@ compiled for it."""
 from __future__ import annotations
 
 from ..export.aoti import AotiModel
-from .backend import Backend
+from .backend import Backend, register_backend
 
 
 class AOTIBackend(Backend):
@@ -19,3 +19,6 @@ class AOTIBackend(Backend):
 
     def run(self, tiles):
         return self.package.run(tiles)
+
+
+register_backend("aoti", AOTIBackend)

@@ -44,7 +44,7 @@ def load_module(model, backend: str) -> nn.Module:
 Factory = Callable[..., Backend]
 _FACTORIES: dict[str, Factory] = {}
 _MODULES = {"torch": "torch_backend", "onnxruntime": "onnxruntime_backend", "tensorrt": "tensorrt_backend",
-            "native": "native_backend", "routed": "routed_backend"}
+            "native": "native_backend", "routed": "routed_backend", "aoti": "aoti_backend"}
 BACKENDS = tuple(_MODULES)
 
 
@@ -61,12 +61,20 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def is_routed(model) -> bool:
+    """A tile-routed export: its folder, routed.json, or the routed-engines.json of its engines."""
+    if not isinstance(model, (str, Path)):
+        return False
+    p = Path(model)
+    return p.name.endswith(("routed.json", "routed-engines.json")) or \
+        (p.is_dir() and any((p / n).is_file() for n in ("routed.json", "routed-engines.json")))
+
+
 def guess_backend(model) -> str:
-    if isinstance(model, (str, Path)) and (Path(model).name.endswith(("routed.json", "routed-engines.json")) or
-                                           (Path(model).is_dir() and (Path(model) / "routed.json").is_file())):
+    if is_routed(model):
         return "routed"
     suffix = Path(model).suffix if isinstance(model, (str, Path)) else ""
-    return {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}.get(suffix, "torch")
+    return {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".pt2": "aoti"}.get(suffix, "torch")
 
 
 def create_backend(name: str, model, device: str | torch.device = "auto", **options) -> Backend:

@@ -17,17 +17,11 @@ import torch.nn as nn
 
 from ..errors import BackendError
 from ..quant import quant_config
+from ..hardware import cpu_has_bf16
 from ..quant.lowering import lower
 from .backend import Backend, load_module, register_backend, resolve_device
 
 FLOAT_PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 class NativeBackend(Backend):

@@ -13,14 +13,7 @@ import torch
 
 from ..errors import BackendError, CadyqError
 from ..quant import ModelInfo
-from .backend import Backend, create_backend, register_backend, resolve_device
-
-
-def is_routed(model) -> bool:
-    if not isinstance(model, (str, Path)):
-        return False
-    p = Path(model)
-    return p.name.endswith(("routed.json", "routed-engines.json")) or (p.is_dir() and (p / "routed.json").is_file())
+from .backend import Backend, create_backend, is_routed, register_backend, resolve_device  # noqa: F401  (is_routed: re-exported)
 
 
 class RoutedBackend(Backend):

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..errors import CadyqError
+from ..methods import METHODS
 
 
 def _bits(text: str) -> tuple[int, ...]:
@@ -25,7 +26,7 @@ HELP = {"train": "train fp32 -> pams8 -> cadyq (DDP under torchrun)"}
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--method", choices=("fp32", "pams8", "cadyq", "gdq"), default="cadyq",
+    g.add_argument("--method", choices=METHODS, default="cadyq",
                    help="fp32 from scratch; pams8 from an fp32 --init; cadyq (default) or gdq (Granular-DQ: one "
                         "bit-width per tile) from a pams8 --init")
     g.add_argument("--backbone", default=None, help="edsr | srresnet | carn | idn (default: the --init "

@@ -37,6 +37,7 @@ from ..data.layouts import find_pairs, load_pair
 from ..data.resize import imresize
 from ..data.train_dataset import SRTrainDataset, TrainDataConfig, make_loader
 from ..errors import CadyqError, CheckpointError, ModelError
+from ..hardware import cpu_has_bf16
 from ..metrics import psnr, ssim
 from ..models import canonical_name, create_model
 from ..quant import METHODS, observe, quant_config, quantize, selected_bits
@@ -587,13 +588,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_bf16() else "fp32"
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 @contextlib.contextmanager
