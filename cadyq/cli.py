@@ -77,7 +77,8 @@ def _model_name(args) -> str:
 
 
 def _resolve_model(args):
-    """What the Upscaler gets: a loaded nn.Module for checkpoints, the path for .onnx/.engine."""
+    """What the Upscaler gets: a loaded nn.Module for checkpoints, the path for .onnx/.engine/.pt2 files and
+    routed exports."""
     from . import zoo
     from .checkpoint import load_model
     from .paths import not_a_file
@@ -85,8 +86,9 @@ def _resolve_model(args):
     if args.model is None and zoo.default_name() != zoo.DEFAULT_MODEL:
         print(f"warning: no --model: using {zoo.default_name()}, a small model trained on a CPU for demonstration "
               f"({zoo.DEFAULT_MODEL} is not shipped in this release; see cadyq/zoo/MODEL_CARD.md)", file=sys.stderr)
-    if args.model is not None and Path(args.model).suffix in (".onnx", ".engine", ".plan"):
-        why = not_a_file(args.model)
+    if args.model is not None and (Path(args.model).suffix in (".onnx", ".engine", ".plan", ".pt2", ".json")
+                                   or _is_routed_folder(args.model)):
+        why = None if _is_routed_folder(args.model) else not_a_file(args.model)
         if why is not None:
             raise CadyqError(f"{args.model}: {'no such model file' if why.startswith('no such') else why}")
         given = [f"--{k}" for k in ("backbone", "method") if getattr(args, k, None)]

@@ -35,19 +35,19 @@ def _import_ort():
 
 
 class OnnxRuntimeBackend(Backend):
-    """OnnxRuntimeBackend(path, device="auto", threads=None). `path` may also be an nn.Module from
-    cadyq, which is exported first (tile 96, dynamic batch) to a temporary file."""
+    """OnnxRuntimeBackend(path, device="auto", threads=None, tile=96). `path` may also be an nn.Module from
+    cadyq, which is exported first (`tile`, dynamic batch) to a temporary file."""
 
     name = "onnxruntime"
 
-    def __init__(self, path, device: str | torch.device = "auto", threads: int | None = None):
+    def __init__(self, path, device: str | torch.device = "auto", threads: int | None = None, tile: int = 96):
         ort = _import_ort()
         self._tmp = None
         if isinstance(path, nn.Module):
             from ..export import export_onnx
 
             self._tmp = tempfile.TemporaryDirectory(prefix="cadyq-ort-")
-            path = export_onnx(path, Path(self._tmp.name) / "model.onnx")
+            path = export_onnx(path, Path(self._tmp.name) / "model.onnx", tile=tile)
         self.path = Path(path)
         self.device = resolve_device(device)
         proto = load_onnx(self.path, BackendError)

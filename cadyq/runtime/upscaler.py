@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.io import Image, from_tensor, read_image, to_tensor
@@ -41,8 +42,11 @@ class Upscaler:
 
     def __init__(self, model, backend: str = "auto", device: str = "auto", tile: int = 96, overlap: int = 6,
                  batch: int = 64, protocol: str = "shift", backend_options: dict | None = None):
+        options = dict(backend_options or {})
+        if backend == "onnxruntime" and isinstance(model, nn.Module):
+            options.setdefault("tile", tile)  # the module is exported for this tile size
         self.backend: Backend = (model if isinstance(model, Backend)
-                                 else create_backend(backend, model, device, **(backend_options or {})))
+                                 else create_backend(backend, model, device, **options))
         if batch < 1:
             raise BackendError("batch must be at least 1")
         if self.backend.tile_sizes is not None and protocol == "official":
