@@ -1,12 +1,15 @@
 """The native CPU backend: oneDNN INT8 convolutions and the C kernels against the torch integer
 reference and the fake-quant model (bits per decision, SR), the C kernels against torch op for op."""
+import copy
+
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from conftest import boundary_tile_batch, photo_crops, randomize_selectors, tiny
 
-from cadyq import quantize
+from cadyq import create_model, quantize
 from cadyq.errors import BackendError
 from cadyq.kernels.cpu import OneDNNKernels, available, mode
 from cadyq.kernels.cpu import build
@@ -200,3 +203,20 @@ def test_native_backend_refuses_what_it_cannot_run():
         NativeBackend(quantize(tiny("edsr"), "cadyq"), "cuda")
     with pytest.raises(BackendError, match="float precision"):
         NativeBackend(quantize(tiny("edsr"), "cadyq"), "cpu", float_precision="int4")
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_nhwc_pixel_shuffle_rewrite_is_exact(scale):
+    from cadyq.runtime.nhwc import NHWCPixelShuffle, nhwc_pixel_shuffles
+
+    torch.manual_seed(0)
+    net = create_model("edsr", scale=scale, n_resblocks=1, n_feats=8).eval()
+    x = (torch.rand(2, 3, 12, 10) * 255).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = net(x)
+        fast = copy.deepcopy(net).to(memory_format=torch.channels_last)
+        assert nhwc_pixel_shuffles(fast) == {2: 1, 3: 1, 4: 2}[scale]
+        assert not any(type(m) is nn.PixelShuffle for m in fast.modules())
+        assert any(isinstance(m, NHWCPixelShuffle) for m in fast.modules())
+        got = fast(x)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3)

@@ -20,6 +20,7 @@ from ..quant import quant_config
 from ..hardware import cpu_has_bf16
 from ..quant.lowering import lower
 from .backend import Backend, load_module, register_backend, resolve_device
+from .nhwc import nhwc_pixel_shuffles
 
 FLOAT_PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -66,6 +67,7 @@ class NativeBackend(Backend):
 
     def _program(self, module):
         program = lower(module).use(self.kernels)
+        nhwc_pixel_shuffles(program.net)
         for m in program.net.modules():  # float layers in NHWC; the integer convs keep their own layout
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 m.to(memory_format=torch.channels_last)
