@@ -42,8 +42,8 @@ def _model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="torch (fake quant, the reference), native (integer kernels), "
                                                      "onnxruntime, tensorrt (auto: from the model file)")
-    p.add_argument("--float-precision", choices=("auto", "fp32", "bf16"), default=None,
-                   help="native backend: precision of the float layers (auto: bf16 where the CPU has it)")
+    p.add_argument("--float-precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                   help="native backend: precision of the float layers (auto: bf16 where the CPU has it, fp16 on CUDA)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when available)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"LR tile size (default {DEFAULT_TILE}; a tile larger "
                                                                   "than an image is clamped to the image)")

@@ -98,3 +98,31 @@ def test_whole_program_against_the_reference(name):
     assert rep.agreement >= 0.999 and not rep.unexplained and rep.psnr_db >= 50, str(rep)
     sr, bits = program(tiles.to(DEV))
     assert torch.equal(bits.cpu(), ref_bits) and float((sr.cpu() - ref_sr).abs().max()) < 0.05
+
+
+def test_native_backend_on_triton_kernels_pads_batches_to_fixed_sizes():
+    """`create_backend("native", ..., kernels="triton")`: the CUDA backend's code path (lowering, Triton
+    kernels, NHWC float layers, fixed batch sizes with the last chunk padded); on the CPU through the
+    interpreter (no CUDA graphs there)."""
+    from cadyq.runtime import create_backend
+    from cadyq.runtime.native_cuda import NativeCUDABackend
+
+    m = quantize(tiny("edsr"), "cadyq").eval()
+    randomize_selectors(m, photo_crops(16, 12, seed=7))
+    tiles = photo_crops(3, 12, seed=3)
+    with torch.no_grad():
+        ref_sr, ref_bits = lower(m)(tiles)
+    b = create_backend("native", m, DEV, kernels="triton", float_precision="fp32", batch_sizes=(2,))
+    assert isinstance(b, NativeCUDABackend) and b.info.n_layers == ref_bits.shape[1]
+    sr, bits = b.run(tiles.to(DEV))  # chunks of 2 and 1 (padded to 2)
+    assert sr.shape == ref_sr.shape and torch.equal(bits.cpu(), ref_bits)
+    assert float((sr.cpu() - ref_sr).abs().max()) < 0.05
+
+
+def test_fixed_batch_chunks():
+    from cadyq.runtime.native_cuda import chunks
+
+    assert chunks(66, (1, 4, 16, 64)) == [(0, 64, 64), (64, 66, 4)]
+    assert chunks(16, (1, 4, 16, 64)) == [(0, 16, 16)]
+    assert chunks(1, (4, 16)) == [(0, 1, 4)]
+    assert chunks(130, (64,)) == [(0, 64, 64), (64, 128, 64), (128, 130, 64)]

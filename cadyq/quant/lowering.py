@@ -256,10 +256,12 @@ class IntegerProgram(nn.Module):
     def forward(self, lr: torch.Tensor):
         ctx = self._context
         ctx.handoff.clear()
-        ctx.grad = ctx.kernels.tile_gradient(lr)
-        ctx.tile_logits = self.net.tile_selector(ctx.grad) if hasattr(self.net, "tile_selector") else None
-        if hasattr(self.net, "gdq"):  # the head hook turns GBC + E2B into one-hot tile logits
-            ctx.entropy = tile_entropy(lr)
+        # the selection's inputs in fp32 whatever the float layers' autocast: bits are decided in fp32
+        with torch.autocast(lr.device.type, enabled=False):
+            ctx.grad = ctx.kernels.tile_gradient(lr.float())
+            ctx.tile_logits = self.net.tile_selector(ctx.grad) if hasattr(self.net, "tile_selector") else None
+            if hasattr(self.net, "gdq"):  # the head hook turns GBC + E2B into one-hot tile logits
+                ctx.entropy = tile_entropy(lr.float())
         sr = self.net(lr)
         if ctx.handoff:
             raise ModelError(f"internal: quantized activations never consumed: {sorted(ctx.handoff)}")
@@ -386,7 +388,8 @@ def lower(model: nn.Module, kernels: Kernels | None = None) -> IntegerProgram:
 
 def _gdq_hook(gdq, context: _Context):
     def hook(module, args, out):
-        context.tile_logits = F.one_hot(gdq.decide(out, context.entropy)[1], len(gdq.bits)).float()
+        with torch.autocast(out.device.type, enabled=False):
+            context.tile_logits = F.one_hot(gdq.decide(out.float(), context.entropy)[1], len(gdq.bits)).float()
     return hook
 
 

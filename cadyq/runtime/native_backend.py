@@ -33,8 +33,8 @@ class NativeBackend(Backend):
             raise BackendError(f"unknown float precision {float_precision!r}; choose one of {', '.join(FLOAT_PRECISIONS)}")
         dev = resolve_device(device)
         if dev.type != "cpu":
-            raise BackendError(f"the native backend runs on the CPU here (device {dev}); its CUDA kernels need "
-                               "Triton and a GPU (pip install cadyq[gpu])")
+            raise BackendError(f"NativeBackend is the CPU form; on {dev} use create_backend('native', ...) "
+                               "(cadyq.runtime.native_cuda)")
         from ..kernels.cpu import OneDNNKernels, available
 
         why = available()
@@ -42,7 +42,7 @@ class NativeBackend(Backend):
             raise BackendError(f"native backend: {why}")
         module = load_module(model, self.name)
         if quant_config(module).method == "fp32":
-            raise BackendError("the native backend runs quantized models (pams8, cadyq); this is an fp32 model: use "
+            raise BackendError("the native backend runs quantized models (pams8, cadyq, gdq); this is an fp32 model: use "
                                "--backend torch, or quantize it (`cadyq calibrate` / `cadyq train --method pams8`)")
         from .memory import keep_large_allocations
 
@@ -108,4 +108,23 @@ class NativeBackend(Backend):
         return sr.to(tiles.device), bits.to(tiles.device)
 
 
-register_backend("native", NativeBackend)
+def native_backend(model, device="auto", kernels: str = "auto", **options) -> Backend:
+    """The native backend for `device`: oneDNN + C kernels on the CPU, Triton kernels on CUDA (or, with
+    kernels="triton", on the CPU under TRITON_INTERPRET=1)."""
+    dev = resolve_device(device)
+    if kernels not in ("auto", "onednn", "triton"):
+        raise BackendError(f"unknown native kernels {kernels!r}; choose auto, onednn or triton")
+    if dev.type == "cuda" or kernels == "triton":
+        if kernels == "onednn":
+            raise BackendError("oneDNN kernels run on the CPU; on CUDA the native backend uses Triton")
+        from .native_cuda import NativeCUDABackend
+
+        module = load_module(model, "native")
+        if quant_config(module).method == "fp32":
+            raise BackendError("the native backend runs quantized models (pams8, cadyq, gdq); this is an fp32 model: "
+                               "use --backend torch, or quantize it (`cadyq calibrate`)")
+        return NativeCUDABackend(module, dev, **options)
+    return NativeBackend(model, dev, **options)
+
+
+register_backend("native", native_backend)

@@ -82,9 +82,12 @@ class Upscaler:
     def _run(self, lr: torch.Tensor, exact: bool = False, progress=None):
         # 8-bit output is rounded per tile and stitched as uint8 (a quarter of the memory of float)
         grid = plan_tiles(lr.shape[1], lr.shape[2], self.tile, self.overlap, self.protocol)
-        stitcher = Stitcher(grid, self.scale, channels=3, dtype=torch.float32 if exact else torch.uint8, device="cpu")
-        bits = torch.empty(grid.n_tiles, self.backend.info.n_layers)
         dev = self.backend.device
+        # on a GPU the frame is cut and stitched there: one upload of the LR, one download of the SR
+        on = dev if dev.type == "cuda" else torch.device("cpu")
+        lr = lr.to(on)
+        stitcher = Stitcher(grid, self.scale, channels=3, dtype=torch.float32 if exact else torch.uint8, device=on)
+        bits = torch.empty(grid.n_tiles, self.backend.info.n_layers, device=on)
         t_infer = t_stitch = 0.0
         done = 0
         for idx, tiles in iter_batches(lr, grid, self.batch):
@@ -93,16 +96,16 @@ class Upscaler:
             if not torch.isfinite(sr).all():
                 raise BackendError(f"the {self.backend.name} backend returned NaN/Inf; the model or engine is broken")
             sr = sr.clamp(0, 255)
-            sr = (sr if exact else sr.round().to(torch.uint8)).cpu()
+            sr = (sr if exact else sr.round().to(torch.uint8)).to(on)
             t_infer += time.perf_counter() - t
             t = time.perf_counter()
             stitcher.add(idx, sr)
-            bits[idx] = b.float().cpu()
+            bits[idx] = b.float().to(on)
             t_stitch += time.perf_counter() - t
             done += len(idx)
             if progress is not None:
                 progress(done, grid.n_tiles)
-        return stitcher.result().float(), bits, grid, {"inference": t_infer, "stitch": t_stitch}
+        return stitcher.result().float().cpu(), bits.cpu(), grid, {"inference": t_infer, "stitch": t_stitch}
 
 
 def _as_image(image) -> Image:
