@@ -47,3 +47,38 @@ def test_select_quant_ste_matches_the_soft_mix():
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
     for a, b in zip(out_g, ref_g):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def _select_grads(x, alpha, levels, logits):
+    return _grads(lambda: SelectQuantSTE.apply(x, alpha, levels, logits.softmax(1), logits.argmax(1)), x, alpha, logits)
+
+
+def test_c_backward_equals_the_torch_backward(monkeypatch):
+    """The C kernel (one pass over x and g) against the torch ops it replaces: NCHW and channels_last
+    float32, and bfloat16 (as under autocast), for the selector and the fixed quantizer."""
+    import pytest
+
+    from cadyq.quant import train_ops
+
+    if train_ops._lib() is None:
+        pytest.skip("no C compiler: the C backward is not built here")
+    g = torch.Generator().manual_seed(2)
+    alpha = torch.tensor([1.5, 2.5, 3.5], requires_grad=True)
+    levels = torch.tensor([7.0, 31.0, 127.0])
+    logits = torch.randn(4, 3, generator=g).requires_grad_()
+    base = torch.randn(4, 8, 9, 7, generator=g) * 3
+    cases = [(base, 1e-5), (base.contiguous(memory_format=torch.channels_last), 1e-5), (base.bfloat16(), 2e-2)]
+    for x0, tol in cases:
+        assert train_ops.c_quant_backward(x0, x0, alpha, levels, logits.softmax(1), True) is not None
+        x = x0.clone().requires_grad_()
+        out_c, grads_c = _select_grads(x, alpha, levels, logits)
+        a = torch.tensor([2.5], requires_grad=True)
+        _, fq_c = _grads(lambda: FakeQuantSTE.apply(x, a, 31.0), x, a)
+        with monkeypatch.context() as mp:
+            mp.setattr(train_ops, "c_quant_backward", lambda *args: None)  # the torch ops
+            out_t, grads_t = _select_grads(x, alpha, levels, logits)
+            _, fq_t = _grads(lambda: FakeQuantSTE.apply(x, a, 31.0), x, a)
+        assert torch.equal(out_c, out_t)
+        assert grads_c[0].stride() == x.stride() and grads_c[0].dtype == x.dtype
+        for c, t in zip(grads_c + fq_c, grads_t + fq_t):
+            torch.testing.assert_close(c.float(), t.float(), rtol=tol, atol=tol * 10)

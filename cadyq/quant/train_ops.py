@@ -10,10 +10,68 @@ For y = round(clamp(x, -a, a) / a * s) / s * a with the straight-through round:
 The selector's output is the hard choice; its gradient is that of the mix sum_k p_k * y_k:
     dL/dx = g * sum_k p_k * [|x| < a_k],   dL/da_k = sum_n p_nk * sum(g * dy_k/da_k),
     dL/dp_nk = sum(g * y_k) over the tile.
+
+On the CPU both backward passes are one C kernel (cadyq/kernels/cpu/quant.c, `cadyq_quant_backward`):
+one read of x and g and one write of dL/dx for all candidates, tiles split over the torch threads,
+float32 or bfloat16 tensors (computed in float32). Elsewhere, or without a C compiler, torch ops.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
+
+
+@functools.lru_cache(maxsize=1)
+def _lib():
+    try:
+        from ..kernels.cpu.build import library
+
+        return library()
+    except Exception:  # no compiler, no ctypes: the torch ops below
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers)
+
+
+def c_quant_backward(x, g, alpha, levels, p, need_dx: bool):
+    """(dL/dx or None, gp [N, K], ga [N, K]) from the C kernel, or None where it does not apply.
+    gp[n, j] = sum over tile n of g * y_j; ga[n, j] = sum of g * dy_j/da_j; dx = g * sum_j p[n, j] [|x| < a_j]."""
+    lib = _lib()
+    if lib is None or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 1:
+        return None
+    fmt = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+           and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+    x = x.detach().contiguous(memory_format=fmt)
+    g = g.detach().to(x.dtype).contiguous(memory_format=fmt)
+    if g.stride() != x.stride():
+        return None
+    n, k = p.shape
+    m = x.numel() // max(n, 1)
+    # the clip values as the forward saw them (in x's dtype), then in float32 for the kernel
+    a = alpha.detach().reshape(-1).to(x.dtype).float().contiguous()
+    s = levels.detach().reshape(-1).to(x.dtype).float().contiguous()
+    pp = p.detach().float().contiguous()
+    dx = torch.empty_like(x) if need_dx else None
+    gp, ga = torch.empty(n, k), torch.empty(n, k)
+    bf16 = int(x.dtype == torch.bfloat16)
+    ptr = ctypes.c_void_p
+
+    def run(n0, n1):
+        return lib.cadyq_quant_backward(ptr(x.data_ptr()), ptr(g.data_ptr()), ptr(dx.data_ptr() if dx is not None else 0),
+                                        n0, n1, m, bf16, k, ptr(a.data_ptr()), ptr(s.data_ptr()), ptr(pp.data_ptr()),
+                                        ptr(gp.data_ptr()), ptr(ga.data_ptr()))
+    workers = max(1, min(torch.get_num_threads(), n))
+    bounds = [(n * i // workers, n * (i + 1) // workers) for i in range(workers)]
+    codes = [run(*bounds[0])] if workers == 1 else list(_pool(workers).map(lambda b: run(*b), bounds))
+    if any(codes):
+        return None
+    return dx, gp, ga
 
 
 def _fq(x, a, s):
@@ -36,6 +94,13 @@ class FakeQuantSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, a = ctx.saved_tensors
+        if x.dim() >= 1 and x.shape[0] > 0:
+            n = x.shape[0]
+            c = c_quant_backward(x, g, a.reshape(1), torch.tensor([ctx.s]), torch.ones(n, 1), ctx.needs_input_grad[0])
+            if c is not None:
+                dx, _, ga = c
+                grad_a = ga.sum().reshape(a.shape).to(a.dtype) if ctx.needs_input_grad[1] else None
+                return dx, grad_a, None
         inside = x.abs() < a
         grad_x = g * inside if ctx.needs_input_grad[0] else None
         grad_a = None
@@ -60,6 +125,11 @@ class SelectQuantSTE(torch.autograd.Function):
     def backward(ctx, g):
         x, alpha, levels, p = ctx.saved_tensors
         n, kk = p.shape
+        c = c_quant_backward(x, g, alpha, levels, p, ctx.needs_input_grad[0])
+        if c is not None:
+            dx, gp, ga = c
+            grad_alpha = (ga * p.detach().float()).sum(0).to(alpha.dtype) if ctx.needs_input_grad[1] else None
+            return dx, grad_alpha, None, gp.to(p.dtype), None
         ax = x.abs()
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         grad_alpha = torch.zeros_like(alpha)

@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("quant.c")
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-std=c11")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-shared",
+         "-std=c11")
 _why: list[str] = []
 
 
@@ -74,6 +75,8 @@ def library() -> ctypes.CDLL | None:
     dll.cadyq_select_quant.restype = i
     dll.cadyq_fake_quant.argtypes = [p, long, f, f, p]
     dll.cadyq_fake_quant.restype = None
+    dll.cadyq_quant_backward.argtypes = [p, p, p, long, long, long, i, i, p, p, p, p, p]
+    dll.cadyq_quant_backward.restype = i
     return dll
 
 

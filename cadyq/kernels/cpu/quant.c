@@ -94,3 +94,77 @@ int cadyq_select_quant(const float *restrict x, long hw, int c, int k_fixed, con
 void cadyq_fake_quant(const float *x, long n, float a, float s, float *out) {  /* out may be x */
     for (long i = 0; i < n; i++) out[i] = QUANT(x[i]) / s * a;
 }
+
+/* ---- training: the quantizers' backward pass, one read of x and g, one write of dx ----------------
+ * For each tile n (a contiguous block of m elements) and candidate j < k_count (a_j, s_j):
+ *   y_j = round(clamp(x, -a_j, a_j) / a_j * s_j) / s_j * a_j           (the forward, op for op)
+ *   dx  = g * sum_j p[n, j] * [|x| < a_j]
+ *   gp[n, j] = sum g * y_j;   ga[n, j] = sum g * ((y_j - x) / a_j if |x| < a_j else sign(x))
+ * x, g and dx are float32 (bf16 == 0) or bfloat16 (bf16 == 1, computed in float32). */
+#define MAXK 8
+
+static inline float bf16_load(const uint16_t *p, long i) {
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)p[i] << 16;
+    return v.f;
+}
+static inline uint16_t bf16_round(float f) {  /* round to nearest even, as torch's float -> bfloat16 */
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40);  /* NaN stays NaN */
+    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+#define QB 256 /* elements per block: loaded once as float32, then one vectorized pass per candidate */
+
+static inline void quant_backward_tile(const void *x, const void *g, void *dx, long off, long m, int bf16,
+                                       int k_count, const float *alpha, const float *levels, const float *p,
+                                       double *gp, double *ga) {
+    float xf[QB], gf[QB], d[QB];
+    for (int j = 0; j < k_count; j++) gp[j] = ga[j] = 0.0;
+    for (long b0 = 0; b0 < m; b0 += QB) {
+        const int len = (int)(b0 + QB < m ? QB : m - b0);
+        const long base = off + b0;
+        if (bf16) {
+            for (int i = 0; i < len; i++) {
+                xf[i] = bf16_load((const uint16_t *)x, base + i);
+                gf[i] = bf16_load((const uint16_t *)g, base + i);
+            }
+        } else {
+            for (int i = 0; i < len; i++) { xf[i] = ((const float *)x)[base + i]; gf[i] = ((const float *)g)[base + i]; }
+        }
+        for (int i = 0; i < len; i++) d[i] = 0.0f;
+        for (int j = 0; j < k_count; j++) {
+            const float a = alpha[j], s = levels[j], inv_a = 1.0f / a, pj = p[j];
+            float sp = 0.0f, sa = 0.0f;
+#pragma omp simd reduction(+ : sp, sa)
+            for (int i = 0; i < len; i++) {
+                const float xv = xf[i], gv = gf[i];
+                const float y = quant1(xv, a, s) / s * a;  /* the forward's value, op for op */
+                const int in = fabsf(xv) < a;
+                const float sg = xv > 0.0f ? 1.0f : (xv < 0.0f ? -1.0f : 0.0f);
+                sp += gv * y;
+                sa += gv * (in ? (y - xv) * inv_a : sg);
+                d[i] += in ? pj : 0.0f;
+            }
+            gp[j] += sp;
+            ga[j] += sa;
+        }
+        if (dx) {
+            if (bf16) for (int i = 0; i < len; i++) ((uint16_t *)dx)[base + i] = bf16_round(gf[i] * d[i]);
+            else for (int i = 0; i < len; i++) ((float *)dx)[base + i] = gf[i] * d[i];
+        }
+    }
+}
+
+/* Tiles n0 <= n < n1 of x [N, m]; p [N, k_count]; gp, ga [N, k_count] (float). dx may be NULL. */
+int cadyq_quant_backward(const void *x, const void *g, void *dx, long n0, long n1, long m, int bf16, int k_count,
+                         const float *alpha, const float *levels, const float *p, float *gp, float *ga) {
+    if (k_count > MAXK) return -1;
+    double tgp[MAXK], tga[MAXK];
+    for (long n = n0; n < n1; n++) {
+        quant_backward_tile(x, g, dx, n * m, m, bf16, k_count, alpha, levels, p + n * k_count, tgp, tga);
+        for (int j = 0; j < k_count; j++) { gp[n * k_count + j] = (float)tgp[j]; ga[n * k_count + j] = (float)tga[j]; }
+    }
+    return 0;
+}
