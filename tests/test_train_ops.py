@@ -82,3 +82,15 @@ def test_c_backward_equals_the_torch_backward(monkeypatch):
         assert grads_c[0].stride() == x.stride() and grads_c[0].dtype == x.dtype
         for c, t in zip(grads_c + fq_c, grads_t + fq_t):
             torch.testing.assert_close(c.float(), t.float(), rtol=tol, atol=tol * 10)
+
+
+def test_channel_std_equals_torch():
+    from cadyq.quant.train_ops import channel_std
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 5, 7, 6, generator=g) * 2 + 10  # an offset: the shifted sums must not cancel
+    for t, tol in ((x, 1e-5), (x.contiguous(memory_format=torch.channels_last), 1e-5), (x.bfloat16(), 1e-5),
+                   (x.bfloat16().contiguous(memory_format=torch.channels_last), 1e-5)):
+        got = channel_std(t)
+        assert got.dtype == torch.float32 and got.shape == (3, 5)
+        torch.testing.assert_close(got, t.float().std(dim=(2, 3)), rtol=tol, atol=tol)

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ops import fake_quant, levels, quantize_weight
-from .train_ops import FakeQuantSTE, SelectQuantSTE
+from .train_ops import FakeQuantSTE, SelectQuantSTE, channel_std
 
 
 class TileState:
@@ -104,7 +104,7 @@ class BitSelector(nn.Module):
             return self.state.tile_logits
         if self.mode == "layer":
             return self.net.bias.expand(n, -1)
-        sigma = x.detach().std(dim=(2, 3))
+        sigma = channel_std(x).to(self.state.grad.dtype)
         return self.net(torch.cat([self.state.grad, sigma], 1))
 
     def forward(self, x):

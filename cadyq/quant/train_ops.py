@@ -74,6 +74,60 @@ def c_quant_backward(x, g, alpha, levels, p, need_dx: bool):
     return dx, gp, ga
 
 
+def channel_std(x: torch.Tensor) -> torch.Tensor:
+    """x.std(dim=(2, 3)) of a detached [N, C, H, W] tensor, as float32 [N, C]: one C pass per tile on the CPU
+    (torch's reduction over H, W of a channels_last bf16 tensor is several times slower), torch elsewhere."""
+    lib = _lib()
+    if lib is None or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() != 4 \
+            or x.shape[2] * x.shape[3] < 2:
+        return x.detach().float().std(dim=(2, 3))
+    n, c, h, w = x.shape
+    nhwc = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    x = x.detach() if nhwc else x.detach().contiguous()
+    out = torch.empty(n, c)
+    ptr = ctypes.c_void_p
+    bf16 = int(x.dtype == torch.bfloat16)
+
+    def run(b):
+        return lib.cadyq_channel_std(ptr(x.data_ptr()), b[0], b[1], h * w, c, bf16, int(nhwc), ptr(out.data_ptr()))
+    workers = max(1, min(torch.get_num_threads(), n))
+    bounds = [(n * i // workers, n * (i + 1) // workers) for i in range(workers)]
+    codes = [run(bounds[0])] if workers == 1 else list(_pool(workers).map(run, bounds))
+    if any(codes):
+        return x.float().std(dim=(2, 3))
+    return out
+
+
+def c_quant_forward(x, a, s):
+    """fake_quant of each tile n of x with (a[n], s[n]) by the C kernel, or None where it does not apply."""
+    lib = _lib()
+    if lib is None or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 1 \
+            or x.shape[0] == 0:
+        return None
+    fmt = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+           and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+    x = x.contiguous(memory_format=fmt)
+    n = x.shape[0]
+    m = x.numel() // n
+    # the clip values and levels as the torch forward would see them (in x's dtype), in float32
+    a = a.detach().reshape(-1).to(x.dtype).float().expand(n).contiguous()
+    s = s.detach().reshape(-1).to(x.dtype).float().expand(n).contiguous()
+    y = torch.empty_like(x)
+    ptr = ctypes.c_void_p
+    bf16 = int(x.dtype == torch.bfloat16)
+
+    def run(b):
+        lib.cadyq_quant_forward(ptr(x.data_ptr()), ptr(y.data_ptr()), b[0], b[1], m, bf16, ptr(a.data_ptr()),
+                                ptr(s.data_ptr()))
+    workers = max(1, min(torch.get_num_threads(), n))
+    bounds = [(n * i // workers, n * (i + 1) // workers) for i in range(workers)]
+    if workers == 1:
+        run(bounds[0])
+    else:
+        list(_pool(workers).map(run, bounds))
+    return y
+
+
 def _fq(x, a, s):
     return torch.round(torch.maximum(torch.minimum(x, a), -a) / a * s) / s * a
 
@@ -89,7 +143,8 @@ class FakeQuantSTE(torch.autograd.Function):
     def forward(ctx, x, a, s):
         ctx.save_for_backward(x, a)
         ctx.s = s
-        return _fq(x, a, s)
+        y = c_quant_forward(x, a, torch.tensor([float(s)]))
+        return _fq(x, a, s) if y is None else y
 
     @staticmethod
     def backward(ctx, g):
@@ -116,9 +171,12 @@ class SelectQuantSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, alpha, levels, p, k):
+        ctx.save_for_backward(x, alpha, levels, p)
+        y = c_quant_forward(x, alpha[k], levels[k]) if x.dim() >= 1 and x.shape[0] == k.shape[0] else None
+        if y is not None:
+            return y
         a = alpha[k].view(-1, 1, 1, 1).to(x.dtype)
         s = levels[k].view(-1, 1, 1, 1).to(x.dtype)
-        ctx.save_for_backward(x, alpha, levels, p)
         return _fq(x, a, s)
 
     @staticmethod

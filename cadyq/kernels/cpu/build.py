@@ -77,6 +77,10 @@ def library() -> ctypes.CDLL | None:
     dll.cadyq_fake_quant.restype = None
     dll.cadyq_quant_backward.argtypes = [p, p, p, long, long, long, i, i, p, p, p, p, p]
     dll.cadyq_quant_backward.restype = i
+    dll.cadyq_channel_std.argtypes = [p, long, long, long, i, i, i, p]
+    dll.cadyq_channel_std.restype = i
+    dll.cadyq_quant_forward.argtypes = [p, p, long, long, long, i, p, p]
+    dll.cadyq_quant_forward.restype = None
     return dll
 
 

@@ -168,3 +168,74 @@ int cadyq_quant_backward(const void *x, const void *g, void *dx, long n0, long n
     }
     return 0;
 }
+
+/* ---- training: the selector's feature, per-channel unbiased standard deviation of each tile ----------
+ * Tiles n0 <= n < n1 of x (N tiles of hw pixels x c channels; nhwc: x[n][p][j], else x[n][j][p]),
+ * float32 or bfloat16; sums shifted by the tile's first pixel, block partials in float, totals in double. */
+int cadyq_channel_std(const void *x, long n0, long n1, long hw, int c, int bf16, int nhwc, float *out) {
+    if (c > MAXC) return -1;
+    double s1[MAXC], s2[MAXC];
+    float f1[MAXC], f2[MAXC], x0[MAXC];
+    for (long n = n0; n < n1; n++) {
+        const long base = n * hw * c;
+#define LOAD(i) (bf16 ? bf16_load((const uint16_t *)x, (i)) : ((const float *)x)[(i)])
+        if (nhwc) {
+            for (int j = 0; j < c; j++) { s1[j] = s2[j] = 0.0; x0[j] = LOAD(base + j); }
+            for (long p0 = 0; p0 < hw; p0 += BLOCK) {
+                long p1 = p0 + BLOCK < hw ? p0 + BLOCK : hw;
+                for (int j = 0; j < c; j++) f1[j] = f2[j] = 0.0f;
+                for (long p = p0; p < p1; p++) {
+                    const long r = base + p * c;
+                    if (bf16) {
+                        for (int j = 0; j < c; j++) {
+                            float d = bf16_load((const uint16_t *)x, r + j) - x0[j];
+                            f1[j] += d; f2[j] += d * d;
+                        }
+                    } else {
+                        const float *restrict row = (const float *)x + r;
+                        for (int j = 0; j < c; j++) { float d = row[j] - x0[j]; f1[j] += d; f2[j] += d * d; }
+                    }
+                }
+                for (int j = 0; j < c; j++) { s1[j] += f1[j]; s2[j] += f2[j]; }
+            }
+        } else {
+            for (int j = 0; j < c; j++) {
+                const long r = base + (long)j * hw;
+                const float first = LOAD(r);
+                double t1 = 0.0, t2 = 0.0;
+                for (long p0 = 0; p0 < hw; p0 += BLOCK) {
+                    long p1 = p0 + BLOCK < hw ? p0 + BLOCK : hw;
+                    float a1 = 0.0f, a2 = 0.0f;
+#pragma omp simd reduction(+ : a1, a2)
+                    for (long p = p0; p < p1; p++) { float d = LOAD(r + p) - first; a1 += d; a2 += d * d; }
+                    t1 += a1; t2 += a2;
+                }
+                s1[j] = t1; s2[j] = t2;
+            }
+        }
+#undef LOAD
+        for (int j = 0; j < c; j++) {
+            double var = hw > 1 ? (s2[j] - s1[j] * s1[j] / (double)hw) / (double)(hw - 1) : NAN;
+            out[n * c + j] = (float)sqrt(var > 0.0 ? var : 0.0);
+        }
+    }
+    return 0;
+}
+
+/* ---- training: the quantizers' forward, y = round(clamp(x, -a_n, a_n) / a_n * s_n) / s_n * a_n per tile n,
+ * op for op in float32 (bfloat16 tensors: loaded to float32, the result rounded once to bfloat16). */
+void cadyq_quant_forward(const void *x, void *y, long n0, long n1, long m, int bf16, const float *a, const float *s) {
+    for (long n = n0; n < n1; n++) {
+        const float an = a[n], sn = s[n];
+        const long base = n * m;
+        if (bf16) {
+            const uint16_t *restrict xi = (const uint16_t *)x + base;
+            uint16_t *restrict yo = (uint16_t *)y + base;
+            for (long i = 0; i < m; i++) yo[i] = bf16_round(quant1(bf16_load(xi, i), an, sn) / sn * an);
+        } else {
+            const float *restrict xi = (const float *)x + base;
+            float *restrict yo = (float *)y + base;
+            for (long i = 0; i < m; i++) yo[i] = quant1(xi[i], an, sn) / sn * an;
+        }
+    }
+}
