@@ -4,6 +4,8 @@
 # Every stage resumes where it stopped (--resume), so the run can be continued across sessions:
 #   benchmarks/train_zoo.sh [RUNS_DIR] [DATA_DIR]           (defaults: /work/runs, /work/data/zoo)
 # STAGES="fp32-x4 pams8-x4 cadyq-x4 fp32-x2 pams8-x2 cadyq-x2" picks and orders the stages.
+# A stage with no state in RUNS continues from benchmarks/zoo_state/edsr-<stage> when an earlier session
+# committed one there (`benchmarks/zoo_state/keep.sh RUNS` copies the current states in).
 # Settings: the paper's batch 16 of 48-px LR crops and its losses (L1; cadyq: weighted bit loss + attention
 # transfer from the pams8 teacher); fp32 lr 2e-4 halved every 4000 iterations for 10000 iterations (the
 # paper's 1e-4 / 150K schedule does not fit a CPU), pams8 2000 and cadyq 4000 iterations at 1e-4, with the
@@ -21,6 +23,11 @@ COMMON=(--backbone edsr --data "$DATA/train" --val "$DATA/val" --batch 16 --patc
 run() {  # run NAME ARGS...: resume when a state exists, skip when finished
   local name=$1; shift
   local out="$RUNS/edsr-$name"
+  local kept="benchmarks/zoo_state/edsr-$name"  # what an earlier session committed (benchmarks/zoo_state/keep.sh)
+  if [ ! -f "$out/last_state.pt" ] && [ ! -f "$out/done" ] && [ -d "$kept" ]; then
+    mkdir -p "$out" && cp -p "$kept"/* "$out"/
+    echo "== $name: continuing from the committed state in $kept"
+  fi
   if [ -f "$out/done" ]; then echo "== $name: done"; return; fi
   local resume=()
   [ -f "$out/last_state.pt" ] && resume=(--resume)
