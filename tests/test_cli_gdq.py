@@ -67,6 +67,10 @@ def test_upscale_gdq_through_onnxruntime_and_routed_graphs_agree(chain, capsys):
     assert r["bits_per_tile"] == ort["bits_per_tile"]
     diff = np.abs(read_image(d / "routed.png").rgb.astype(int) - read_image(d / "ort.png").rgb.astype(int))
     assert diff.mean() < 3  # the static graphs requantize conv outputs to 8 bits (cadyq.export.routed)
+    capsys.readouterr()
+    assert main(["upscale", str(src), "--model", str(routed), "--backend", "native", "-o", str(d / "n.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tile-routed export" in err and len(err.splitlines()) == 1 and not (d / "n.png").exists()
 
 
 def test_routed_export_mistakes_are_one_line(chain, tmp_path, capsys):

@@ -30,6 +30,9 @@ def load_module(model, backend: str) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
     path = Path(model)
+    if is_routed(path):
+        raise BackendError(f"{path}: a tile-routed export; the {backend} backend runs checkpoints: leave out --backend "
+                           "(or pass --backend routed) to run it")
     if path.suffix in (".onnx", ".engine", ".plan"):
         raise BackendError(f"{path}: the {backend} backend runs checkpoints; use --backend onnxruntime/tensorrt for this file")
     if path.exists():
