@@ -94,17 +94,22 @@ class NativeBackend(Backend):
         workers = min(self.workers, n)
         if workers == 1:
             self._shard(self.program, x, range(n), sr, bits)
-        else:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with ThreadPoolExecutor(workers) as pool:
-                    jobs = [pool.submit(self._shard, p, x, range(j, n, workers), sr, bits)
-                            for j, p in enumerate(self.programs[:workers])]
-                    for job in jobs:
-                        job.result()
-            finally:
-                torch.set_num_threads(threads)
+            return sr.to(tiles.device), bits.to(tiles.device)
+        # whole rounds of one tile per worker, single-threaded; the few tiles left over (fewer than the
+        # workers) then run one at a time on every thread, instead of leaving workers idle for a round
+        even = n - n % workers
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                jobs = [pool.submit(self._shard, p, x, range(j, even, workers), sr, bits)
+                        for j, p in enumerate(self.programs[:workers])]
+                for job in jobs:
+                    job.result()
+        finally:
+            torch.set_num_threads(threads)
+        if even < n:
+            self._shard(self.program, x, range(even, n), sr, bits)
         return sr.to(tiles.device), bits.to(tiles.device)
 
 
