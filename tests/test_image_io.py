@@ -202,15 +202,31 @@ def test_16bit_colour_png_and_tiff_keep_16_bits(tmp_path):
         np.testing.assert_array_equal(img.rgb, a)
 
 
-def test_16bit_gray_alpha_and_frames_warn(tmp_path):
+def test_16bit_gray_alpha_keeps_16_bits_and_frames_warn(tmp_path):
+    """Pillow decodes 16-bit gray+alpha PNG to 8 bits; cadyq reads all 16 (also through PNG row filters)."""
+    import warnings as w
+
     from cadyq.errors import ContentWarning
 
-    la = rand((4, 5, 2), np.uint16)  # 16-bit gray+alpha: 8-bit RGBA in Pillow, still gray
+    la = rand((4, 5, 2), np.uint16)
     (tmp_path / "la.png").write_bytes(png_bytes(la, 4, 16))
-    with pytest.warns(ContentWarning, match="gray\\+alpha is read as 8 bits"):
-        img = read_image(tmp_path / "la.png")
-    assert img.gray and img.bit_depth == 8
-    np.testing.assert_array_equal(img.alpha, (la[..., 1] >> 8).astype(np.uint8))
+    # the same pixels with every row Sub-filtered (4 bytes a pixel back): Pillow's unfiltering must apply
+    raw = la.astype(">u2").view(np.uint8).reshape(4, 20).astype(np.int16)
+    sub = raw.copy()
+    sub[:, 4:] = (raw[:, 4:] - raw[:, :-4]) % 256
+    body = b"".join(b"\x01" + sub[y].astype(np.uint8).tobytes() for y in range(4))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    (tmp_path / "la_sub.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 4, 16, 4, 0, 0, 0))
+                                          + chunk(b"IDAT", zlib.compress(body)) + chunk(b"IEND", b""))
+    for name in ("la.png", "la_sub.png"):
+        with w.catch_warnings():
+            w.simplefilter("error", ContentWarning)
+            img = read_image(tmp_path / name)
+        assert img.gray and img.bit_depth == 16 and img.rgb.dtype == np.uint16, name
+        np.testing.assert_array_equal(img.rgb, np.repeat(la[..., :1], 3, axis=2))
+        np.testing.assert_array_equal(img.alpha, la[..., 1])
 
     frames = [PILImage.fromarray(rand((6, 8, 3))) for _ in range(3)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])

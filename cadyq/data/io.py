@@ -4,8 +4,9 @@ Pillow 13 decodes 48/64-bit colour PNG and TIFF (16 bits per colour channel) to 
 channel: its unpacker keeps the high byte of each sample. Here such files are decoded twice, the
 second time with the unpacker of the opposite byte order, which picks the low byte; the two make
 the 16-bit samples (`bit_depth=16`). 16-bit *grayscale* PNG/TIFF keep all 16 bits through Pillow.
-16-bit gray+alpha PNG, which Pillow has no opposite-order unpacker for, is read as 8 bits with a
-`ContentWarning`, as are the frames after the first of an animation or a multi-page file. Writing
+16-bit gray+alpha PNG, which Pillow decodes to the low byte of each sample, is read by handing Pillow
+the same scanlines labelled as 8-bit RGBA (4 bytes a pixel either way) and joining the bytes. A
+`ContentWarning` says when the frames after the first of an animation or a multi-page file are dropped. Writing
 16-bit colour PNG is done here (Pillow cannot), so 16-bit colour data is written losslessly.
 """
 from __future__ import annotations
@@ -93,12 +94,19 @@ def read_image(path, max_pixels: int = 8192 * 8192 * 2) -> Image:
                 frames = getattr(im, "n_frames", 1)
                 im.load()  # a truncated or corrupt file fails here, not later
                 low = _low_bytes(path, tiles) if _is_colour16(source_mode, rawmode) else None
+                la16 = None
+                if rawmode and rawmode.startswith("LA;16"):
+                    la16 = _gray_alpha16_png(path, im.getexif().get(0x0112, 1))
                 ImageOps.exif_transpose(im, in_place=True)
                 if frames > 1:
                     warnings.warn(f"{path}: {frames} frames (an animation or a multi-page file); only the first is "
                                   "used", ContentWarning, stacklevel=2)
+                if la16 is not None:
+                    g, a = la16
+                    return Image(np.ascontiguousarray(np.repeat(g[..., None], 3, axis=2)), a, 16, True,
+                                 im.info.get("icc_profile") or None, im.info.get("exif") or None, source_mode)
                 if rawmode and rawmode.startswith("LA;16"):
-                    warnings.warn(f"{path}: 16-bit gray+alpha is read as 8 bits (the decoder keeps the high byte)",
+                    warnings.warn(f"{path}: 16-bit gray+alpha is read as 8 bits (this decoder cannot read all 16)",
                                   ContentWarning, stacklevel=2)
                 return _from_pil(im, source_mode, rawmode, low)
     except ImageError:
@@ -112,6 +120,43 @@ def read_image(path, max_pixels: int = 8192 * 8192 * 2) -> Image:
                          f"zero width); supported: {' '.join(IMAGE_EXTENSIONS)}") from e
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         raise ImageError(f"{path}: the file is corrupt or truncated ({e}); re-export or remove it") from e
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
+           6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
+
+
+def _gray_alpha16_png(path: Path, orientation: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
+    """(gray, alpha) uint16 of a 16-bit gray+alpha PNG, upright; None when the file is not one.
+
+    Pillow decodes these to 8 bits and keeps the low byte of each sample (noise for gray). Their scanlines
+    have 4 bytes per pixel, as 8-bit RGBA: with the header saying so (and the ancillary chunks dropped),
+    Pillow's own unfiltering and de-interlacing give the bytes as (gray hi, gray lo, alpha hi, alpha lo)."""
+    data = path.read_bytes()
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    out, pos = [_PNG_SIGNATURE], len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        (n,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body, pos = data[pos + 8:pos + 8 + n], pos + 12 + n
+        if kind == b"IHDR":
+            w, h, depth, ctype, comp, filt, lace = struct.unpack(">IIBBBBB", body)
+            if (depth, ctype) != (16, 4):
+                return None
+            body = struct.pack(">IIBBBBB", w, h, 8, 6, comp, filt, lace)
+        elif kind not in (b"IDAT", b"IEND"):
+            continue
+        out.append(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+        if kind == b"IEND":
+            break
+    with PILImage.open(io.BytesIO(b"".join(out))) as im:
+        b = np.asarray(im.convert("RGBA") if im.mode != "RGBA" else im).astype(np.uint16)
+    g, a = (b[..., 0] << 8) | b[..., 1], (b[..., 2] << 8) | b[..., 3]
+    turn = _ORIENT.get(orientation)
+    if turn is not None:
+        g, a = turn(g), turn(a)
+    return np.ascontiguousarray(g), np.ascontiguousarray(a)
 
 
 def _rawmode(tile) -> str | None:
