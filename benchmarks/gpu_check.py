@@ -159,6 +159,9 @@ def main(argv=None):
     report["frame_4k"] = {"tiles": res.grid.n_tiles, "fqr": res.fqr,
                           **cuda_times(lambda: up.upscale(frame), max(5, args.iters // 3), 2)}
     print(f"frame {fw}x{fh}: {res.grid.n_tiles} tiles, native end to end {report['frame_4k']['median_ms']:.2f} ms", flush=True)
+    from cadyq.kernels.conv_int8 import tuned_configs
+
+    report["conv_int8_autotuned"] = tuned_configs()  # the block sizes the autotuner chose, per shape
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     ok = agree >= 0.999 and report["correctness"]["psnr_vs_torch_db"] >= 50
