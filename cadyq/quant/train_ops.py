@@ -39,6 +39,13 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers)
 
 
+def _over_tiles(n: int, run) -> list:
+    """run(n0, n1) on contiguous shares of n tiles, one per torch thread (the C kernels release the GIL)."""
+    workers = max(1, min(torch.get_num_threads(), n))
+    bounds = [(n * i // workers, n * (i + 1) // workers) for i in range(workers)]
+    return [run(*bounds[0])] if workers == 1 else list(_pool(workers).map(lambda b: run(*b), bounds))
+
+
 def c_quant_backward(x, g, alpha, levels, p, need_dx: bool):
     """(dL/dx or None, gp [N, K], ga [N, K]) from the C kernel, or None where it does not apply.
     gp[n, j] = sum over tile n of g * y_j; ga[n, j] = sum of g * dy_j/da_j; dx = g * sum_j p[n, j] [|x| < a_j]."""
@@ -66,10 +73,7 @@ def c_quant_backward(x, g, alpha, levels, p, need_dx: bool):
         return lib.cadyq_quant_backward(ptr(x.data_ptr()), ptr(g.data_ptr()), ptr(dx.data_ptr() if dx is not None else 0),
                                         n0, n1, m, bf16, k, ptr(a.data_ptr()), ptr(s.data_ptr()), ptr(pp.data_ptr()),
                                         ptr(gp.data_ptr()), ptr(ga.data_ptr()))
-    workers = max(1, min(torch.get_num_threads(), n))
-    bounds = [(n * i // workers, n * (i + 1) // workers) for i in range(workers)]
-    codes = [run(*bounds[0])] if workers == 1 else list(_pool(workers).map(lambda b: run(*b), bounds))
-    if any(codes):
+    if any(_over_tiles(n, run)):
         return None
     return dx, gp, ga
 
@@ -88,12 +92,9 @@ def channel_std(x: torch.Tensor) -> torch.Tensor:
     ptr = ctypes.c_void_p
     bf16 = int(x.dtype == torch.bfloat16)
 
-    def run(b):
-        return lib.cadyq_channel_std(ptr(x.data_ptr()), b[0], b[1], h * w, c, bf16, int(nhwc), ptr(out.data_ptr()))
-    workers = max(1, min(torch.get_num_threads(), n))
-    bounds = [(n * i // workers, n * (i + 1) // workers) for i in range(workers)]
-    codes = [run(bounds[0])] if workers == 1 else list(_pool(workers).map(run, bounds))
-    if any(codes):
+    def run(n0, n1):
+        return lib.cadyq_channel_std(ptr(x.data_ptr()), n0, n1, h * w, c, bf16, int(nhwc), ptr(out.data_ptr()))
+    if any(_over_tiles(n, run)):
         return x.float().std(dim=(2, 3))
     return out
 
@@ -116,15 +117,10 @@ def c_quant_forward(x, a, s):
     ptr = ctypes.c_void_p
     bf16 = int(x.dtype == torch.bfloat16)
 
-    def run(b):
-        lib.cadyq_quant_forward(ptr(x.data_ptr()), ptr(y.data_ptr()), b[0], b[1], m, bf16, ptr(a.data_ptr()),
+    def run(n0, n1):
+        lib.cadyq_quant_forward(ptr(x.data_ptr()), ptr(y.data_ptr()), n0, n1, m, bf16, ptr(a.data_ptr()),
                                 ptr(s.data_ptr()))
-    workers = max(1, min(torch.get_num_threads(), n))
-    bounds = [(n * i // workers, n * (i + 1) // workers) for i in range(workers)]
-    if workers == 1:
-        run(bounds[0])
-    else:
-        list(_pool(workers).map(run, bounds))
+    _over_tiles(n, run)
     return y
 
 
