@@ -56,12 +56,12 @@ def _select_grads(x, alpha, levels, logits):
 def test_c_backward_equals_the_torch_backward(monkeypatch):
     """The C kernel (one pass over x and g) against the torch ops it replaces: NCHW and channels_last
     float32, and bfloat16 (as under autocast), for the selector and the fixed quantizer."""
-    import pytest
-
     from cadyq.quant import train_ops
 
-    if train_ops._lib() is None:
-        pytest.skip("no C compiler: the C backward is not built here")
+    if train_ops._lib() is None:  # no C compiler here: the torch ops must take over, with the same results
+        assert train_ops.c_quant_backward(torch.ones(2, 3), torch.ones(2, 3), torch.ones(1), torch.ones(1),
+                                          torch.ones(2, 1), True) is None
+        return
     g = torch.Generator().manual_seed(2)
     alpha = torch.tensor([1.5, 2.5, 3.5], requires_grad=True)
     levels = torch.tensor([7.0, 31.0, 127.0])

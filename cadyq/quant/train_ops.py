@@ -39,6 +39,12 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers)
 
 
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format that keeps x's layout (each tile one contiguous block either way)."""
+    return (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+
+
 def _over_tiles(n: int, run) -> list:
     """run(n0, n1) on contiguous shares of n tiles, one per torch thread (the C kernels release the GIL)."""
     workers = max(1, min(torch.get_num_threads(), n))
@@ -52,8 +58,7 @@ def c_quant_backward(x, g, alpha, levels, p, need_dx: bool):
     lib = _lib()
     if lib is None or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 1:
         return None
-    fmt = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
-           and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+    fmt = _layout(x)
     x = x.detach().contiguous(memory_format=fmt)
     g = g.detach().to(x.dtype).contiguous(memory_format=fmt)
     if g.stride() != x.stride():
@@ -86,7 +91,7 @@ def channel_std(x: torch.Tensor) -> torch.Tensor:
             or x.shape[2] * x.shape[3] < 2:
         return x.detach().float().std(dim=(2, 3))
     n, c, h, w = x.shape
-    nhwc = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    nhwc = _layout(x) == torch.channels_last
     x = x.detach() if nhwc else x.detach().contiguous()
     out = torch.empty(n, c)
     ptr = ctypes.c_void_p
@@ -105,8 +110,7 @@ def c_quant_forward(x, a, s):
     if lib is None or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 1 \
             or x.shape[0] == 0:
         return None
-    fmt = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
-           and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+    fmt = _layout(x)
     x = x.contiguous(memory_format=fmt)
     n = x.shape[0]
     m = x.numel() // n
