@@ -1,0 +1,49 @@
+"""Ship one trained zoo model: copy its weights into cadyq/zoo/NAME.safetensors with the metadata the model card
+and tests/test_zoo.py read (the run, its iteration, its validation row, and the PSNR of tests/data/zoo_crop.png).
+
+    python benchmarks/zoo_ship.py WEIGHTS NAME [--run RUN_DIR]
+
+WEIGHTS: the run's best.safetensors (fp32, pams8) or an iter-N.safetensors (cadyq: the highest validation PSNR
+is the 8-bit start, so the shipped one is picked by PSNR at the FQR target). The validation row of the same
+iteration comes from RUN_DIR/val.csv (default: the folder of WEIGHTS).
+"""
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from cadyq import checkpoint, zoo
+from cadyq.zoo.check import crop_psnr
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("weights")
+    p.add_argument("name")
+    p.add_argument("--run", default=None)
+    a = p.parse_args(argv)
+    run = Path(a.run or Path(a.weights).parent)
+    model = checkpoint.load(a.weights)
+    extra = checkpoint.read_metadata(a.weights).get("extra", {})
+    it = extra.get("iteration")
+    rows = {int(r["iter"]): r for r in csv.DictReader(open(run / "val.csv"))}
+    if it not in rows:
+        raise SystemExit(f"{run / 'val.csv'} has no row for iteration {it}")
+    val = {k: round(float(rows[it][k]), 4) for k in ("psnr", "ssim", "fqr", "bicubic_psnr", "bicubic_ssim")}
+    val["images"] = int(rows[it]["images"])
+    config = json.loads((run / "config.json").read_text())
+    train = {k: config[k] for k in ("method", "batch", "patch", "lr", "decay", "iters", "w_bit", "w_bit_step",
+                                    "w_bit_every", "precision", "seed") if config.get(k) is not None}
+    check = crop_psnr(model)
+    meta = {"recipe": "benchmarks/train_zoo.sh", "iteration": it, "train": train,
+            "train_data": "cadyq.data.photos, split train (MODEL_CARD.md lists every file)",
+            "held_out": val, "crop_check": check}
+    out = zoo.ZOO_DIR / f"{a.name}.safetensors"
+    checkpoint.save(model, out, meta)
+    print(f"{out}: iteration {it}, held-out {val['psnr']:.3f} dB (bicubic {val['bicubic_psnr']:.3f}), FQR {val['fqr']:.2f}; "
+          f"crop {check['psnr']:.3f} dB (bicubic {check['bicubic_psnr']:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
