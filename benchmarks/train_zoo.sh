@@ -8,10 +8,10 @@
 # committed one there (`benchmarks/zoo_state/keep.sh RUNS` copies the current states in).
 # Settings: the paper's batch 16 of 48-px LR crops and its losses (L1; cadyq: weighted bit loss + attention
 # transfer from the pams8 teacher); fp32 lr 2e-4 halved every 4000 iterations for 10000 iterations (the
-# paper's 1e-4 / 150K schedule does not fit a CPU), pams8 1000 and cadyq 2000 iterations at 1e-4, with the
-# bit-loss weight raised to 1e-3 + 2e-4 per 250 iterations so that FQR moves within 2000 iterations. The cadyq
-# stage keeps the weights of every 500 iterations (iter-N.safetensors): its best.safetensors is the highest PSNR,
-# i.e. the 8-bit start, not the model to ship.
+# paper's 1e-4 / 150K schedule does not fit a CPU), pams8 500 and cadyq 1000 iterations at 1e-4, with the
+# bit-loss weight raised to 1e-3 + 2e-4 per 100 iterations so that FQR moves within 1000 iterations. The cadyq
+# stage validates and keeps its weights every 250 iterations (iter-N.safetensors): its best.safetensors is the
+# highest PSNR, i.e. the 8-bit start, not the model to ship (benchmarks/zoo_ship.py takes an iter-N file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-/work/runs}
@@ -39,11 +39,12 @@ run() {  # run NAME ARGS...: resume when a state exists, skip when finished
 
 cadyq_run() {  # cadyq_run SCALE: in chunks of 500 iterations, keeping each chunk's weights
   local scale=$1 out="$RUNS/edsr-cadyq-x$1" it
-  for it in 500 1000 1500 2000; do
+  for it in 250 500 750 1000; do
     [ -f "$out/iter-$it.safetensors" ] && continue
     rm -f "$out/done"
     run "cadyq-x$scale" --method cadyq --init "$RUNS/edsr-pams8-x$scale/best.safetensors" "${COMMON[@]}" \
-      --scale "$scale" --iters "$it" --lr 1e-4 --decay 1000 --w-bit 1e-3 --w-bit-step 2e-4 --w-bit-every 250
+      --scale "$scale" --iters "$it" --lr 1e-4 --decay 500 --w-bit 1e-3 --w-bit-step 2e-4 --w-bit-every 100 \
+      --val-every 250
     cp -p "$out/last.safetensors" "$out/iter-$it.safetensors"
   done
 }
@@ -53,7 +54,7 @@ for stage in $STAGES; do
   case $method in
     fp32)  run "$stage" --method fp32 --scale "$scale" "${COMMON[@]}" --iters 10000 --lr 2e-4 --decay 4000 ;;
     pams8) run "$stage" --method pams8 --init "$RUNS/edsr-fp32-x$scale/best.safetensors" "${COMMON[@]}" \
-             --iters 1000 --lr 1e-4 --decay 500 ;;
+             --iters 500 --lr 1e-4 --decay 250 --val-every 250 ;;
     cadyq) cadyq_run "$scale" ;;
   esac
 done
