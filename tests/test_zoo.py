@@ -8,10 +8,6 @@ FULL_SIZE = [n for n in zoo.available() if not n.endswith("-cpu")]  # the tiny d
 GAIN_TARGET = {2: 1.5, 4: 1.0}  # fp32 on the held-out photos over bicubic (issue 8)
 
 
-def test_the_full_size_x4_models_are_shipped():
-    assert {"edsr-fp32-x4", "edsr-pams8-x4"} <= set(FULL_SIZE)
-
-
 @pytest.mark.parametrize("name", FULL_SIZE)
 def test_zoo_model_reproduces_its_recorded_crop_psnr(name):
     model = checkpoint.load_model(name)
