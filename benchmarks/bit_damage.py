@@ -3,7 +3,9 @@ when every dynamic layer runs at each candidate bit-width instead of the highest
 gradient. A selector trained to lower L1 at a given FQR gives the bits to the tiles that lose the most; if
 those are the flat ones, bits cannot follow content (bits_vs_gradient.py) without losing PSNR.
 
-    python benchmarks/bit_damage.py MODEL [--val /work/data/zoo/val] [--tile 48]
+    python benchmarks/bit_damage.py MODEL [--val /work/data/zoo/val] [--tile 48] [--clip-scale 4=0.5 ...]
+
+--clip-scale B=C multiplies the B-bit candidate's clip values by C (does a tighter low-bit clip change who loses?).
 
 MODEL: a pams8 checkpoint (its clip values become every candidate's, as `cadyq train --method cadyq --init`
 does) or a cadyq one (its own per-candidate clip values). Tiles: non-overlapping, cut from the LR photo.
@@ -61,13 +63,20 @@ def main(argv=None):
     p.add_argument("model")
     p.add_argument("--val", default="/work/data/zoo/val")
     p.add_argument("--tile", type=int, default=48)
+    p.add_argument("--clip-scale", action="append", default=[], metavar="B=C")
     a = p.parse_args(argv)
     model = as_cadyq(a.model).eval()
     bits = [int(b) for b in dynamic_quantizers(model)[0].bits.tolist()]
+    for item in a.clip_scale:
+        b, c = item.split("=")
+        with torch.no_grad():
+            for q in dynamic_quantizers(model):
+                q.alpha[bits.index(int(b))] *= float(c)
     lr, hr = tiles_of(a.val, model.config.scale, a.tile)
     grad = tile_gradient(lr).sum(1).numpy()
     top_l1, top_mse = errors_at(model, lr, hr, len(bits) - 1)
-    print(f"model {a.model}: {len(grad)} LR tiles of {a.tile} px from {a.val}; every dynamic layer at one bit-width")
+    print(f"model {a.model}: {len(grad)} LR tiles of {a.tile} px from {a.val}; every dynamic layer at one bit-width"
+          + (f"; clip scaled {', '.join(a.clip_scale)}" if a.clip_scale else ""))
     print(f"{'bits':>4s} {'mean dL1':>9s} {'mean dPSNR':>10s} {'Spearman(dL1, grad)':>20s} {'Spearman(dPSNR, grad)':>22s}")
     for k, b in enumerate(bits[:-1]):
         l1, mse = errors_at(model, lr, hr, k)

@@ -10,7 +10,7 @@ for run in "$RUNS"/edsr-*; do
   [ -f "$run/last_state.pt" ] || continue
   name=$(basename "$run")
   mkdir -p "$name"
-  for f in last_state.pt best.safetensors train.csv val.csv config.json done "$run"/iter-*.safetensors; do
+  for f in last_state.pt best.safetensors init.safetensors train.csv val.csv config.json done "$run"/iter-*.safetensors; do
     f=$(basename "$f")
     [ -e "$run/$f" ] && cp -p "$run/$f" "$name/"
   done
