@@ -8,7 +8,7 @@
 # committed one there (`benchmarks/zoo_state/keep.sh RUNS` copies the current states in).
 # Settings: the paper's batch 16 of 48-px LR crops and its losses (L1; cadyq: weighted bit loss + attention
 # transfer from the pams8 teacher); fp32 lr 2e-4 halved every 4000 iterations for 10000 iterations (the
-# paper's 1e-4 / 150K schedule does not fit a CPU), pams8 500 and cadyq 1000 iterations at 1e-4, with the
+# paper's 1e-4 / 150K schedule does not fit a CPU), pams8 250 and cadyq 1000 iterations at 1e-4, with the
 # bit-loss weight raised to 1e-3 + 2e-4 per 100 iterations so that FQR moves within 1000 iterations. The cadyq
 # stage validates and keeps its weights every 250 iterations (iter-N.safetensors): its best.safetensors is the
 # highest PSNR, i.e. the 8-bit start, not the model to ship (benchmarks/zoo_ship.py takes an iter-N file).
@@ -61,7 +61,7 @@ for stage in $STAGES; do
   case $method in
     fp32)  run "$stage" --method fp32 --scale "$scale" "${COMMON[@]}" --iters 10000 --lr 2e-4 --decay 4000 ;;
     pams8) run "$stage" --method pams8 --init "$RUNS/edsr-fp32-x$scale/best.safetensors" "${COMMON[@]}" \
-             --iters 500 --lr 1e-4 --decay 250 --val-every 250 ;;
+             --iters 250 --lr 1e-4 --decay 250 --val-every 250 ;;
     cadyq) cadyq_run "$scale" ;;
   esac
 done
