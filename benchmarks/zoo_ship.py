@@ -2,6 +2,7 @@
 and tests/test_zoo.py read (the run, its iteration, its validation row, and the PSNR of tests/data/zoo_crop.png).
 
     python benchmarks/zoo_ship.py WEIGHTS NAME [--run RUN_DIR]
+    python benchmarks/zoo_ship.py RUN_DIR NAME --max-fqr 6.5      (cadyq: the best iter-N.safetensors at that FQR)
 
 WEIGHTS: the run's best.safetensors (fp32, pams8) or an iter-N.safetensors (cadyq: the highest validation PSNR
 is the 8-bit start, so the shipped one is picked by PSNR at the FQR target). The validation row of the same
@@ -16,12 +17,26 @@ from cadyq import checkpoint, zoo
 from cadyq.zoo.check import crop_psnr
 
 
+def pick(run: Path, max_fqr: float | None) -> Path:
+    """The iter-N.safetensors of `run` with the highest validation PSNR among those at FQR <= max_fqr."""
+    rows = {int(r["iter"]): r for r in csv.DictReader(open(run / "val.csv"))}
+    ok = [(float(rows[it]["psnr"]), f) for f in run.glob("iter-*.safetensors")
+          if (it := int(f.stem.split("-")[1])) in rows and (max_fqr is None or float(rows[it]["fqr"]) <= max_fqr)]
+    if not ok:
+        raise SystemExit(f"{run}: no iter-N.safetensors validated at FQR <= {max_fqr}")
+    return max(ok)[1]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("weights")
     p.add_argument("name")
     p.add_argument("--run", default=None)
+    p.add_argument("--max-fqr", type=float, default=None)
     a = p.parse_args(argv)
+    if Path(a.weights).is_dir():
+        a.run = a.weights
+        a.weights = str(pick(Path(a.weights), a.max_fqr))
     run = Path(a.run or Path(a.weights).parent)
     model = checkpoint.load(a.weights)
     extra = checkpoint.read_metadata(a.weights).get("extra", {})
