@@ -2,7 +2,9 @@
 and tests/test_zoo.py read (the run, its iteration, its validation row, and the PSNR of tests/data/zoo_crop.png).
 
     python benchmarks/zoo_ship.py WEIGHTS NAME [--run RUN_DIR]
-    python benchmarks/zoo_ship.py RUN_DIR NAME --max-fqr 6.5      (cadyq: the best iter-N.safetensors at that FQR)
+    python benchmarks/zoo_ship.py RUN_DIR NAME --max-fqr 6.5 [--max-drop 0.1]
+        (cadyq: of the iter-N.safetensors at FQR <= 6.5, the highest PSNR; with --max-drop, the lowest FQR whose PSNR
+         is within that many dB of the teacher's best validation PSNR: issue 8's target)
 
 WEIGHTS: the run's best.safetensors (fp32, pams8) or an iter-N.safetensors (cadyq: the highest validation PSNR
 is the 8-bit start, so the shipped one is picked by PSNR at the FQR target). The validation row of the same
@@ -17,14 +19,20 @@ from cadyq import checkpoint, zoo
 from cadyq.zoo.check import crop_psnr
 
 
-def pick(run: Path, max_fqr: float | None) -> Path:
-    """The iter-N.safetensors of `run` with the highest validation PSNR among those at FQR <= max_fqr."""
+def pick(run: Path, max_fqr: float | None, max_drop: float | None) -> Path:
+    """The iter-N.safetensors of `run` at FQR <= max_fqr with the highest validation PSNR, or with max_drop the one
+    with the lowest FQR among those within max_drop dB of the teacher's best validation PSNR."""
     rows = {int(r["iter"]): r for r in csv.DictReader(open(run / "val.csv"))}
-    ok = [(float(rows[it]["psnr"]), f) for f in run.glob("iter-*.safetensors")
+    ok = [(float(rows[it]["psnr"]), float(rows[it]["fqr"]), f) for f in run.glob("iter-*.safetensors")
           if (it := int(f.stem.split("-")[1])) in rows and (max_fqr is None or float(rows[it]["fqr"]) <= max_fqr)]
+    if max_drop is not None:
+        teacher = Path(json.loads((run / "config.json").read_text())["teacher"]).parent
+        ref = max(float(r["psnr"]) for r in csv.DictReader(open(teacher / "val.csv")))
+        ok = [(-fqr, psnr, f) for psnr, fqr, f in ok if psnr >= ref - max_drop]
     if not ok:
-        raise SystemExit(f"{run}: no iter-N.safetensors validated at FQR <= {max_fqr}")
-    return max(ok)[1]
+        raise SystemExit(f"{run}: no iter-N.safetensors validated at FQR <= {max_fqr}"
+                         + (f" within {max_drop} dB of the teacher" if max_drop is not None else ""))
+    return max(ok)[2]
 
 
 def main(argv=None):
@@ -33,10 +41,11 @@ def main(argv=None):
     p.add_argument("name")
     p.add_argument("--run", default=None)
     p.add_argument("--max-fqr", type=float, default=None)
+    p.add_argument("--max-drop", type=float, default=None)
     a = p.parse_args(argv)
     if Path(a.weights).is_dir():
         a.run = a.weights
-        a.weights = str(pick(Path(a.weights), a.max_fqr))
+        a.weights = str(pick(Path(a.weights), a.max_fqr, a.max_drop))
     run = Path(a.run or Path(a.weights).parent)
     model = checkpoint.load(a.weights)
     extra = checkpoint.read_metadata(a.weights).get("extra", {})
