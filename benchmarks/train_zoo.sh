@@ -3,7 +3,8 @@
 # on the real photos of cadyq/data/photos.py (Debian wallpapers + scikit-image; 5 held out for validation).
 # Every stage resumes where it stopped (--resume), so the run can be continued across sessions:
 #   benchmarks/train_zoo.sh [RUNS_DIR] [DATA_DIR]           (defaults: /work/runs, /work/data/zoo)
-# STAGES="fp32-x4 pams8-x4 cadyq-x4 fp32-x2 pams8-x2 cadyq-x2" picks and orders the stages.
+# STAGES="fp32-x4 pams8-x4 cadyq-x4 fp32-x2 pams8-x2 cadyq-x2" picks and orders the stages; CADYQ_CHUNKS="250"
+# stops the cadyq stage after its first chunk.
 # A stage with no state in RUNS continues from benchmarks/zoo_state/edsr-<stage> when an earlier session
 # committed one there (`benchmarks/zoo_state/keep.sh RUNS` copies the current states in).
 # Settings: the paper's batch 16 of 48-px LR crops and its losses (L1; cadyq: weighted bit loss + attention
@@ -18,6 +19,7 @@ RUNS=${1:-/work/runs}
 DATA=${2:-/work/data/zoo}
 PY=${PYTHON:-python}
 STAGES=${STAGES:-"fp32-x4 pams8-x4 cadyq-x4 fp32-x2 pams8-x2 cadyq-x2"}
+CADYQ_CHUNKS=${CADYQ_CHUNKS:-"250 500 750 1000"}  # the cadyq stage's iter-N checkpoints, in order
 "$PY" -c "from cadyq.data import photos; photos.prepare('$DATA')"
 COMMON=(--backbone edsr --data "$DATA/train" --val "$DATA/val" --batch 16 --patch 48 --workers 1 --cache npy
         --cache-dir "$DATA/../cache" --val-every 500 --log-every 10 --no-progress --seed 0)
@@ -46,7 +48,7 @@ cadyq_run() {  # cadyq_run SCALE: in chunks of 250 iterations, keeping each chun
     mkdir -p "$out"
     "$PY" -m cadyq calibrate -m "$teacher" --data "$DATA/train" --target cadyq --method mse -o "$init"
   fi
-  for it in 250 500 750 1000; do
+  for it in $CADYQ_CHUNKS; do
     [ -f "$out/iter-$it.safetensors" ] && continue
     rm -f "$out/done"
     run "cadyq-x$scale" --method cadyq --init "$init" --teacher "$teacher" "${COMMON[@]}" \

@@ -85,7 +85,7 @@ def _resolve_model(args):
 
     if args.model is None and zoo.default_name() != zoo.DEFAULT_MODEL:
         print(f"warning: no --model: using {zoo.default_name()}, a small model trained on a CPU for demonstration "
-              f"({zoo.DEFAULT_MODEL} is not shipped in this release; see cadyq/zoo/MODEL_CARD.md)", file=sys.stderr)
+              f"({zoo.DEFAULT_MODEL} is not installed; see cadyq/zoo/MODEL_CARD.md)", file=sys.stderr)
     if args.model is not None and (Path(args.model).suffix in (".onnx", ".engine", ".plan", ".pt2", ".json")
                                    or _is_routed_folder(args.model)):
         why = None if _is_routed_folder(args.model) else not_a_file(args.model)

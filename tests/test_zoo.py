@@ -26,3 +26,19 @@ def test_fp32_zoo_models_meet_the_held_out_target(name):
     val = meta["extra"]["held_out"]
     assert val["images"] == 5
     assert val["psnr"] - val["bicubic_psnr"] >= GAIN_TARGET[meta["scale"]]
+
+
+def test_the_full_size_x4_models_are_shipped_and_cadyq_is_the_default():
+    assert {"edsr-fp32-x4", "edsr-pams8-x4", "edsr-cadyq-x4"} <= set(FULL_SIZE)
+    assert zoo.default_name() == zoo.DEFAULT_MODEL == "edsr-cadyq-x4"
+
+
+@pytest.mark.parametrize("scale", sorted({checkpoint.read_metadata(zoo.path_of(n))["scale"] for n in FULL_SIZE}))
+def test_each_quantization_step_keeps_the_held_out_psnr(scale):
+    """pams8 within 0.1 dB of fp32; cadyq within 0.1 dB of pams8 at FQR <= 6.5 (issue 8), as recorded."""
+    held = {m: checkpoint.read_metadata(zoo.path_of(f"edsr-{m}-x{scale}"))["extra"]["held_out"]
+            for m in ("fp32", "pams8", "cadyq") if f"edsr-{m}-x{scale}" in FULL_SIZE}
+    if "pams8" in held:
+        assert held["pams8"]["psnr"] >= held["fp32"]["psnr"] - 0.1 and held["pams8"]["fqr"] == 8
+    if "cadyq" in held:
+        assert held["cadyq"]["psnr"] >= held["pams8"]["psnr"] - 0.1 and held["cadyq"]["fqr"] <= 6.5
