@@ -9,6 +9,7 @@ RUNS=${1:-/work/runs}
 for run in "$RUNS"/edsr-*; do
   [ -f "$run/last_state.pt" ] || continue
   name=$(basename "$run")
+  [ -f "../../cadyq/zoo/$name.safetensors" ] && { rm -rf "$name"; continue; }  # shipped: nothing to continue
   mkdir -p "$name"
   for f in last_state.pt best.safetensors init.safetensors train.csv val.csv config.json done "$run"/iter-*.safetensors; do
     f=$(basename "$f")
