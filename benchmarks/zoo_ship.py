@@ -26,8 +26,9 @@ def pick(run: Path, max_fqr: float | None, max_drop: float | None) -> Path:
     ok = [(float(rows[it]["psnr"]), float(rows[it]["fqr"]), f) for f in run.glob("iter-*.safetensors")
           if (it := int(f.stem.split("-")[1])) in rows and (max_fqr is None or float(rows[it]["fqr"]) <= max_fqr)]
     if max_drop is not None:
-        teacher = Path(json.loads((run / "config.json").read_text())["teacher"]).parent
-        ref = max(float(r["psnr"]) for r in csv.DictReader(open(teacher / "val.csv")))
+        teacher = Path(json.loads((run / "config.json").read_text())["teacher"])
+        held = checkpoint.read_metadata(teacher).get("extra", {}).get("held_out")  # a shipped teacher has no val.csv
+        ref = held["psnr"] if held else max(float(r["psnr"]) for r in csv.DictReader(open(teacher.parent / "val.csv")))
         ok = [(-fqr, psnr, f) for psnr, fqr, f in ok if psnr >= ref - max_drop]
     if not ok:
         raise SystemExit(f"{run}: no iter-N.safetensors validated at FQR <= {max_fqr}"
