@@ -28,6 +28,18 @@ def test_at_matches_official_formula():
     assert float(at_loss(x, 3 * x)) < 1e-12  # attention maps are scale invariant
 
 
+def test_at_of_bf16_channels_last_features_matches_the_float32_formula_and_gradient():
+    x = torch.randn(2, 8, 5, 7).to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x32 = x.detach().float().requires_grad_()
+    ref = F.normalize(x32.pow(2).mean(1).view(2, -1))
+    out = at(x)
+    assert out.dtype == torch.float32 and torch.allclose(out, ref, atol=1e-6)
+    w = torch.randn_like(ref)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    assert torch.allclose(x.grad.float(), x32.grad, rtol=1e-2, atol=1e-3)
+
+
 def test_l1():
     a, b = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 2.0)
     assert float(l1_loss(a, b)) == 2.0

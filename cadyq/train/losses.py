@@ -36,8 +36,10 @@ def bit_loss(model: nn.Module, w_bit: float, kind: str = "weighted") -> torch.Te
 
 
 def at(x: torch.Tensor) -> torch.Tensor:
-    """Spatial attention map: L2-normalised channel mean of x^2, [B, H*W]."""
-    return F.normalize(x.float().pow(2).mean(1).view(x.size(0), -1))
+    """Spatial attention map: L2-normalised channel mean of x^2, [B, H*W]. The norm accumulates in float32
+    without a float32 copy of x (a bf16 x.float().pow(2) costs several copies of the feature per map)."""
+    return F.normalize((torch.linalg.vector_norm(x, 2, dim=1, dtype=torch.float32).square() / x.size(1))
+                       .view(x.size(0), -1))
 
 
 def at_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
