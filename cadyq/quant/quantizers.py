@@ -11,11 +11,6 @@ from .ops import fake_quant, levels, quantize_weight
 from .train_ops import FakeQuantSTE, SelectQuantSTE, channel_std
 
 
-def _tracing() -> bool:
-    """While the ONNX exporter, torch.export or dynamo trace the model: the C kernels are opaque to them."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
-
-
 class TileState:
     """What a forward shares between the quantizers of one model: the tile gradient of the input
     (and the tile-mode decision). A plain object so it is not registered as a module."""
@@ -48,7 +43,7 @@ class ActQuant(nn.Module):
             self._observe(x)
             return x
         self.last_bits = x.new_full((x.shape[0],), float(self.bits))
-        if not _tracing():  # the fused kernel also without gradients (a distillation teacher): one pass, in x's dtype
+        if torch.is_grad_enabled() and (x.requires_grad or self.alpha.requires_grad):
             return FakeQuantSTE.apply(x, self.alpha, float(levels(self.bits)))
         return fake_quant(x, self.alpha, levels(self.bits))
 
