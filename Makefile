@@ -11,8 +11,8 @@ CPP_BUILD ?= build/cpp
 .PHONY: install install-trt test test-all engine clean
 .PHONY: cpp
 
-install:  ## the package, its test tools and TensorRT-RTX (builds engines without a GPU)
-	$(PY) -m pip install -e ".[dev,trt-rtx]" -c constraints.txt
+install:  ## the package, its test tools, TensorRT-RTX (builds engines without a GPU) and the CPU peers (OpenVINO, NNCF)
+	$(PY) -m pip install -e ".[dev,trt-rtx,peers]" -c constraints.txt
 
 test:  ## the default suite: everything that runs without a GPU
 	$(PY) -m pytest -q -m "not gpu" -n 2

@@ -40,8 +40,9 @@ def _model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="auto", help="torch (fake quant, the reference), native (integer kernels), "
-                                                     "onnxruntime, tensorrt (auto: from the model file)")
+    p.add_argument("--backend", default="auto", help="auto (default: the fastest here, named in the output), native "
+                                                     "(integer kernels), torch (fake quant, the reference), onnxruntime, "
+                                                     "tensorrt")
     p.add_argument("--float-precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
                    help="native backend: precision of the float layers (auto: bf16 where the CPU has it, fp16 on CUDA)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when available)")
@@ -104,14 +105,21 @@ def _upscaler(args):
 
     options = {}
     if getattr(args, "float_precision", None):
-        if args.backend != "native":
+        if args.backend not in ("native", "auto"):
             raise CadyqError("--float-precision is an option of --backend native")
         options["float_precision"] = args.float_precision
     up = Upscaler(_resolve_model(args), backend=args.backend, device=args.device, tile=args.tile,
                   overlap=args.overlap, batch=args.batch, protocol=args.protocol, backend_options=options)
     if args.scale and args.scale != up.scale:
         raise OptionError(f"{args.model} is a x{up.scale} model, but --scale asks for x{args.scale}; drop --scale")
+    _say(f"backend: {backend_line(up.backend)}")
     return up
+
+
+def backend_line(backend) -> str:
+    """`native on cpu (auto: why)`: the backend that runs, and why when it was chosen automatically."""
+    choice = getattr(backend, "choice", None)
+    return f"{backend.name} on {backend.device}" + (f" (auto: {choice.why})" if choice is not None else "")
 
 
 class _TileFit:
@@ -225,7 +233,8 @@ def cmd_upscale(args) -> int:
         _say(f"{src.name}: {r.grid.height}x{r.grid.width} -> {dst}  tiles {r.grid.rows}x{r.grid.cols}  "
              f"FQR {r.fqr:.2f}  BitOPs {r.bitops / 1e9:.2f} G  {r.timings['total']:.2f} s")
     if args.json:
-        _write_json(args.json, {"model": _model_name(args), "backend": up.backend.name, "device": str(up.backend.device),
+        _write_json(args.json, {"model": _model_name(args), "backend": up.backend.name, "backend_choice": backend_line(up.backend),
+                                "device": str(up.backend.device),
                                 "scale": s, "tile": args.tile, "overlap": args.overlap,
                                 "png_compression": args.png_compression, "images": report, "failed": failed})
     if failed:
@@ -278,7 +287,8 @@ def cmd_eval(args) -> int:
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "psnr_bicubic", "fqr", "bitops_g", "time_s")}
     _print_table(rows, mean)
     if args.json:
-        _write_json(args.json, {"model": _model_name(args), "data": str(args.data), "scale": s, "protocol": args.protocol,
+        _write_json(args.json, {"model": _model_name(args), "backend_choice": backend_line(up.backend), "data": str(args.data),
+                                "scale": s, "protocol": args.protocol,
                                 "images": rows, "mean": mean})
     return 0
 

@@ -13,6 +13,7 @@ from cadyq.bench import (
     benchmark,
     build_baseline,
     latency_stats,
+    format_report,
     make_configs,
 )
 from cadyq.checkpoint import load_model
@@ -189,3 +190,31 @@ def test_module_as_model(hr, one_torch_thread):
                     BenchSettings(tile=24, overlap=4, batch=1, warmup=0, iterations=1), image=hr)
     assert [r["label"] for r in rep["results"]] == ["edsr x2 cadyq", "pams8"]
     assert rep["settings"]["model"] == "edsr x2 cadyq"
+
+
+def test_openvino_peers_and_accuracy_beside_speed(hr, one_torch_thread):
+    """`--compare peers` on the CPU times OpenVINO's fp32 model and NNCF's static INT8 model of the same
+    weights; each row carries its PSNR against the fp32 model on the timed tiles, and what OpenVINO ran."""
+    pytest.importorskip("openvino", reason="the peers extra (make install installs it)")
+    rep = benchmark(ZOO, ["native", "openvino", "openvino-int8"], "torch", "cpu", TINY, image=hr, threads=1)
+    rows = {r["label"]: r for r in rep["results"]}
+    assert set(rows) == {ZOO, "native", "openvino", "openvino-int8"} and not rep["skipped"]
+    ov, ov8 = rows["openvino"], rows["openvino-int8"]
+    assert ov["model"]["method"] == "fp32" and ov8["model"]["method"] == "int8-ptq"
+    assert any("f32" in n and "convolutions by runtime precision" in n for n in ov["notes"])
+    assert any("i8" in n or "u8" in n for n in ov8["notes"])  # NNCF's convolutions really run in INT8
+    assert ov["psnr_vs_fp32_tiles_db"] > 60  # the same function, float rounding apart
+    assert 20 < ov8["psnr_vs_fp32_tiles_db"] < ov["psnr_vs_fp32_tiles_db"]  # lossy, not broken
+    assert 25 < rows["native"]["psnr_vs_fp32_tiles_db"] < 80
+    assert rows[ZOO]["psnr_vs_fp32_tiles_db"] == pytest.approx(rows["native"]["psnr_vs_fp32_tiles_db"], abs=1.0)
+    assert rep["fastest_float_peer"] == "openvino"  # the INT8 model is no float peer
+    assert "vs fp32" in format_report(rep)
+
+
+def test_peers_expand_to_openvino_on_the_cpu_only():
+    from cadyq.bench import expand_compare
+
+    cpu = expand_compare(["peers"], torch.device("cpu"), "native")
+    assert {"openvino", "openvino-int8", "fp32-cl", "bf16-cl", "fp32@onnxruntime", "fakequant"} <= set(cpu)
+    assert "native" not in cpu
+    assert "openvino" not in expand_compare(["peers"], torch.device("cuda"), "native")

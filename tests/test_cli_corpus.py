@@ -375,7 +375,7 @@ OPTIONS = [
     Case("opt-batch-zero", up("{w}/img/a.png", "--batch", "0"), 2, r"batch must be at least 1"),
     Case("opt-protocol-unknown", up("{w}/img/a.png", "--protocol", "wavy"), 2, r"argument --protocol: invalid choice"),
     Case("opt-backend-unknown", up("{w}/img/a.png", "--backend", "gpu"), 2, r"unknown backend 'gpu'"),
-    Case("opt-float-precision-needs-native", up("{w}/img/a.png", "--float-precision", "fp32"), 2,
+    Case("opt-float-precision-needs-native", up("{w}/img/a.png", "--backend", "torch", "--float-precision", "fp32"), 2,
          r"--float-precision is an option of --backend native"),
     Case("opt-png-compression-out-of-range", up("{w}/img/a.png", "--png-compression", "11"), 2, r"zlib level from 0"),
     Case("opt-unknown-flag", up("{w}/img/a.png", "--sharpen"), 2, r"unrecognized arguments: --sharpen"),

@@ -191,7 +191,15 @@ def test_native_backend_through_the_upscaler_and_cli(tmp_path, photo):
     report = json.loads(rep.read_text())
     assert report["backend"] == "native" and report["images"][0]["fqr"] == pytest.approx(nat.fqr, abs=1e-3)
     assert main(["upscale", str(src), "-o", str(tmp_path / "o2.png"), "--model", "edsr-tiny-cadyq-x4-cpu",
-                 "--float-precision", "fp32"]) == 2  # an option of the native backend only
+                 "--backend", "torch", "--float-precision", "fp32"]) == 2  # an option of the native backend only
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o3.png"), "--model", "edsr-tiny-fp32-x4-cpu",
+                 "--float-precision", "fp32"]) == 2  # auto runs an fp32 model on torch: not native
+    # with no --backend, a quantized model runs native and the JSON says why
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o4.png"), "--model", "edsr-tiny-cadyq-x4-cpu",
+                 "--float-precision", "fp32", "--json", str(rep), "--overwrite"]) == 0
+    report = json.loads(rep.read_text())
+    assert report["backend"] == "native" and "auto: cadyq model: integer program" in report["backend_choice"]
+    assert read_image(tmp_path / "o4.png").rgb.shape == (800, 1040, 3)
 
 
 def test_native_backend_refuses_what_it_cannot_run():

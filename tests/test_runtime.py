@@ -119,3 +119,44 @@ def test_fp32_model_reports_32_bits(photo):
     m = quantize(tiny("carn"), "fp32")
     r = cadyq.Upscaler(m, device="cpu", tile=32, overlap=4).upscale(photo[:40, :40])
     assert r.fqr == 32.0 and r.bit_map.shape[-1] == 18
+
+
+def test_auto_backend_runs_quantized_models_on_integer_kernels(model, photo):
+    """backend="auto" (the default): a quantized model on the native integer kernels, agreeing with the
+    fake-quant reference on the bits and the pixels; the choice and its reason are recorded."""
+    from cadyq.kernels.cpu import available
+
+    auto = Upscaler(model, device="cpu", tile=48, overlap=6, batch=5)
+    assert available() is None  # oneDNN INT8 is in every CPU torch wheel the project installs
+    assert auto.backend.name == "native" and auto.backend.choice.name == "native"
+    assert "integer program" in auto.backend.choice.why and "cadyq" in auto.backend.choice.why
+    ref = Upscaler(model, backend="torch", device="cpu", tile=48, overlap=6, batch=5)
+    assert ref.backend.choice is None  # asked for, not chosen
+    img = photo[:150, :230]
+    a, r = auto.upscale(img), ref.upscale(img)
+    assert (a.bit_map == r.bit_map).float().mean() >= 0.99
+    diff = np.abs(a.image.rgb.astype(int) - r.image.rgb.astype(int))
+    assert np.mean(diff <= 1) > 0.99
+
+
+def test_auto_backend_for_fp32_models_and_files(tmp_path):
+    from cadyq.hardware import cpu_has_bf16
+    from cadyq.runtime.backend import choose_backend
+
+    fp32 = quantize(tiny("edsr"), "fp32")
+    be = cadyq.runtime.create_backend("auto", fp32, "cpu")
+    assert be.name == "torch" and be.memory_format == torch.channels_last
+    assert be.precision == ("bf16" if cpu_has_bf16() else "fp32")
+    assert be.choice.why.startswith("fp32 model")
+    assert choose_backend(tmp_path / "m.onnx").name == "onnxruntime"
+    assert choose_backend(tmp_path / "m.engine").name == "tensorrt"
+    with pytest.raises(BackendError, match="float_precision is an option of the native backend"):
+        cadyq.runtime.create_backend("auto", fp32, "cpu", float_precision="fp32")
+
+
+def test_auto_backend_falls_back_to_the_reference_without_integer_kernels(model, monkeypatch):
+    import cadyq.kernels.cpu as cpu
+
+    monkeypatch.setattr(cpu, "available", lambda: "this torch build has no oneDNN (mkldnn)")
+    be = cadyq.runtime.create_backend("auto", model, "cpu")
+    assert be.name == "torch" and "no oneDNN" in be.choice.why and "reference" in be.choice.why

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .openvino_peer import OPENVINO_PEERS, openvino_peer
 from .settings import BenchError
 
 BUILT_BASELINES = ("fp32", "pams8", "fp16")
@@ -115,14 +116,16 @@ def _float_peer_unavailable(precision: str, dev: torch.device) -> str | None:
 
 
 def expand_compare(compare, dev: torch.device, main_backend: str) -> list[str]:
-    """`peers` -> the strongest float peers of this device and the quantized paths: fp32 (NCHW), fp32-cl,
-    bf16-cl (CPU) or fp16-cl (CUDA), fp32 through ONNX Runtime, the fake-quant torch model, and native."""
+    """`peers` -> the strongest peers of this device and the quantized paths: fp32 (NCHW), fp32-cl, bf16-cl
+    (CPU) or fp16-cl (CUDA), fp32 through ONNX Runtime, OpenVINO fp32 and NNCF INT8 (CPU), the fake-quant
+    torch model, and native."""
     out = []
     for item in compare:
         if item.strip() != "peers":
             out.append(item)
             continue
         out += ["fp32", "fp32-cl", "fp16-cl" if dev.type == "cuda" else "bf16-cl", "fp32@onnxruntime"]
+        out += list(OPENVINO_PEERS) if dev.type == "cpu" else []
         out += [x for x in ("fakequant", "native") if not (x == "fakequant" and main_backend == "torch")
                 and not (x == "native" and main_backend == "native")]
     return out
@@ -152,6 +155,8 @@ def _backend_for(model, backend: str, device: str, tile: int, tmpdir: str, threa
     from ..runtime import create_backend
     from ..runtime.backend import guess_backend
 
+    if backend == "auto" and isinstance(model, nn.Module):
+        return create_backend("auto", model, device)  # records what it chose and why
     name = guess_backend(model) if backend == "auto" else backend
     if isinstance(model, nn.Module) and name == "onnxruntime":
         from ..export import export_onnx
@@ -172,13 +177,13 @@ def make_configs(model, compare=(), backend: str = "auto", device: str = "auto",
     lists the baselines that cannot run here, with the reason. `model` is what --model names, or an
     nn.Module from cadyq; `calib_tiles` (tiles, or a function of the scale giving them) calibrates a
     pams8 baseline built from a model without clip values."""
-    from ..runtime.backend import guess_backend, resolve_device
+    from ..runtime.backend import choose_backend, guess_backend, resolve_device
 
     foreign = foreign or {}
     tmpdir = tmpdir or tempfile.mkdtemp(prefix="cadyq-bench-")
     dev = resolve_device(device)
     main = model if isinstance(model, nn.Module) else _load(str(model), foreign)
-    main_backend = guess_backend(main) if backend == "auto" else backend
+    main_backend = choose_backend(main, dev).name if backend == "auto" else backend
     if isinstance(model, nn.Module):
         from ..quant import quant_config
 
@@ -208,6 +213,20 @@ def make_configs(model, compare=(), backend: str = "auto", device: str = "auto",
             be = create_backend("torch", fp32, str(dev), precision=precision, channels_last=True)
             configs.append(Config(item, be, item, ["fp32 backbone, same weights, channels_last"
                                                    + (f", torch.autocast({precision})" if precision != "fp32" else "")], fp32))
+            continue
+        if item in OPENVINO_PEERS:
+            if first.module is None:
+                raise BenchError(f"the {item} peer is built from a checkpoint model; --model is a file; pass the checkpoint")
+            if dev.type != "cpu":
+                skipped.append({"label": item, "reason": f"OpenVINO is a CPU peer here, not a {dev.type} one"})
+                continue
+            fp32, _ = build_baseline(first.module, "fp32")
+            calib = calib_tiles(first.backend.info.scale) if callable(calib_tiles) else calib_tiles
+            be, why = openvino_peer(fp32, item, tile, calib, threads)
+            if why:
+                skipped.append({"label": item, "reason": why})
+                continue
+            configs.append(Config(item, be, item, ["fp32 backbone, same weights"] + be.notes, fp32))
             continue
         if item in ("fakequant", "native"):
             if first.module is None:

@@ -97,7 +97,7 @@ def benchmark(model: str, compare=(), backend: str = "auto", device: str = "auto
             ts = c.backend.tile_sizes
             if ts is not None and tuple(ts) != (settings.tile, settings.tile):
                 raise BenchError(f"{c.label} takes {ts[0]}x{ts[1]} tiles; pass --tile {ts[0]}")
-        timing = time_configs(configs, tiles, settings, progress)
+        timing = time_configs(configs, tiles, settings, progress, _fp32_reference(configs, tiles, settings.batch))
         rows = []
         for c, t in zip(configs, timing):
             if progress:
@@ -107,6 +107,8 @@ def benchmark(model: str, compare=(), backend: str = "auto", device: str = "auto
                    "model": {"backbone": b.info.backbone, "scale": b.info.scale, "method": b.info.method,
                              "bits": list(b.info.bits), "dynamic_layers": b.info.n_layers},
                    "notes": c.notes, **t}
+            if b.choice is not None:
+                row["choice"] = b.choice.why
             providers = getattr(b, "providers", None)
             if providers:
                 row["providers"] = list(providers)
@@ -128,6 +130,26 @@ def benchmark(model: str, compare=(), backend: str = "auto", device: str = "auto
     report["machine"]["load_average_1min_before"] = load_before
     _add_peer_ratios(report)
     return report
+
+
+def _fp32_reference(configs, tiles: torch.Tensor, batch: int) -> torch.Tensor | None:
+    """The fp32 backbone's SR of the timed tiles (the accuracy reference of every row), when a checkpoint
+    model is benchmarked."""
+    from ..quant import quant_config
+    from .configs import build_baseline
+
+    module = configs[0].module
+    if module is None:
+        return None
+    fp32 = module if quant_config(module).method == "fp32" else build_baseline(module, "fp32")[0]
+    with torch.inference_mode():
+        return fp32.cpu().eval()(tiles[:batch].cpu().float())
+
+
+def _db(value) -> str:
+    if value is None:
+        return "-"
+    return "exact" if value == float("inf") else f"{value:.1f}"
 
 
 def _is_float(row: dict) -> bool:
@@ -220,6 +242,8 @@ def format_report(report: dict) -> str:
         t, im = r["throughput"], r["image"]
         lines += ["", (f"=== Performance summary: {r['label']} ({r['model']['backbone']} x{r['model']['scale']} "
                        f"{r['model']['method']}, {r['backend']} on {r['device']}) ===")]
+        if r.get("choice"):
+            lines.append(f"Backend: {r['backend']}, chosen automatically: {r['choice']}")
         lines += [f"Note: {n}" for n in r["notes"]]
         lines.append(f"Throughput: {t['tiles_per_s']:.2f} tiles/s ({t['batches_per_s']:.2f} batches of {r['batch']}/s), "
                      f"{t['lr_mpix_per_s']:.3f} LR MP/s, {t['sr_mpix_per_s']:.3f} SR MP/s")
@@ -242,14 +266,18 @@ def format_report(report: dict) -> str:
         lines += ["", f"=== {s['label']}: not run: {s['reason']} ==="]
     lines += ["", "=== Comparison (ratios against the first row, measured in this run) ==="]
     head = (f"{'configuration':<26} {'backend':<11} {'mean ms':>9} {'p99 ms':>9} {'tiles/s':>9} {'speed':>7} "
-            f"{'e2e ms':>8} {'e2e x':>6} {'FQR':>6} {'BitOPs G':>9} {'BitOPs x':>8} {'PSNR':>6} {'dPSNR':>6} {'SSIM':>7} {'vs bic':>7}")
+            f"{'e2e ms':>8} {'e2e x':>6} {'FQR':>6} {'BitOPs G':>9} {'BitOPs x':>8} {'PSNR':>6} {'dPSNR':>6} {'SSIM':>7} {'vs bic':>7} "
+            f"{'vs fp32':>7}")
     lines += [head, "-" * len(head)]
     for r in report["results"]:
         v, im = r["vs_first"], r["image"]
         lines.append(f"{r['label'][:26]:<26} {r['backend'][:11]:<11} {r['latency_ms']['mean']:9.3f} {r['latency_ms']['p99']:9.3f} "
                      f"{r['throughput']['tiles_per_s']:9.2f} {v['throughput_x']:6.2f}x {im['end_to_end_s'] * 1e3:8.1f} "
                      f"{v['end_to_end_speed_x']:5.2f}x {im['fqr']:6.2f} {im['bitops_g']:9.3f} {v['bitops_x']:7.3f}x "
-                     f"{im['psnr']:6.2f} {v['psnr_delta_db']:+6.2f} {im['ssim']:7.4f} {im['psnr_gain_db']:+7.2f}")
+                     f"{im['psnr']:6.2f} {v['psnr_delta_db']:+6.2f} {im['ssim']:7.4f} {im['psnr_gain_db']:+7.2f} "
+                     f"{_db(r.get('psnr_vs_fp32_tiles_db')):>7}")
+    if any("psnr_vs_fp32_tiles_db" in r for r in report["results"]):
+        lines.append("vs fp32: PSNR (dB, RGB) of each row's SR of the timed tiles against the fp32 model's")
     for s in report["skipped"]:
         lines.append(f"{s['label']:<26} {'-':<11} unsupported here: {s['reason']}")
     if report.get("fastest_float_peer"):

@@ -81,18 +81,19 @@ class _Runner:
                                                                else ("latency",))}
         self.wall = 0.0
         self.bits: torch.Tensor | None = None
+        self.sr: torch.Tensor | None = None
 
     def step(self, record: bool) -> None:
         if self.cuda:
             self._step_cuda(record)
             return
         t0 = time.perf_counter()
-        _, bits = self.backend.run(self.dev_tiles)
+        sr, bits = self.backend.run(self.dev_tiles)
         dt = time.perf_counter() - t0
         if record:
             self.times["latency"].append(dt * 1e3)
             self.wall += dt
-            self.bits = bits
+            self.bits, self.sr = bits, sr
 
     def _step_cuda(self, record: bool) -> None:
         ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
@@ -120,7 +121,7 @@ class _Runner:
             self.times["latency"].append(h2d + comp + d2h)
             self.times["enqueue"].append(enqueue * 1e3)
             self.wall += wall
-            self.bits = bits
+            self.bits, self.sr = bits, sr
 
     def result(self) -> dict:
         b = self.backend
@@ -141,11 +142,19 @@ class _Runner:
             out["batch_fqr"] = float(self.bits.double().mean())
         return out
 
+    def psnr_against(self, reference: torch.Tensor) -> float:
+        """PSNR (dB, RGB, 8-bit output as written) of the last timed SR tiles against `reference`'s."""
+        a = self.sr.detach().float().cpu().clamp(0, 255).round()
+        b = reference[: a.shape[0]].float().cpu().clamp(0, 255).round()
+        mse = float(((a - b) ** 2).mean())
+        return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
 
 def time_configs(configs: list[Config], tiles: torch.Tensor, settings: BenchSettings,
-                 progress: Callable[[str], None] | None = None) -> list[dict]:
+                 progress: Callable[[str], None] | None = None, reference: torch.Tensor | None = None) -> list[dict]:
     """Warm-up, then timed iterations of every configuration: interleaved round by round (background
-    load hits every configuration alike), or sequential (each one's warm-up and iterations in a block)."""
+    load hits every configuration alike), or sequential (each one's warm-up and iterations in a block).
+    `reference`: the fp32 model's SR of `tiles`; each result then has its PSNR against it."""
     runners = [_Runner(c, tiles) for c in configs]
     groups = [runners] if settings.schedule == "interleaved" else [[r] for r in runners]
     if progress:
@@ -166,7 +175,11 @@ def time_configs(configs: list[Config], tiles: torch.Tensor, settings: BenchSett
                         break
                 elif time.perf_counter() - start >= settings.duration * len(group):
                     break
-    return [r.result() for r in runners]
+    results = [r.result() for r in runners]
+    if reference is not None:
+        for r, out in zip(runners, results):
+            out["psnr_vs_fp32_tiles_db"] = r.psnr_against(reference)
+    return results
 
 
 def image_figures(config: Config, hr: np.ndarray, lr: np.ndarray, settings: BenchSettings, batch: int) -> dict:

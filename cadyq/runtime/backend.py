@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import abc
 import importlib
+import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +20,7 @@ class Backend(abc.ABC):
     info: ModelInfo
     device: torch.device
     max_batch: int | None = None  # None: any batch size
+    choice: "Choice | None" = None  # set when backend="auto" chose this backend: what and why
     tile_sizes: tuple[int, int] | None = None  # the (h, w) the model accepts; None: any
 
     @abc.abstractmethod
@@ -74,17 +77,82 @@ def is_routed(model) -> bool:
 
 
 def guess_backend(model) -> str:
+    """The backend a model file names by its suffix (checkpoints and modules: "torch")."""
     if is_routed(model):
         return "routed"
     suffix = Path(model).suffix if isinstance(model, (str, Path)) else ""
     return {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".pt2": "aoti"}.get(suffix, "torch")
 
 
+@dataclass(frozen=True)
+class Choice:
+    """What `backend="auto"` picked: the backend, its options and why (one line for reports)."""
+
+    name: str
+    options: dict
+    why: str
+
+
+def _integer_kernels(dev: torch.device) -> str | None:
+    """None when the native backend's integer kernels run on `dev`, else why not."""
+    if dev.type == "cuda":
+        return None if importlib.util.find_spec("triton") else "Triton is not installed (pip install triton)"
+    from ..kernels.cpu import available
+
+    return available()
+
+
+def choose_backend(model, device: str | torch.device = "auto") -> Choice:
+    """The fastest backend for `model` here. Files run where their format runs (.onnx on ONNX Runtime,
+    .engine on TensorRT, .pt2 on AOTInductor, routed exports on the router); quantized checkpoints on the
+    native integer kernels (oneDNN INT8 on CPUs, Triton INT8 on CUDA), the fake-quant torch model only
+    where those cannot run; fp32 checkpoints on the fastest float path of the device (fp16 channels_last
+    on CUDA, bf16 channels_last on CPUs with bf16 arithmetic, else fp32 channels_last)."""
+    name = guess_backend(model)
+    if name != "torch":
+        return Choice(name, {}, f"the model is a {Path(model).suffix or 'routed'} export")
+    from ..hardware import cpu_has_bf16
+    from ..quant import quant_config
+
+    dev = resolve_device(device)
+    method = quant_config(load_module(model, "auto")).method
+    if method == "fp32":
+        if dev.type == "cuda":
+            return Choice("torch", {"precision": "fp16", "channels_last": True},
+                          "fp32 model: fp16 autocast, channels_last (the fastest float path on CUDA)")
+        if cpu_has_bf16():
+            return Choice("torch", {"precision": "bf16", "channels_last": True},
+                          "fp32 model: bf16 autocast, channels_last (this CPU computes in bf16)")
+        return Choice("torch", {"channels_last": True},
+                      "fp32 model: fp32 channels_last (this CPU has no bf16 arithmetic)")
+    why = _integer_kernels(dev)
+    if why:
+        return Choice("torch", {}, f"{method} model: fake quantization (the reference), since the integer kernels cannot "
+                                   f"run here: {why}")
+    kernels = "Triton INT8" if dev.type == "cuda" else "oneDNN INT8"
+    return Choice("native", {}, f"{method} model: integer program on {kernels} convolutions")
+
+
 def create_backend(name: str, model, device: str | torch.device = "auto", **options) -> Backend:
-    """The backend `name` ("auto": from the model file's suffix) for `model`; `options` go to its
-    constructor (e.g. float_precision for native, precision/channels_last for torch)."""
+    """The backend `name` for `model`; "auto" picks the fastest here (`choose_backend`) and records why in
+    the backend's `choice`. `options` go to its constructor (e.g. float_precision for native,
+    precision/channels_last for torch)."""
+    choice = None
     if name == "auto":
-        name = guess_backend(model)
+        if isinstance(model, (str, Path)) and guess_backend(model) == "torch":
+            model = load_module(model, "auto")  # loaded once: the choice reads its method
+        choice = choose_backend(model, device)
+        if "float_precision" in options and choice.name != "native":
+            raise BackendError(f"float_precision is an option of the native backend; the automatic choice is "
+                               f"{choice.name} ({choice.why})")
+        name, options = choice.name, {**choice.options, **options}
+    backend = _create(name, model, device, options)
+    if choice is not None:
+        backend.choice = choice
+    return backend
+
+
+def _create(name: str, model, device, options: dict) -> Backend:
     if name not in _MODULES:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name not in _FACTORIES:
