@@ -213,6 +213,7 @@ def test_openvino_peers_and_accuracy_beside_speed(hr, tmp_path):
     assert set(rows) == {ZOO, "native", "openvino", "openvino-int8"} and not rep["skipped"]
     ov, ov8 = rows["openvino"], rows["openvino-int8"]
     assert ov["model"]["method"] == "fp32" and ov8["model"]["method"] == "int8-ptq"
+    assert ov["image"]["fqr"] == 32 and ov8["image"]["fqr"] == 8  # 8-bit weights and activations
     assert any("f32" in n and "convolutions by runtime precision" in n for n in ov["notes"])
     assert any("i8" in n or "u8" in n for n in ov8["notes"])  # NNCF's convolutions really run in INT8
     assert ov["psnr_vs_fp32_tiles_db"] > 60  # the same function, float rounding apart

@@ -50,7 +50,8 @@ class OpenVINOBackend(Backend):
         self.device = torch.device("cpu")
         self.info = ModelInfo.from_model(fp32)
         if precision == "int8":  # counted as the 8-bit model it is (BitOPs), and not as a float peer
-            layers = tuple(dataclasses.replace(c, weight_bits=8, act_bits=8) for c in self.info.layers)
+            layers = tuple(dataclasses.replace(c, weight_bits=8, act_bits=None if c.act_bits is None else 8)
+                           for c in self.info.layers)
             self.info = dataclasses.replace(self.info, method="int8-ptq", bits=(8,), layers=layers)
         fp32 = fp32.cpu().eval()
         example = torch.zeros(1, 3, tile, tile)
