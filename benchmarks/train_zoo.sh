@@ -21,6 +21,7 @@ DATA=${2:-/work/data/zoo}
 PY=${PYTHON:-python}
 STAGES=${STAGES:-"fp32-x4 pams8-x4 cadyq-x4 fp32-x2 pams8-x2 cadyq-x2"}
 CADYQ_CHUNKS=${CADYQ_CHUNKS:-"250 500 750 1000"}  # the cadyq stage's iter-N checkpoints, in order
+GDQ_CHUNKS=${GDQ_CHUNKS:-"250 500 750 1000"}  # the same for the gdq stages (STAGES="gdq-x4 gdq-x2")
 "$PY" -c "from cadyq.data import photos; photos.prepare('$DATA')"
 COMMON=(--backbone edsr --data "$DATA/train" --val "$DATA/val" --batch 16 --patch 48 --workers 1 --cache npy
         --cache-dir "$DATA/../cache" --val-every 500 --log-every 10 --no-progress --seed 0)
@@ -72,6 +73,26 @@ cadyq_run() {  # cadyq_run SCALE: in chunks of 250 iterations, keeping each chun
   done
 }
 
+gdq_run() {  # gdq_run SCALE: Granular-DQ (4/5/6/8, one bit-width per tile) from pams8, chunks as cadyq_run
+  local scale=$1 out="$RUNS/edsr-gdq-x$1" it
+  local teacher="$RUNS/edsr-pams8-x$scale/best.safetensors" init="$out/init.safetensors"
+  if shipped "gdq-x$scale"; then return; fi
+  shipped "pams8-x$scale" > /dev/null || true  # the teacher, from the zoo when it is shipped
+  if [ ! -f "$init" ] && [ ! -f "$out/last_state.pt" ] && [ ! -d "benchmarks/zoo_state/edsr-gdq-x$scale" ]; then
+    mkdir -p "$out"  # clip values per candidate by MSE and the entropy-to-bit thresholds, from training tiles
+    "$PY" -m cadyq calibrate -m "$teacher" --data "$DATA/train" --target gdq --method mse -o "$init"
+  fi
+  local wbit=(--w-bit 1e-3 --w-bit-step 2e-4)
+  [ "$scale" = 2 ] && wbit=(--w-bit 5e-4 --w-bit-step 1e-4)
+  for it in $GDQ_CHUNKS; do
+    [ -f "$out/iter-$it.safetensors" ] && continue
+    rm -f "$out/done"
+    run "gdq-x$scale" --method gdq --init "$init" --teacher "$teacher" "${COMMON[@]}" \
+      --scale "$scale" --iters "$it" --lr 1e-4 --decay 500 "${wbit[@]}" --w-bit-every 100 --val-every 250
+    cp -p "$out/last.safetensors" "$out/iter-$it.safetensors"
+  done
+}
+
 for stage in $STAGES; do
   method=${stage%-x*}; scale=${stage#*-x}
   case $method in
@@ -79,5 +100,6 @@ for stage in $STAGES; do
     pams8) run "$stage" --method pams8 --init "$RUNS/edsr-fp32-x$scale/best.safetensors" "${COMMON[@]}" \
              --iters 250 --lr 1e-4 --decay 250 --val-every 250 ;;
     cadyq) cadyq_run "$scale" ;;
+    gdq)   gdq_run "$scale" ;;
   esac
 done

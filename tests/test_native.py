@@ -228,3 +228,41 @@ def test_nhwc_pixel_shuffle_rewrite_is_exact(scale):
         assert any(isinstance(m, NHWCPixelShuffle) for m in fast.modules())
         got = fast(x)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3)
+
+
+def test_missing_kernel_source_falls_back_to_torch_with_a_reason(monkeypatch, tmp_path):
+    """An install without quant.c (or without a compiler) still runs the native backend, on torch elementwise
+    work, and says why in the backend's notes instead of failing."""
+    monkeypatch.setattr(build, "SOURCE", tmp_path / "quant.c")
+    build.library.cache_clear()
+    try:
+        assert build.library() is None and "source is not installed" in build.why_unavailable()
+        from cadyq.runtime.native_backend import NativeBackend
+
+        be = NativeBackend(quantize(tiny("edsr"), "cadyq"), "cpu", workers=1)
+        assert any("C kernels unavailable" in n and "source is not installed" in n for n in be.notes)
+        sr, bits = be.run(torch.rand(1, 3, 24, 24) * 255)
+        assert sr.shape == (1, 3, 48, 48) and torch.isfinite(sr).all()
+    finally:
+        monkeypatch.undo()
+        build.library.cache_clear()
+
+
+def test_wheel_carries_the_kernel_source_and_the_zoo(tmp_path):
+    """The wheel a user installs holds the C kernels' source (built on first use) and the shipped weights."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root, src = Path(__file__).parents[1], tmp_path / "src"  # built from a copy: nothing written into the checkout
+    shutil.copytree(root / "cadyq", src / "cadyq", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(root / f, src / f)
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                          str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("cadyq-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"cadyq/kernels/cpu/quant.c", "cadyq/zoo/MODEL_CARD.md", "cadyq/zoo/edsr-cadyq-x4.safetensors"} <= names

@@ -47,6 +47,9 @@ def _compiler() -> str | None:
 @functools.lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
     """The loaded kernel library, built if needed; None when it cannot be built here."""
+    if not SOURCE.is_file():
+        _why.append(f"cadyq's C kernel source is not installed ({SOURCE})")
+        return None
     cc = _compiler()
     if cc is None:
         _why.append("no C compiler (cc or $CC) to build cadyq's CPU kernels")
