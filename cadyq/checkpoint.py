@@ -145,8 +145,17 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, backbone: str 
          method: str | None = None) -> nn.Module:
     """Load a cadyq safetensors checkpoint, or import a foreign .pt/.pth/.pth.tar (or a safetensors file
     without cadyq metadata); eval mode. backbone/scale/method describe foreign files; given with a
-    cadyq file they must agree with it."""
+    cadyq file they must agree with it. A zoo name (`cadyq.list_models(pretrained=True)`) that is not a
+    file here loads the shipped weights of that name."""
     path = Path(path)
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1:
+        from . import zoo
+
+        if path.name in zoo.available():
+            path = zoo.path_of(path.name)
+        else:
+            raise CheckpointError(f"{path}: no such checkpoint file, and no shipped weights of that name (shipped: "
+                                  f"{', '.join(zoo.available()) or 'none'})")
     _require_file(path)
     meta = _safetensors_metadata(path) if path.suffix == ".safetensors" else None
     if meta is not None:

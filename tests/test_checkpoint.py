@@ -170,3 +170,22 @@ def test_import_official_srresnet_shared_prelu(tmp_path):
                                           tmp_path / "srresnet_x4_pams_w8a8.pth.tar")
     assert m.body[1].act.weight.item() == pytest.approx(0.3)
     assert torch.equal(m.body[0].conv2.input_quant.alpha, src.body[0].conv2.input_quant.alpha)
+
+
+def test_load_takes_zoo_names_and_files_alike(tmp_path):
+    import cadyq
+    from cadyq.errors import CheckpointError
+
+    shipped = cadyq.list_models(pretrained=True)
+    assert "edsr-tiny-cadyq-x2-cpu" in shipped and set(cadyq.list_models()) == {"carn", "edsr", "idn", "srresnet"}
+    by_name = cadyq.load("edsr-tiny-cadyq-x2-cpu")
+    from cadyq.zoo import path_of
+
+    by_path = cadyq.load(path_of("edsr-tiny-cadyq-x2-cpu"))
+    sa, sb = by_name.state_dict(), by_path.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert cadyq.create_model("edsr-tiny-cadyq-x2-cpu", pretrained=True).config.scale == 2
+    with pytest.raises(CheckpointError, match="no shipped weights of that name .shipped: .*edsr-tiny-cadyq-x2-cpu"):
+        cadyq.load("edsr-nope-x4")
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        cadyq.load(tmp_path / "missing.safetensors")

@@ -16,7 +16,12 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def list_models() -> list[str]:
+def list_models(pretrained: bool = False) -> list[str]:
+    """The backbones `create_model` builds; with pretrained=True, the shipped weights `cadyq.load` takes by name."""
+    if pretrained:
+        from ..zoo import available
+
+        return available()
     return sorted(_BUILDERS)
 
 
@@ -27,11 +32,11 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def create_model(name: str, scale: int = 4, pretrained: bool = False, **kwargs) -> nn.Module:
-    """Build a full-precision backbone. `pretrained=True` loads the shipped zoo weights of that
-    name (see `cadyq.zoo`), which may be quantized models."""
+def create_model(name: str, scale: int | None = None, pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build a full-precision backbone (x4 unless `scale` says otherwise). `pretrained=True` loads the shipped
+    zoo weights of that name (see `cadyq.zoo`), which may be quantized models; a `scale` given must match them."""
     if pretrained:
         from ..zoo import load_pretrained
 
         return load_pretrained(name, scale=scale)
-    return _BUILDERS[canonical_name(name)](scale=scale, **kwargs)
+    return _BUILDERS[canonical_name(name)](scale=4 if scale is None else scale, **kwargs)
