@@ -11,7 +11,9 @@
 import argparse
 import collections
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -28,6 +30,8 @@ def session(model, threads, profile=False):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.enable_profiling = profile
+    if profile:  # the profiler's JSON goes to a temporary folder, not the working directory
+        so.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="ort-profile-")) / "profile")
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
