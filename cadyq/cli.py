@@ -113,6 +113,8 @@ def _upscaler(args):
     if args.scale and args.scale != up.scale:
         raise OptionError(f"{args.model} is a x{up.scale} model, but --scale asks for x{args.scale}; drop --scale")
     _say(f"backend: {backend_line(up.backend)}")
+    for w in getattr(up.backend, "warnings", []):
+        _say(f"warning: {w}")
     return up
 
 

@@ -234,6 +234,7 @@ def test_missing_kernel_source_falls_back_to_torch_with_a_reason(monkeypatch, tm
     """An install without quant.c (or without a compiler) still runs the native backend, on torch elementwise
     work, and says why in the backend's notes instead of failing."""
     monkeypatch.setattr(build, "SOURCE", tmp_path / "quant.c")
+    monkeypatch.setattr(build, "_prebuilt", lambda: None)  # nor the library compiled into the wheel
     build.library.cache_clear()
     try:
         assert build.library() is None and "source is not installed" in build.why_unavailable()
@@ -248,17 +249,23 @@ def test_missing_kernel_source_falls_back_to_torch_with_a_reason(monkeypatch, tm
         build.library.cache_clear()
 
 
-def test_wheel_carries_the_kernel_source_and_the_zoo(tmp_path):
-    """The wheel a user installs holds the C kernels' source (built on first use) and the shipped weights."""
+def test_installed_wheel_runs_every_backend_from_its_own_files(tmp_path):
+    """The wheel a user installs: built from a copy of the sources, installed into a fresh virtual environment
+    (its dependencies from this interpreter's site-packages), run from outside the checkout. It carries the
+    compiled C kernels (used where no compiler is), their source, the zoo and its card; the command line runs
+    the native, torch and ONNX Runtime backends and every subcommand a CPU serves."""
+    import os
     import shutil
     import subprocess
     import sys
     import zipfile
     from pathlib import Path
 
-    root, src = Path(__file__).parents[1], tmp_path / "src"  # built from a copy: nothing written into the checkout
-    shutil.copytree(root / "cadyq", src / "cadyq", ignore=shutil.ignore_patterns("__pycache__"))
-    for f in ("pyproject.toml", "README.md"):
+    from cadyq.data.io import Image, write_image
+
+    root, src = Path(__file__).parents[1], tmp_path / "src"
+    shutil.copytree(root / "cadyq", src / "cadyq", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    for f in ("pyproject.toml", "README.md", "setup.py"):
         shutil.copy(root / f, src / f)
     run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                           str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
@@ -266,3 +273,39 @@ def test_wheel_carries_the_kernel_source_and_the_zoo(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("cadyq-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"cadyq/kernels/cpu/quant.c", "cadyq/zoo/MODEL_CARD.md", "cadyq/zoo/edsr-cadyq-x4.safetensors"} <= names
+    assert any(n.startswith("cadyq/kernels/cpu/_cadyq_cpu") and n.endswith(".so") for n in names)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    py = str(venv / "bin" / "python")
+    subprocess.run([py, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, timeout=300)
+    work = tmp_path / "work"
+    work.mkdir()
+    rng = np.random.default_rng(0)
+    write_image(work / "a.png", Image(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8), None, 8, False, None, None, "RGB"))
+    # no C compiler: the wheel's prebuilt kernels run, and the cache of compiled ones is empty
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "CADYQ_CACHE_DIR": str(tmp_path / "cache")}
+
+    def cadyq(*args, ok=True):
+        r = subprocess.run([str(venv / "bin" / "cadyq"), *map(str, args)], cwd=work, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert (r.returncode == 0) == ok, (args, r.stdout[-1500:], r.stderr[-1500:])
+        return r
+
+    where = subprocess.run([py, "-c", "import cadyq; print(cadyq.__file__)"], cwd=work, env=env, capture_output=True,
+                           text=True, check=True).stdout
+    assert str(venv) in where  # the installed package, not the checkout
+    m = "edsr-tiny-cadyq-x2-cpu"
+    r = cadyq("upscale", "a.png", "-o", "out.png", "--model", m, "--bitmap", "--json", "r.json")
+    assert "backend: native on cpu (auto:" in r.stderr and "warning: C kernels: the prebuilt portable library" in r.stderr
+    assert (work / "out.png").is_file() and (work / "out_bits.png").is_file()
+    cadyq("upscale", "a.png", "-o", "ref.png", "--model", m, "--backend", "torch")
+    cadyq("info", m)
+    cadyq("export", "--model", m, "-o", "m.onnx", "--tile", "24")
+    cadyq("upscale", "a.png", "-o", "ort.png", "--model", "m.onnx", "--tile", "24")
+    cadyq("check", "m.onnx", "--against", m, "--image", "a.png")
+    cadyq("bench", "--model", m, "--tile", "24", "--batch", "2", "--iterations", "1", "--warmup", "0", "--image", "a.png")
+    (work / "hr").mkdir()
+    shutil.copy(work / "a.png", work / "hr" / "a.png")
+    cadyq("eval", "--model", m, "--data", "hr")
+    cadyq("calibrate", "--model", "edsr-tiny-fp32-x2-cpu", "--data", "hr", "--target", "pams8", "-o", "p.safetensors")
+    assert cadyq("upscale", "missing.png", "-o", "x.png", ok=False).stderr.startswith("cadyq: error:")

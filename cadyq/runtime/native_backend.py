@@ -64,6 +64,7 @@ class NativeBackend(Backend):
                           else f"7-bit inputs (AVX2 without VNNI), {eight}")
                        + f"; 4- and 6-bit tiles run as int8 values (no 4-bit arithmetic on this CPU); float layers "
                        f"{float_precision}")] + self.kernels.notes
+        self.warnings = list(self.kernels.notes)  # what a user should hear about: the C kernels' fallback
 
     def _program(self, module):
         program = lower(module).use(self.kernels)

@@ -1,9 +1,11 @@
-"""Compile cadyq's C kernels (quant.c) for this CPU on first use and load them with ctypes.
+"""cadyq's C kernels (quant.c), loaded with ctypes: compiled for this CPU on first use, else prebuilt.
 
 The library is built with the system C compiler ($CC, else cc) for this machine (-march=native) into
 $CADYQ_CACHE_DIR/kernels, else ~/.cache/cadyq/kernels, under a name that hashes the source, the flags,
-the compiler and the CPU, so another CPU or compiler builds its own. Without a compiler `library()`
-returns None and says why (`why_unavailable()`); the kernels then fall back to torch.
+the compiler and the CPU, so another CPU or compiler builds its own. Without a compiler (or the source),
+the portable library compiled into the wheel (`_cadyq_cpu*.so`, setup.py) is loaded instead; without
+either, `library()` returns None and says why (`why_unavailable()`); the kernels then fall back to torch.
+`origin()` says which one runs.
 """
 from __future__ import annotations
 
@@ -44,9 +46,13 @@ def _compiler() -> str | None:
     return shutil.which(cc)
 
 
-@functools.lru_cache(maxsize=1)
-def library() -> ctypes.CDLL | None:
-    """The loaded kernel library, built if needed; None when it cannot be built here."""
+def _prebuilt() -> Path | None:
+    found = sorted(Path(__file__).parent.glob("_cadyq_cpu*.so"))
+    return found[0] if found else None
+
+
+def _native_build() -> Path | None:
+    """The library compiled for this CPU (built now if needed), or None with the reason in _why."""
     if not SOURCE.is_file():
         _why.append(f"cadyq's C kernel source is not installed ({SOURCE})")
         return None
@@ -72,6 +78,16 @@ def library() -> ctypes.CDLL | None:
             _why.append(f"{cc} could not build {SOURCE.name}: {(proc.stderr or proc.stdout).strip()[-300:]}")
             return None
         os.replace(tmp, lib)
+    return lib
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    lib, origin = _native_build(), "compiled for this CPU"
+    if lib is None and _prebuilt() is not None:
+        lib, origin = _prebuilt(), f"prebuilt portable library ({_why[-1]})"
+    if lib is None:
+        return None, None
     dll = ctypes.CDLL(str(lib))
     p, i, f, long = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_long
     dll.cadyq_select_quant.argtypes = [p, long, i, i, p, p, p, i, p, p, p, p, p, p, p]
@@ -84,7 +100,20 @@ def library() -> ctypes.CDLL | None:
     dll.cadyq_channel_std.restype = i
     dll.cadyq_quant_forward.argtypes = [p, p, long, long, long, i, p, p]
     dll.cadyq_quant_forward.restype = None
-    return dll
+    return dll, origin
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library (built for this CPU if it can be, else the prebuilt one); None when neither is here."""
+    return _load()[0]
+
+
+library.cache_clear = _load.cache_clear  # (tests)
+
+
+def origin() -> str | None:
+    """Which library `library()` loaded: compiled for this CPU, or the prebuilt one and why."""
+    return _load()[1]
 
 
 def why_unavailable() -> str | None:

@@ -89,6 +89,8 @@ class OneDNNKernels(Kernels):
         self.notes = []
         if library and self.lib is None:
             self.notes.append(f"C kernels unavailable ({build.why_unavailable()}); elementwise work runs in torch")
+        elif library and build.origin() != "compiled for this CPU":
+            self.notes.append(f"C kernels: the {build.origin()}")
         self._ref = ReferenceKernels()
 
     # --- the zero-point scheme per candidate -----------------------------------------------------------
