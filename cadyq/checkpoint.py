@@ -291,13 +291,15 @@ def detect(state: dict[str, torch.Tensor]) -> tuple[str, str]:
         example = ", ".join(sorted(keys)[:3])
         raise CheckpointError(f"cannot tell the backbone from the tensor names ({example}, ...): this is not an "
                               "EDSR/SRResNet/CARN/IDN checkpoint cadyq knows; if it is one, pass --backbone")
+    return backbone, _detect_method(keys)
+
+
+def _detect_method(keys) -> str:
     if any("net_small" in k or k.endswith("input_quant.net.weight") for k in keys):  # official, or cadyq's own names
-        method = "cadyq"
-    elif any(k.endswith("alpha") for k in keys):
-        method = "pams8"
-    else:
-        method = "fp32"
-    return backbone, method
+        return "cadyq"
+    if any(k.endswith("alpha") for k in keys):
+        return "pams8"
+    return "fp32"
 
 
 def _detect_scale(backbone: str, state) -> int | None:
@@ -413,7 +415,13 @@ def import_checkpoint(path: str | Path, backbone: str | None = None, scale: int 
     try:
         found_backbone, found_method = detect(state)
     except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+        if not backbone:
+            raise CheckpointError(f"{path}: {e}") from None
+        found_backbone, found_method = None, _detect_method(set(state))  # the user names it: trust --backbone
+    if backbone and found_backbone and canonical_name(backbone) != found_backbone:
+        shown = {"edsr": "EDSR", "srresnet": "SRResNet", "carn": "CARN", "idn": "IDN"}
+        raise CheckpointError(f"{path}: its tensor names are {shown[found_backbone]}'s, not {shown[canonical_name(backbone)]}'s "
+                              f"(--backbone {backbone}); drop --backbone, or pass --backbone {found_backbone}")
     backbone = canonical_name(backbone) if backbone else found_backbone
     scale = scale or _detect_scale(backbone, state)
     if scale is None:

@@ -157,7 +157,8 @@ def _say(message: str) -> None:
 def _progress(items, desc):
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit="img", disable=len(items) < 2, file=sys.stderr)
+    # disable=None: no bar where stderr is not a terminal (a log gets the result lines, not bar redraws)
+    return tqdm(items, desc=desc, unit="img", disable=True if len(items) < 2 else None, file=sys.stderr)
 
 
 class _TileProgress:
@@ -172,7 +173,7 @@ class _TileProgress:
                 return
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=self.name, unit="tile", leave=False, file=sys.stderr)
+            self.bar = tqdm(total=total, desc=self.name, unit="tile", leave=False, file=sys.stderr, disable=None)
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
@@ -240,7 +241,7 @@ def cmd_upscale(args) -> int:
                                 "scale": s, "tile": args.tile, "overlap": args.overlap,
                                 "png_compression": args.png_compression, "images": report, "failed": failed})
     if failed:
-        print(f"{len(failed)} of {len(inputs)} images failed: {', '.join(failed)}", file=sys.stderr)
+        print(f"{len(failed)} of {len(inputs)} images failed (each named above)", file=sys.stderr)
         return 1
     return 0
 

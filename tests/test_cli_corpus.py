@@ -172,6 +172,7 @@ def world(tmp_path_factory, one_torch_thread):
     torch.save([torch.zeros(2)], m / "list.pt")
     torch.save({"epoch": 3, "weight": torch.zeros(2)}, m / "not_state.pt")
     torch.save({"conv1.weight": torch.zeros(4, 3, 7, 7), "fc.weight": torch.zeros(10, 4)}, m / "resnet.pt")
+    torch.save(load_model("edsr-tiny-fp32-x4-cpu").state_dict(), m / "edsr_foreign.pt")  # an EDSR-PyTorch-style file
     (m / "dir.safetensors").mkdir()
     os.mkfifo(m / "fifo.pt")
     (m / "garbage.onnx").write_bytes(os.urandom(128))
@@ -230,6 +231,8 @@ def _run(case: Case, world: Path, out: Path, capsys, monkeypatch):
     elif case.rc == 1:  # some images failed: one line each, and a summary
         picked = [line for line in lines if line.startswith("error:")]
         assert re.match(r"\d+ of \d+ images failed", lines[-1]), err
+        named = [m.group(1) for line in picked for m in [re.match(r"error: (\S+?):", line)] if m]
+        assert len(named) == len(set(named)) == int(lines[-1].split()[0]), err  # one line per bad file
     else:
         picked = [line for line in lines if line.startswith("cadyq")]  # "cadyq: error:", "cadyq upscale: error:"
         assert len(picked) == 1 and lines[-1] == picked[0], err  # one line, and the last one
@@ -339,6 +342,11 @@ MODELS = [
     Case("ckpt-torch-list", ["info", "{w}/m/list.pt"], 2, r"holds a list, not a state_dict"),
     Case("ckpt-torch-dict-not-tensors", ["info", "{w}/m/not_state.pt"], 2, r"not a state_dict .*'epoch' is 'int', not a tensor"),
     Case("ckpt-resnet-state-dict", ["info", "{w}/m/resnet.pt"], 2, r"cannot tell the backbone .*pass --backbone"),
+    Case("ckpt-resnet-with-backbone", ["info", "{w}/m/resnet.pt", "--backbone", "edsr", "--scale", "2"], 2,
+         r"does not match the model .missing keys"),
+    Case("ckpt-foreign-keys-contradict-backbone", ["info", "{w}/m/edsr_foreign.pt", "--backbone", "carn"], 2,
+         r"edsr_foreign\.pt: its tensor names are EDSR's, not CARN's \(--backbone carn\); drop --backbone, or pass "
+         r"--backbone edsr"),
     Case("ckpt-folder", ["info", "{w}/m/dir.safetensors"], 2, r"dir\.safetensors: a folder, not a file"),
     Case("ckpt-fifo", ["info", "{w}/m/fifo.pt"], 2, r"fifo\.pt: a FIFO \(named pipe\), not a file"),
     Case("ckpt-missing", ["info", "{w}/m/nope.safetensors"], 2, r"no such checkpoint file"),
