@@ -33,7 +33,7 @@ def metadata(model: nn.Module) -> dict:
         "format": FORMAT_VERSION, "version": _version(), "backbone": model.config.name, "scale": model.config.scale,
         "arch": arch, "method": cfg.method, "bits": list(cfg.bits), "mode": cfg.mode,
         "weight_bits": cfg.weight_bits, "per_channel": cfg.per_channel,
-    }
+    } | ({"upsampler_clips": dict(model.upsampler_clips)} if getattr(model, "upsampler_clips", None) else {})
 
 
 def save(model: nn.Module, path: str | Path, extra_metadata: dict | None = None) -> None:
@@ -83,7 +83,7 @@ def read_metadata(path: str | Path) -> dict:
 # field: (types, required); bool is refused where an int is meant
 _META_FIELDS = {"format": (int, False), "version": (str, False), "backbone": (str, True), "scale": (int, True),
                 "arch": (dict, False), "method": (str, False), "bits": (list, False), "mode": (str, False),
-                "weight_bits": (int, False), "per_channel": (bool, False)}
+                "weight_bits": (int, False), "per_channel": (bool, False), "upsampler_clips": (dict, False)}
 
 
 def parse_metadata(text: str, path: str | Path = "checkpoint") -> dict:
@@ -175,6 +175,12 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, backbone: str 
                                   "or damaged") from e
         load_state(model, state, str(path), "its tensors do not fit its own metadata: the file was edited or "
                                             "damaged; re-save the model with cadyq.save")
+        if "upsampler_clips" in meta:  # INT8-upsampler clip values (`cadyq calibrate --upsampler`)
+            clips = meta["upsampler_clips"]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in clips.values()):
+                raise CheckpointError(f"{path}: its cadyq metadata is damaged ('upsampler_clips' is not a map of "
+                                      "positive clip values); re-calibrate with `cadyq calibrate --upsampler`")
+            model.upsampler_clips = {str(k): float(v) for k, v in clips.items()}
     else:
         model = import_checkpoint(path, backbone=backbone, scale=scale, method=method)
     return model.to(device).eval()

@@ -114,3 +114,66 @@ def test_integer_reference_full_size(name):
     # random-weight 16-block nets are chaotic: one rounding flip early on moves a tile's later layers,
     # so the bar is lower than the trained models' 99.9 % (test_native: zoo models); none may be unexplained
     assert rep.agreement >= 0.99 and not rep.unexplained, str(rep)
+
+
+@pytest.mark.parametrize("name", ["edsr", "srresnet", "carn"])
+def test_int8_upsampler_is_the_fake_quant_of_its_convs(name):
+    """lower(model, int8_upsampler=True): each upsampler conv becomes an INT8 conv (8-bit per-channel weights, 8-bit
+    input clipped at the calibrated value), equal to the fake-quant model with those convs fake-quantized."""
+    import copy
+
+    from cadyq.calib import calibrate_upsampler
+    from cadyq.quant import fake_quant
+    from cadyq.quant.plans import upsampler_convs
+
+    m = prepared(name, "cadyq", "full", scale=4 if name != "carn" else 2)
+    paths = upsampler_convs(m)
+    assert paths and all(type(m.get_submodule(p)) is torch.nn.Conv2d for p in paths)
+    cal = calibrate_upsampler(m, [photo_crops(16, 24, seed=5)])
+    assert set(cal.upsampler_clips) == set(paths) and all(v > 0 for v in cal.upsampler_clips.values())
+    assert not hasattr(m, "upsampler_clips")  # the model itself is not changed
+    ref = copy.deepcopy(cal)
+    for p in paths:  # the same arithmetic in float: quantized weights, fake-quantized inputs
+        conv = ref.get_submodule(p)
+        w = conv.weight.detach()
+        mx = w.abs().amax(dim=(1, 2, 3), keepdim=True) + 1e-8
+        conv.weight.data = torch.round(w * 127 / mx) * (mx / 127)
+        alpha = torch.tensor(cal.upsampler_clips[p])
+        conv.register_forward_pre_hook(lambda mod, a, alpha=alpha: (fake_quant(a[0], alpha, 127.0),))
+    program = lower(cal, int8_upsampler=True)
+    assert sum(isinstance(x, IntConv2d) and x.name in paths for x in program.net.modules()) == len(paths)
+    tiles = photo_crops(24, 24, seed=9)
+    with torch.no_grad():
+        sr, bits = program(tiles)
+        sr_ref = ref(tiles)
+        sr_plain, bits_plain = lower(cal)(tiles)
+    assert torch.equal(bits, bits_plain)  # the selection does not see the upsampler
+    assert (sr - sr_ref).abs().mean() < 1e-3 and (sr - sr_ref).abs().max() < 2.0
+    assert (sr - sr_plain).abs().max() > 1e-3  # it really quantized something
+    del cal.upsampler_clips
+    with pytest.raises(ModelError, match="calibrate them first"):
+        lower(cal, int8_upsampler=True)
+
+
+def test_int8_upsampler_on_native_kernels_and_in_checkpoints(tmp_path):
+    from cadyq import checkpoint
+    from cadyq.calib import calibrate_upsampler
+    from cadyq.errors import BackendError
+    from cadyq.runtime.native_backend import NativeBackend
+
+    m = prepared("edsr", "cadyq", "full", scale=4)
+    cal = calibrate_upsampler(m, [photo_crops(16, 24, seed=5)])
+    checkpoint.save(cal, tmp_path / "m.safetensors")
+    back = checkpoint.load(tmp_path / "m.safetensors")
+    assert back.upsampler_clips == pytest.approx(cal.upsampler_clips)
+    be = NativeBackend(back, "cpu", workers=1, int8_upsampler=True)
+    assert any("upsampler convs INT8" in n for n in be.notes)
+    tiles = photo_crops(6, 24, seed=11)
+    sr, bits = be.run(tiles)
+    with torch.no_grad():
+        sr_ref, bits_ref = lower(back, int8_upsampler=True)(tiles)
+    assert (bits == bits_ref).float().mean() >= 0.99
+    mse = float(((sr.clamp(0, 255) - sr_ref.clamp(0, 255)) ** 2).mean())
+    assert mse == 0 or 10 * torch.log10(torch.tensor(255.0 ** 2 / mse)) >= 50
+    with pytest.raises(BackendError, match="calibrate them first"):
+        NativeBackend(m, "cpu", workers=1, int8_upsampler=True)

@@ -309,3 +309,28 @@ def test_installed_wheel_runs_every_backend_from_its_own_files(tmp_path):
     cadyq("eval", "--model", m, "--data", "hr")
     cadyq("calibrate", "--model", "edsr-tiny-fp32-x2-cpu", "--data", "hr", "--target", "pams8", "-o", "p.safetensors")
     assert cadyq("upscale", "missing.png", "-o", "x.png", ok=False).stderr.startswith("cadyq: error:")
+
+
+def test_int8_upsampler_from_the_command_line(tmp_path, photo):
+    """`cadyq calibrate --upsampler` adds the clip values; `cadyq upscale --int8-upsampler` runs them natively;
+    the option is refused where it cannot apply."""
+    from cadyq.cli import main
+    from cadyq.data.io import Image, read_image, write_image
+
+    crop = np.ascontiguousarray(photo[:100, :120])
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_image(photos / "a.png", Image(np.ascontiguousarray(photo[100:400, 100:400]), None, 8, False, None, None, "RGB"))
+    src, m = tmp_path / "lr.png", tmp_path / "m.safetensors"
+    write_image(src, Image(crop, None, 8, False, None, None, "RGB"))
+    tiny_model = "edsr-tiny-cadyq-x4-cpu"
+    assert main(["calibrate", "--model", tiny_model, "--data", str(photos), "--upsampler", "--tiles", "8",
+                 "-o", str(m)]) == 0
+    assert main(["upscale", str(src), "-o", str(tmp_path / "a.png"), "--model", str(m), "--int8-upsampler"]) == 0
+    assert main(["upscale", str(src), "-o", str(tmp_path / "b.png"), "--model", str(m)]) == 0
+    a, b = read_image(tmp_path / "a.png").rgb.astype(float), read_image(tmp_path / "b.png").rgb.astype(float)
+    assert a.shape == b.shape == (400, 480, 3) and 25 < 10 * np.log10(255 ** 2 / ((a - b) ** 2).mean()) < 80
+    assert main(["upscale", str(src), "-o", str(tmp_path / "c.png"), "--model", str(m), "--backend", "torch",
+                 "--int8-upsampler"]) == 2
+    assert main(["upscale", str(src), "-o", str(tmp_path / "d.png"), "--model", tiny_model, "--int8-upsampler"]) == 2
+    assert not (tmp_path / "c.png").exists() and not (tmp_path / "d.png").exists()

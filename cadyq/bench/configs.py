@@ -228,10 +228,16 @@ def make_configs(model, compare=(), backend: str = "auto", device: str = "auto",
                 continue
             configs.append(Config(item, be, item, ["fp32 backbone, same weights"] + be.notes, fp32))
             continue
-        if item in ("fakequant", "native"):
+        if item in ("fakequant", "native", "native-int8up"):
             if first.module is None:
                 raise BenchError(f"the {item} row runs the checkpoint of --model; --model is a file; pass the checkpoint")
-            be = _backend_for(first.module, "torch" if item == "fakequant" else "native", str(dev), tile, tmpdir, threads)
+            if item == "native-int8up":
+                from ..runtime import create_backend
+
+                be = create_backend("native", first.module, str(dev), int8_upsampler=True)
+            else:
+                be = _backend_for(first.module, "torch" if item == "fakequant" else "native", str(dev), tile, tmpdir,
+                                  threads)
             c = Config(item, be, item, module=first.module)
             c.notes += _simulation_note(be.info.method, be.name) + list(getattr(be, "notes", []))
             configs.append(c)

@@ -141,6 +141,41 @@ def calibrate(model: nn.Module, tiles: Iterable[torch.Tensor], target: str = "pa
     return dst
 
 
+@torch.no_grad()
+def calibrate_upsampler(model: nn.Module, tiles: Iterable[torch.Tensor], method: str = "mse", percentile: float = 99.99,
+                        samples: int = 20_000, seed: int = 0) -> nn.Module:
+    """A copy of the quantized `model` with 8-bit clip values for its upsampler convs' inputs
+    (`upsampler_clips`, saved in its metadata), observed on `tiles` through the model itself: what
+    `lower(model, int8_upsampler=True)` needs. Its other weights and clip values are kept as they are."""
+    import copy
+
+    from ..quant.plans import upsampler_convs
+
+    if method not in CALIB_METHODS:
+        raise CadyqError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIB_METHODS)}")
+    if quant_config(model).method == "fp32":
+        raise CadyqError("the INT8 upsampler is an option of quantized models; calibrate the fp32 model to pams8 first")
+    paths = upsampler_convs(model)
+    if not paths:
+        raise CadyqError(f"{model.config.name} has no upsampler convs the lowering can quantize")
+    dst = copy.deepcopy(model).eval()
+    gen = torch.Generator().manual_seed(seed)
+    collectors = {p: _Collector(samples, gen) for p in paths}
+    hooks = [dst.get_submodule(p).register_forward_pre_hook(lambda m, a, p=p: collectors[p].add(a[0])) for p in paths]
+    n = 0
+    try:
+        for batch in tiles:
+            dst(batch.float())
+            n += batch.shape[0]
+    finally:
+        for h in hooks:
+            h.remove()
+    if n == 0:
+        raise CadyqError("no calibration tiles: the data folder gave no images")
+    dst.upsampler_clips = {p: max(c.clip(method, 8, percentile), 1e-8) for p, c in collectors.items()}
+    return dst
+
+
 def photo_tiles(folder, scale: int, tile: int = 96, batch: int = 16, max_tiles: int | None = None, lr: bool = False):
     """Batches of LR tiles from a folder of images (HR photos bicubic-downscaled by `scale`, or taken as LR
     with `lr`); also returns the number of tiles it will give."""

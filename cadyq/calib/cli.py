@@ -23,6 +23,9 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiles", type=int, default=128, help="calibration tiles at most (default 128)")
     p.add_argument("--tile", type=int, default=96, help="LR tile size (default 96)")
     p.add_argument("--lr", action="store_true", help="the folder holds LR images: use them as they are")
+    p.add_argument("--upsampler", action="store_true",
+                   help="keep the quantized model as it is and add 8-bit clip values for its upsampler convs (for "
+                        "--int8-upsampler of the native backend); --target and --bits do not apply")
 
 
 def run_calibrate(args) -> int:
@@ -41,6 +44,17 @@ def run_calibrate(args) -> int:
         raise CadyqError("--tiles must be at least 1")
     model = load_model(args.model)
     batches, total = photo_tiles(args.data, model.config.scale, args.tile, max_tiles=args.tiles, lr=args.lr)
+    if args.upsampler:
+        from . import calibrate_upsampler
+
+        if args.bits:
+            raise CadyqError("--upsampler keeps the model's bit candidates: leave out --bits")
+        out = calibrate_upsampler(model, batches, method=args.method, percentile=args.percentile)
+        save(out, args.output, {"calibration": {"upsampler": args.method, "data": str(args.data)}})
+        clips = ", ".join(f"{k} {v:.3g}" for k, v in out.upsampler_clips.items())
+        print(f"wrote {args.output}: {model.config.name} x{model.config.scale} "
+              f"with INT8-upsampler clip values ({args.method}): {clips}", file=sys.stderr)
+        return 0
     with tqdm(total=total, desc="calibrate", unit="tile", file=sys.stderr) as bar:
         out = calibrate(model, batches, target=args.target, method=args.method, bits=bits,
                         percentile=args.percentile, progress=bar.update)

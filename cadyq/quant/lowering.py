@@ -316,9 +316,14 @@ def _set(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
-def lower(model: nn.Module, kernels: Kernels | None = None) -> IntegerProgram:
+def lower(model: nn.Module, kernels: Kernels | None = None, *, int8_upsampler: bool = False) -> IntegerProgram:
     """The integer program of a quantized model (pams8 or cadyq, any mode and backbone); the model
-    itself is not changed. Raises ModelError for fp32 models (nothing to lower)."""
+    itself is not changed. Raises ModelError for fp32 models (nothing to lower).
+
+    int8_upsampler: also run the upsampler's convs as INT8 convolutions (not in the papers: a quantized layer
+    of our own) with 8-bit per-channel weights and 8-bit inputs clipped at the model's calibrated
+    `upsampler_clips` (`cadyq calibrate --upsampler`); they stay out of FQR and BitOPs, which count the
+    paper's quantized layers."""
     cfg = quant_config(model)
     if cfg.method == "fp32":
         raise ModelError("an fp32 model has no quantized layers to lower; quantize it (pams8 or cadyq) first")
@@ -367,6 +372,9 @@ def lower(model: nn.Module, kernels: Kernels | None = None) -> IntegerProgram:
             at.register_forward_pre_hook(_handoff_hook(iq, site.conv, context))
         if is_dynamic:
             dynamic.append(iq)
+    if int8_upsampler:
+        for path, iq in _int8_upsampler(model, net, context, convs):
+            convs[path] = iq
     for path, conv in convs.items():
         _set(net, path, conv)
     for path in plan.fixed_outputs:
@@ -384,6 +392,32 @@ def lower(model: nn.Module, kernels: Kernels | None = None) -> IntegerProgram:
         if isinstance(m, (BitSelector, ActQuant)):
             raise ModelError(f"internal: a {type(m).__name__} survived the lowering")
     return IntegerProgram(net, info, dynamic, context, list(convs.values()))
+
+
+def _int8_upsampler(model: nn.Module, net: nn.Module, context: _Context, convs: dict):
+    """(path, IntConv2d) for each upsampler conv: 8-bit per-channel weights, a fixed 8-bit input quantizer."""
+    from .plans import upsampler_convs
+
+    paths = upsampler_convs(model)
+    clips = getattr(model, "upsampler_clips", None) or {}
+    if not paths:
+        raise ModelError(f"{model.config.name} has no upsampler convs the lowering can quantize")
+    missing = [p for p in paths if p not in clips]
+    if missing:
+        raise ModelError(f"no INT8-upsampler clip values for {', '.join(missing)}: calibrate them first "
+                         "(`cadyq calibrate --model M --data PHOTOS --upsampler -o M2`)")
+    out = []
+    for path in paths:
+        conv = net.get_submodule(path)
+        w = conv.weight.detach().float()
+        m = w.abs().amax(dim=(1, 2, 3)) + 1e-8
+        wq = torch.round(w * (levels(8) / m.view(-1, 1, 1, 1))).to(torch.int8)
+        bias = conv.bias.detach().float().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
+        quant = IntQuantizer("fixed", [8], [clips[path]])
+        quant.key = f"{path}:int8_upsampler"
+        out.append((path, IntConv2d(path, wq, (m / levels(8)).float(), bias, conv.stride, conv.padding, conv.dilation,
+                                    conv.groups, quant, "none", 0.0, context)))
+    return out
 
 
 def _gdq_hook(gdq, context: _Context):

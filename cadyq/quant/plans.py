@@ -33,6 +33,7 @@ class QuantPlan:
     block_features: tuple[str, ...] = ()  # each block's feature (distillation)
     fusions: tuple[Fuse, ...] = ()  # epilogues of quantized convs (integer lowering)
     head: str = ""  # the conv whose output feeds Granular-DQ's controller
+    upsampler: str = ""  # the module holding the float upsampler convs (the INT8-upsampler option of the lowering)
 
     @property
     def weight_convs(self) -> tuple[str, ...]:
@@ -51,7 +52,7 @@ def _edsr(model) -> QuantPlan:
         feature="tail:input",
         block_features=tuple(f"body.{i}.body.2" for i in range(n)),
         fusions=tuple(Fuse(f"body.{i}.body.0", act=f"body.{i}.body.1") for i in range(n)),
-        head="head.0",
+        head="head.0", upsampler="tail.0",
     )
 
 
@@ -64,7 +65,7 @@ def _srresnet(model) -> QuantPlan:
     fuse += [Fuse(f"body.{i}.conv2", f"body.{i}.bn2") for i in range(n)]
     return QuantPlan(
         dynamic=tuple(dyn), feature="tail:input", block_features=tuple(f"body.{i}.conv2" for i in range(n)),
-        fusions=tuple(fuse), head="head.0",
+        fusions=tuple(fuse), head="head.0", upsampler="tail.0",
     )
 
 
@@ -73,7 +74,7 @@ def _carn(model) -> QuantPlan:
     dyn = [Site(f"{b}.body.{j}", f"{b}.body.{j}") for b in blocks for j in (0, 2)]
     return QuantPlan(
         dynamic=tuple(dyn), feature="upsample:input", block_features=tuple(f"{b}.body" for b in blocks),
-        fusions=tuple(Fuse(f"{b}.body.0", act=f"{b}.body.1") for b in blocks), head="entry",
+        fusions=tuple(Fuse(f"{b}.body.0", act=f"{b}.body.1") for b in blocks), head="entry", upsampler="upsample",
     )
 
 
@@ -98,3 +99,12 @@ PLANS = {"edsr": _edsr, "srresnet": _srresnet, "carn": _carn, "idn": _idn}
 
 def plan_for(model: nn.Module) -> QuantPlan:
     return PLANS[model.config.name](model)
+
+
+def upsampler_convs(model: nn.Module) -> tuple[str, ...]:
+    """The float convs of the model's upsampler (empty where it has none the lowering can quantize, e.g. IDN's
+    deconvolution)."""
+    at = plan_for(model).upsampler
+    if not at:
+        return ()
+    return tuple(f"{at}.{n}" for n, m in model.get_submodule(at).named_modules() if type(m) is nn.Conv2d)

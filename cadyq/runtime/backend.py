@@ -142,9 +142,10 @@ def create_backend(name: str, model, device: str | torch.device = "auto", **opti
         if isinstance(model, (str, Path)) and guess_backend(model) == "torch":
             model = load_module(model, "auto")  # loaded once: the choice reads its method
         choice = choose_backend(model, device)
-        if "float_precision" in options and choice.name != "native":
-            raise BackendError(f"float_precision is an option of the native backend; the automatic choice is "
-                               f"{choice.name} ({choice.why})")
+        native_only = sorted(set(options) & {"float_precision", "int8_upsampler"})
+        if native_only and choice.name != "native":
+            raise BackendError(f"{', '.join(native_only)} {'is an option' if len(native_only) == 1 else 'are options'} "
+                               f"of the native backend; the automatic choice is {choice.name} ({choice.why})")
         name, options = choice.name, {**choice.options, **options}
     backend = _create(name, model, device, options)
     if choice is not None:

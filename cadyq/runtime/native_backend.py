@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn as nn
 
-from ..errors import BackendError
+from ..errors import BackendError, ModelError
 from ..quant import quant_config
 from ..hardware import cpu_has_bf16
 from ..quant.lowering import lower
@@ -28,7 +28,8 @@ FLOAT_PRECISIONS = ("auto", "fp32", "bf16")
 class NativeBackend(Backend):
     name = "native"
 
-    def __init__(self, model, device="auto", float_precision: str = "auto", workers: int | None = None):
+    def __init__(self, model, device="auto", float_precision: str = "auto", workers: int | None = None,
+                 int8_upsampler: bool = False):
         if float_precision not in FLOAT_PRECISIONS:
             raise BackendError(f"unknown float precision {float_precision!r}; choose one of {', '.join(FLOAT_PRECISIONS)}")
         dev = resolve_device(device)
@@ -49,6 +50,7 @@ class NativeBackend(Backend):
         keep_large_allocations()
         self.device = dev
         self.kernels = OneDNNKernels()
+        self.int8_upsampler = int8_upsampler
         module = module.cpu().eval()
         self.workers = max(1, workers or torch.get_num_threads())
         self.programs = [self._program(module) for _ in range(self.workers)]
@@ -64,10 +66,15 @@ class NativeBackend(Backend):
                           else f"7-bit inputs (AVX2 without VNNI), {eight}")
                        + f"; 4- and 6-bit tiles run as int8 values (no 4-bit arithmetic on this CPU); float layers "
                        f"{float_precision}")] + self.kernels.notes
+        if int8_upsampler:
+            self.notes.append("upsampler convs INT8 (8-bit inputs at the calibrated clip values; not in the paper)")
         self.warnings = list(self.kernels.notes)  # what a user should hear about: the C kernels' fallback
 
     def _program(self, module):
-        program = lower(module).use(self.kernels)
+        try:
+            program = lower(module, int8_upsampler=self.int8_upsampler).use(self.kernels)
+        except ModelError as e:
+            raise BackendError(f"native backend: {e}") from e
         nhwc_pixel_shuffles(program.net)
         for m in program.net.modules():  # float layers in NHWC; the integer convs keep their own layout
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):

@@ -80,11 +80,20 @@ class _Graph:
         return self.sr, self.bits
 
 
+def _lower(module, int8_upsampler: bool):
+    from ..errors import ModelError
+
+    try:
+        return lower(module, int8_upsampler=int8_upsampler)
+    except ModelError as e:
+        raise BackendError(f"native backend: {e}") from e
+
+
 class NativeCUDABackend(Backend):
     name = "native"
 
     def __init__(self, module: nn.Module, device: torch.device, float_precision: str = "auto",
-                 batch_sizes: tuple[int, ...] = BATCH_SIZES, cuda_graphs: bool = True):
+                 batch_sizes: tuple[int, ...] = BATCH_SIZES, cuda_graphs: bool = True, int8_upsampler: bool = False):
         if float_precision not in FLOAT_PRECISIONS:
             raise BackendError(f"unknown float precision {float_precision!r} on CUDA; choose one of "
                                f"{', '.join(FLOAT_PRECISIONS)}")
@@ -103,7 +112,7 @@ class NativeCUDABackend(Backend):
         self.float_precision = float_precision
         self.amp = torch.float16 if float_precision == "fp16" else None
         self.kernels = TritonKernels(out_dtype=torch.float16 if self.amp is not None else torch.float32)
-        program = lower(module.cpu().eval()).use(self.kernels)
+        program = _lower(module.cpu().eval(), int8_upsampler).use(self.kernels)
         nhwc_pixel_shuffles(program.net)
         self.program = program.to(device)
         for m in self.program.net.modules():
