@@ -12,7 +12,7 @@ CPP_BUILD ?= build/cpp
 .PHONY: cpp
 
 install:  ## the package, its test tools, TensorRT-RTX (builds engines without a GPU) and the CPU peers (OpenVINO, NNCF)
-	$(PY) -m pip install -e ".[dev,trt-rtx,peers]" -c constraints.txt
+	$(PY) -m pip install -e ".[dev,trt-rtx,peers,video]" -c constraints.txt
 
 test:  ## the default suite: everything that runs without a GPU
 	$(PY) -m pytest -q -m "not gpu" -n 2

@@ -197,6 +197,13 @@ def cmd_upscale(args) -> int:
     if not 0 <= args.png_compression <= 9:
         raise OptionError(f"--png-compression {args.png_compression}: use a zlib level from 0 (fastest) to 9 (smallest)")
     inputs = list_images(args.inputs)
+    from .video import is_video
+
+    videos = [p for p in inputs if is_video(p)]
+    if videos:
+        if len(videos) != len(inputs):
+            raise OptionError("images and videos are upscaled in separate runs: pass only videos, or only images")
+        return _upscale_videos(args, videos)
     if not inputs:
         raise ImageError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) found in {', '.join(map(str, args.inputs))}")
     up = _upscaler(args)
@@ -249,6 +256,52 @@ def cmd_upscale(args) -> int:
                                 "png_compression": args.png_compression, "images": report, "failed": failed})
     if failed:
         print(f"{len(failed)} of {len(inputs)} images failed (each named above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _upscale_videos(args, videos) -> int:
+    from tqdm import tqdm
+
+    from .outputs import ensure_folder, plan_videos
+    from .video import VIDEO_EXTENSIONS, VideoOptions, check_output_size, upscale_video
+
+    if args.bitmap:
+        raise OptionError("--bitmap draws images; for videos the per-frame FQR and BitOPs are in the --json report")
+    up = _upscaler(args)
+    options = VideoOptions(args.codec, args.crf, args.preset)
+    jobs = plan_videos(videos, args.output, up.scale, video_extensions=VIDEO_EXTENSIONS, report=args.json,
+                       overwrite=args.overwrite)
+    for job in jobs:  # every size the encoder cannot take is refused before any frame runs
+        with contextlib.suppress(ImageError):  # an unreadable video is reported in its turn, and skipped
+            check_output_size(job.src, job.image, up.scale, options)
+    fit = _TileFit(up)
+    report, failed = [], []
+    for job in jobs:
+        bar = tqdm(desc=job.src.name, unit="frame", file=sys.stderr, disable=None)
+
+        def progress(done, total, seconds, bar=bar):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            ensure_folder(job.image.parent)
+            r = upscale_video(fit, job.src, job.image, up.scale, options, progress=progress, warn=_say)
+        except CadyqError as e:
+            failed.append(str(job.src))
+            _say(f"error: {e}")
+            continue
+        finally:
+            bar.close()
+        report.append(r)
+        _say(f"{job.src.name}: {r['frames']} frames {r['lr_size'][1]}x{r['lr_size'][0]} -> {job.image} "
+             f"{r['sr_size'][1]}x{r['sr_size'][0]}  FQR {r['fqr']:.2f}  {r['fps']:.2f} frames/s  {r['time_s']:.1f} s")
+    if args.json:
+        _write_json(args.json, {"model": _model_name(args), "backend": up.backend.name,
+                                "backend_choice": backend_line(up.backend), "scale": up.scale, "tile": args.tile,
+                                "overlap": args.overlap, "videos": report, "failed": failed})
+    if failed:
+        print(f"{len(failed)} of {len(jobs)} videos failed (each named above)", file=sys.stderr)
         return 1
     return 0
 
@@ -356,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     u = sub.add_parser("upscale", help="upscale images or folders")
-    u.add_argument("inputs", nargs="+", help="image files or folders")
+    u.add_argument("inputs", nargs="+", help="image files or folders, or video files (.mp4 .mkv .mov .webm .avi)")
     u.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     _model_args(u)
     _run_args(u)
@@ -366,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--overwrite", action="store_true", help="replace outputs that exist (inputs are never replaced)")
     u.add_argument("--png-compression", type=int, default=1, metavar="0-9",
                    help="zlib level of PNG outputs (default 1: fast; 9: smallest; all lossless)")
+    u.add_argument("--codec", help="video encoder (default libx264; libvpx-vp9 for .webm)")
+    u.add_argument("--crf", type=int, default=18, help="video quality: lower is better and larger (default 18)")
+    u.add_argument("--preset", default="medium", help="x264/x265 speed preset (default medium)")
     u.set_defaults(func=cmd_upscale)
 
     e = sub.add_parser("eval", help="PSNR/SSIM/FQR/BitOPs on a benchmark folder")

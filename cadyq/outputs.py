@@ -194,6 +194,30 @@ def plan_upscale(inputs: Sequence[Path], output: str | Path, scale: int, *, imag
     return jobs
 
 
+def plan_videos(inputs: Sequence[Path], output: str | Path, scale: int, *, video_extensions: Sequence[str],
+                report: str | Path | None = None, overwrite: bool = False) -> list[UpscaleJob]:
+    """Every video `cadyq upscale` will write: one input and a video file name for `output`, that file; else
+    `output` is a folder and each input writes `<stem>_x<scale><its extension>`. Checked as for images."""
+    output = Path(output)
+    inputs = [Path(p) for p in inputs]
+    if _names_a_file(output):
+        if output.suffix.lower() not in video_extensions:
+            raise OutputError(f"-o {output}: {output.suffix} is not a video format cadyq writes (use "
+                              f"{' '.join(video_extensions)}); to write into a folder of that name, create it first")
+        if len(inputs) > 1:
+            raise OutputError(f"-o {output} names one video file, but {len(inputs)} videos were given; pass a folder")
+        _check_folder_can_hold(output.parent)
+        outs = [output]
+    else:
+        if output.exists() and not output.is_dir():
+            raise OutputError(f"-o {output}: exists and is not a folder")
+        _check_folder_can_hold(output)
+        outs = [output / f"{src.stem}_x{scale}{src.suffix.lower()}" for src in inputs]
+    jobs = [UpscaleJob(src, dst, None) for src, dst in zip(inputs, outs)]
+    _check_outputs(jobs, inputs, None if report is None else Path(report), overwrite)
+    return jobs
+
+
 def _names_a_file(output: Path) -> bool:
     return not output.is_dir() and bool(_EXTENSION_LIKE.match(output.suffix))
 

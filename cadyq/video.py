@@ -1,0 +1,175 @@
+"""Video in, video out (`cadyq upscale clip.mp4 -o out.mp4`), with PyAV (`pip install "cadyq[video]"`).
+
+Frames are decoded one at a time, upscaled through the Upscaler (the same tiling, backends and bit maps as
+images) and encoded as they come, so memory holds one frame whatever the length. The video keeps its frame
+timestamps, time base and frame rate; audio and subtitle streams are copied packet by packet (no re-encode).
+The file is written under a temporary name beside the output and renamed when complete: Ctrl-C or an error
+leaves the old file or nothing. yuv420p needs even sizes: an odd SR width or height loses its last pixel row or
+column, with a warning.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import CadyqError, ImageError, OptionError
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi")
+_DEFAULT_CODEC = {".webm": "libvpx-vp9"}  # else libx264
+_MAX_SIDE = {"libx264": 16384, "libx265": 16384, "libvpx-vp9": 16384, "mpeg4": 8192}
+
+
+def is_video(path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+@dataclass
+class VideoOptions:
+    codec: str | None = None  # None: libx264 (libvpx-vp9 for .webm)
+    crf: int = 18  # visually lossless for x264; lower is better and larger
+    preset: str = "medium"  # x264/x265 speed preset
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise CadyqError('video needs PyAV: pip install "cadyq[video]" (or pip install av)') from None
+    return av
+
+
+def _codec(dst: Path, options: VideoOptions) -> str:
+    av = _av()
+    codec = options.codec or _DEFAULT_CODEC.get(dst.suffix.lower(), "libx264")
+    if codec not in av.codecs_available:
+        raise OptionError(f"--codec {codec}: this FFmpeg (PyAV {av.__version__}) has no such encoder; try libx264, "
+                          "libx265, libvpx-vp9 or mpeg4")
+    if not 0 <= options.crf <= 63:
+        raise OptionError(f"--crf {options.crf}: use 0 (lossless) to 51 (x264/x265) or 63 (vp9)")
+    return codec
+
+
+def probe(src: Path) -> tuple[int, int]:
+    """(height, width) of the first video stream, or one ImageError that says why it cannot be read."""
+    av = _av()
+    try:
+        with av.open(str(src)) as inp:
+            if not inp.streams.video:
+                raise ImageError(f"{src}: has no video stream")
+            cc = inp.streams.video[0].codec_context
+            if not cc.width or not cc.height:
+                raise ImageError(f"{src}: its video stream has no frame size (a broken header)")
+            return cc.height, cc.width
+    except av.error.FFmpegError as e:
+        raise ImageError(f"{src}: not a readable video ({e.strerror or e})") from None
+
+
+def check_output_size(src: Path, dst: Path, scale: int, options: VideoOptions) -> None:
+    """Refuse, before any work, an SR frame size that the encoder cannot take."""
+    h, w = probe(src)
+    codec = _codec(dst, options)
+    side = _MAX_SIDE.get(codec, 16384)
+    if max(h, w) * scale > side:
+        raise OptionError(f"{src}: {w}x{h} x{scale} gives {w * scale}x{h * scale} frames, over {codec}'s limit of "
+                          f"{side} px a side; upscale a smaller video or use another codec")
+
+
+def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: VideoOptions,
+                  progress: Callable[[int, int | None, float], None] | None = None,
+                  warn: Callable[[str], None] = lambda m: None) -> dict:
+    """Upscale `src` into `dst`. `fit(h, w)` returns the Upscaler for frames of that size; `progress(done, total,
+    seconds)` is called after each frame. Returns the report: frames, rate, streams, per-frame FQR and BitOPs."""
+    av = _av()
+    codec = _codec(dst, options)
+    t0 = time.perf_counter()
+    try:
+        inp = av.open(str(src))
+    except av.error.FFmpegError as e:
+        raise ImageError(f"{src}: not a readable video ({e.strerror or e})") from None
+    tmp = dst.with_name(f".{dst.stem}.part{dst.suffix}")
+    frames: list[dict] = []
+    try:
+        with inp:
+            if not inp.streams.video:
+                raise ImageError(f"{src}: has no video stream")
+            vs = inp.streams.video[0]
+            vs.thread_type = "AUTO"
+            h, w = vs.codec_context.height, vs.codec_context.width
+            sh, sw = h * scale // 2 * 2, w * scale // 2 * 2
+            if (sh, sw) != (h * scale, w * scale):
+                warn(f"{src.name}: {w * scale}x{h * scale} is odd; yuv420p frames are cropped to {sw}x{sh}")
+            rate = vs.average_rate or vs.guessed_rate
+            if rotation := getattr(vs.codec_context, "rotation", 0) or _rotation(vs):
+                warn(f"{src.name}: its {rotation}° rotation tag is not copied; the frames are upscaled as stored")
+            with av.open(str(tmp), "w") as out:
+                ovs = out.add_stream(codec, rate=rate)
+                ovs.width, ovs.height, ovs.pix_fmt = sw, sh, "yuv420p"
+                ovs.time_base = vs.time_base
+                ovs.options = ({"crf": str(options.crf), "b": "0"} if codec == "libvpx-vp9" else
+                               {"crf": str(options.crf), "preset": options.preset} if codec in ("libx264", "libx265")
+                               else {})
+                _copy_colour(vs.codec_context, ovs.codec_context)
+                copies = {}
+                for s in inp.streams:
+                    if s.type in ("audio", "subtitle"):
+                        try:
+                            copies[s.index] = out.add_stream_from_template(s)
+                        except (ValueError, av.error.FFmpegError) as e:
+                            warn(f"{src.name}: its {s.type} stream {s.index} ({s.codec_context.name}) cannot be "
+                                 f"copied into {dst.suffix} ({e}); it is left out")
+                total = vs.frames or None
+                for packet in inp.demux(vs, *(inp.streams[i] for i in copies)):
+                    if packet.stream.index in copies:
+                        if packet.dts is not None:
+                            packet.stream = copies[packet.stream.index]
+                            out.mux(packet)
+                        continue
+                    try:
+                        decoded = packet.decode()
+                    except av.error.FFmpegError as e:
+                        raise ImageError(f"{src}: frame {len(frames) + 1} cannot be decoded ({e.strerror or e})") from None
+                    for frame in decoded:
+                        r = fit(h, w).upscale(frame.to_ndarray(format="rgb24"))
+                        sr = av.VideoFrame.from_ndarray(r.image.rgb[:sh, :sw], format="rgb24")
+                        sr.pts, sr.time_base = frame.pts, frame.time_base
+                        for p in ovs.encode(sr):
+                            out.mux(p)
+                        frames.append({"pts": frame.pts, "fqr": round(r.fqr, 4), "bitops_g": round(r.bitops / 1e9, 4),
+                                       "tiles": [r.grid.rows, r.grid.cols]})
+                        if progress is not None:
+                            progress(len(frames), total, time.perf_counter() - t0)
+                for p in ovs.encode(None):
+                    out.mux(p)
+        if not frames:
+            raise ImageError(f"{src}: no video frame could be decoded")
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    seconds = time.perf_counter() - t0
+    return {"input": str(src), "output": str(dst), "codec": codec, "crf": options.crf, "lr_size": [h, w],
+            "sr_size": [sh, sw], "frames": len(frames), "rate": str(rate), "copied_streams": len(copies),
+            "fqr": round(sum(f["fqr"] for f in frames) / len(frames), 4),
+            "bitops_g": round(sum(f["bitops_g"] for f in frames), 4), "time_s": round(seconds, 3),
+            "fps": round(len(frames) / seconds, 4), "per_frame": frames}
+
+
+def _rotation(stream) -> int:
+    try:
+        return int(float(stream.metadata.get("rotate", 0)))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _copy_colour(src, dst) -> None:
+    """Colour range, primaries, transfer and matrix of the input, where this PyAV exposes them."""
+    for name in ("color_range", "color_primaries", "color_trc", "colorspace"):
+        try:
+            value = getattr(src, name)
+            if value is not None:
+                setattr(dst, name, value)
+        except (AttributeError, ValueError, TypeError):
+            pass

@@ -1,0 +1,115 @@
+"""`cadyq upscale clip.mp4`: frames, timing and audio kept, per-frame bits reported, nothing half-written."""
+import json
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av", reason="the video extra (make install installs it)")
+
+from cadyq.cli import main  # noqa: E402
+
+MODEL = "edsr-tiny-cadyq-x2-cpu"
+
+
+def make_clip(path, photo, n=10, w=64, h=48, fps=10, audio=True):
+    """A pan across a real photo, H.264, with an AAC sine track of the same length."""
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        if audio:
+            a = out.add_stream("aac", rate=16000)
+            a.layout = "mono"
+        for i in range(n):
+            crop = np.ascontiguousarray(photo[100:100 + h, 100 + 5 * i:100 + 5 * i + w])
+            for p in vs.encode(av.VideoFrame.from_ndarray(crop, format="rgb24")):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+        if audio:
+            t = np.arange(int(16000 * n / fps)) / 16000
+            samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+            for i in range(0, samples.shape[1], 1024):
+                fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, i:i + 1024]), format="fltp", layout="mono")
+                fr.sample_rate, fr.pts = 16000, i
+                for p in a.encode(fr):
+                    out.mux(p)
+            for p in a.encode(None):
+                out.mux(p)
+    return path
+
+
+def streams(path):
+    with av.open(str(path)) as c:
+        info = [(s.type, s.codec_context.name, s.frames, s.duration, s.time_base) for s in c.streams]
+        v = c.streams.video[0]
+        size, rate = (v.codec_context.width, v.codec_context.height), v.average_rate
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    return info, size, rate, frames
+
+
+def test_video_in_video_out_keeps_frames_timing_and_audio(tmp_path, photo):
+    src = make_clip(tmp_path / "clip.mp4", photo)
+    dst, rep = tmp_path / "out.mp4", tmp_path / "r.json"
+    assert main(["upscale", str(src), "-o", str(dst), "--model", MODEL, "--json", str(rep), "--crf", "12"]) == 0
+    (vi, ai), size, rate, frames = streams(dst)[0], *streams(dst)[1:]
+    (vi0, ai0), size0, rate0, frames0 = streams(src)[0], *streams(src)[1:]
+    assert size == (128, 96) and size0 == (64, 48) and rate == rate0 == 10
+    assert len(frames) == len(frames0) == 10 and vi[2] == vi0[2] and vi[3:] == vi0[3:]  # frames, duration, time base
+    assert ai == ai0  # the audio stream copied as it was: codec, packets, duration, time base
+    r = json.loads(rep.read_text())
+    v = r["videos"][0]
+    assert v["frames"] == 10 and len(v["per_frame"]) == 10 and v["copied_streams"] == 1
+    assert all(4 <= f["fqr"] <= 8 for f in v["per_frame"]) and v["bitops_g"] > 0
+    # each frame is the upscaled frame (up to the codecs' loss): against the image path on the decoded input
+    from cadyq.runtime import Upscaler
+
+    ref = Upscaler(MODEL, device="cpu").upscale(frames0[4]).image.rgb.astype(float)
+    mse = ((frames[4].astype(float) - ref) ** 2).mean()
+    assert 10 * np.log10(255 ** 2 / mse) > 30
+    assert not list(tmp_path.glob(".*part*"))
+
+
+def test_video_mistakes_are_one_line_and_write_nothing(tmp_path, photo, capsys, monkeypatch):
+    src = make_clip(tmp_path / "clip.mp4", photo, n=4, audio=False)
+    (tmp_path / "bad.mp4").write_bytes(b"not a video at all" * 10)
+    with av.open(str(tmp_path / "sound.mp4"), "w") as out:  # audio only
+        a = out.add_stream("aac", rate=16000)
+        a.layout = "mono"
+        fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        fr.sample_rate, fr.pts = 16000, 0
+        for pk in [*a.encode(fr), *a.encode(None)]:
+            out.mux(pk)
+    assert main(["upscale", str(tmp_path / "sound.mp4"), "-o", str(tmp_path / "o.mp4"), "--model", MODEL]) == 1
+    assert "sound.mp4: has no video stream" in capsys.readouterr().err
+    assert main(["upscale", str(tmp_path / "bad.mp4"), "-o", str(tmp_path / "o.mp4"), "--model", MODEL]) == 1
+    err = capsys.readouterr().err
+    assert "error: " in err and "not a readable video" in err and not (tmp_path / "o.mp4").exists()
+    from cadyq.data.io import Image, write_image
+
+    write_image(tmp_path / "a.png", Image(np.ascontiguousarray(photo[:40, :40]), None, 8, False, None, None, "RGB"))
+    assert main(["upscale", str(src), str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", MODEL]) == 2
+    assert "separate runs" in capsys.readouterr().err
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o.gif"), "--model", MODEL]) == 2
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o.mp4"), "--model", MODEL, "--codec", "nosuch"]) == 2
+    import cadyq.video as video
+
+    monkeypatch.setattr(video, "_MAX_SIDE", {"libx264": 100})
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o.mp4"), "--model", MODEL]) == 2
+    assert "over libx264's limit of 100 px" in capsys.readouterr().err
+    monkeypatch.undo()
+    # Ctrl-C in the middle: no output, no temporary file
+    from cadyq.runtime import Upscaler
+
+    calls = {"n": 0}
+    real = Upscaler.upscale
+
+    def interrupted(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Upscaler, "upscale", interrupted)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o.mp4"), "--model", MODEL]) == 130
+    assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".*part*"))
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
