@@ -208,8 +208,11 @@ def cmd_upscale(args) -> int:
         raise ImageError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) found in {', '.join(map(str, args.inputs))}")
     up = _upscaler(args)
     s = up.scale
+    _check_skip(args)
     jobs = plan_upscale(inputs, args.output, s, image_extensions=IMAGE_EXTENSIONS, bit_map=args.bitmap,
+                        skip_existing=args.skip_existing,
                         report=args.json, overwrite=args.overwrite)
+    _say_skipped(len(inputs), len(jobs), "images")
     fit = _TileFit(up)
     report, failed = [], []
     for job in _progress(jobs, "upscale"):
@@ -260,6 +263,16 @@ def cmd_upscale(args) -> int:
     return 0
 
 
+def _check_skip(args) -> None:
+    if args.skip_existing and args.overwrite:
+        raise OptionError("--skip-existing keeps existing outputs and --overwrite replaces them: pass one of them")
+
+
+def _say_skipped(n_inputs: int, n_jobs: int, what: str) -> None:
+    if n_jobs < n_inputs:
+        _say(f"skipped {n_inputs - n_jobs} of {n_inputs} {what}: their outputs exist (--skip-existing)")
+
+
 def _upscale_videos(args, videos) -> int:
     from tqdm import tqdm
 
@@ -270,8 +283,11 @@ def _upscale_videos(args, videos) -> int:
         raise OptionError("--bitmap draws images; for videos the per-frame FQR and BitOPs are in the --json report")
     up = _upscaler(args)
     options = VideoOptions(args.codec, args.crf, args.preset)
+    _check_skip(args)
     jobs = plan_videos(videos, args.output, up.scale, video_extensions=VIDEO_EXTENSIONS, report=args.json,
+                       skip_existing=args.skip_existing,
                        overwrite=args.overwrite)
+    _say_skipped(len(videos), len(jobs), "videos")
     for job in jobs:  # every size the encoder cannot take is refused before any frame runs
         with contextlib.suppress(ImageError):  # an unreadable video is reported in its turn, and skipped
             check_output_size(job.src, job.image, up.scale, options)
@@ -417,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "with a legend and the image's FQR")
     u.add_argument("--json", help="write a JSON report (sizes, tiles, FQR, BitOPs, time per image)")
     u.add_argument("--overwrite", action="store_true", help="replace outputs that exist (inputs are never replaced)")
+    u.add_argument("--skip-existing", action="store_true",
+                   help="leave out inputs whose outputs exist (to resume an interrupted batch; outputs are written "
+                        "atomically, so an existing one is complete)")
     u.add_argument("--png-compression", type=int, default=1, metavar="0-9",
                    help="zlib level of PNG outputs (default 1: fast; 9: smallest; all lossless)")
     u.add_argument("--codec", help="video encoder (default libx264; libvpx-vp9 for .webm)")

@@ -164,8 +164,10 @@ class UpscaleJob:
 
 @_os_errors_name_the_path
 def plan_upscale(inputs: Sequence[Path], output: str | Path, scale: int, *, image_extensions: Sequence[str],
-                 bit_map: bool = False, report: str | Path | None = None, overwrite: bool = False) -> list[UpscaleJob]:
-    """Every file `cadyq upscale` will write, checked before the first image runs.
+                 bit_map: bool = False, report: str | Path | None = None, overwrite: bool = False,
+                 skip_existing: bool = False) -> list[UpscaleJob]:
+    """Every file `cadyq upscale` will write, checked before the first image runs. skip_existing: inputs whose
+    outputs all exist are left out (outputs are written atomically, so an existing file is complete).
 
     One input and an image file name for `output`: that file. Otherwise `output` is a folder and each
     input writes `<stem>_x<scale>.png`; inputs whose names would collide (photo.png, photo.jpg) get
@@ -190,12 +192,25 @@ def plan_upscale(inputs: Sequence[Path], output: str | Path, scale: int, *, imag
         images = _folder_names(inputs, output, scale)
     jobs = [UpscaleJob(src, dst, dst.with_name(f"{dst.stem}_bits.png") if bit_map else None)
             for src, dst in zip(inputs, images)]
-    _check_outputs(jobs, inputs, None if report is None else Path(report), overwrite)
+    jobs = [j for j in jobs if not (skip_existing and done(j))]
+    _check_outputs(jobs, inputs, _report_to_check(report, skip_existing), overwrite)
     return jobs
 
 
+def _report_to_check(report, skip_existing: bool) -> Path | None:
+    """The --json report is checked like an output, except that a resumed run (--skip-existing) replaces its own."""
+    if report is None or (skip_existing and Path(report).is_file()):
+        return None
+    return Path(report)
+
+
+def done(job: UpscaleJob) -> bool:
+    """Every output of the job exists (written atomically: complete)."""
+    return job.image.is_file() and (job.bit_map is None or job.bit_map.is_file())
+
+
 def plan_videos(inputs: Sequence[Path], output: str | Path, scale: int, *, video_extensions: Sequence[str],
-                report: str | Path | None = None, overwrite: bool = False) -> list[UpscaleJob]:
+                report: str | Path | None = None, overwrite: bool = False, skip_existing: bool = False) -> list[UpscaleJob]:
     """Every video `cadyq upscale` will write: one input and a video file name for `output`, that file; else
     `output` is a folder and each input writes `<stem>_x<scale><its extension>`. Checked as for images."""
     output = Path(output)
@@ -213,8 +228,8 @@ def plan_videos(inputs: Sequence[Path], output: str | Path, scale: int, *, video
             raise OutputError(f"-o {output}: exists and is not a folder")
         _check_folder_can_hold(output)
         outs = [output / f"{src.stem}_x{scale}{src.suffix.lower()}" for src in inputs]
-    jobs = [UpscaleJob(src, dst, None) for src, dst in zip(inputs, outs)]
-    _check_outputs(jobs, inputs, None if report is None else Path(report), overwrite)
+    jobs = [j for j in (UpscaleJob(src, dst, None) for src, dst in zip(inputs, outs)) if not (skip_existing and done(j))]
+    _check_outputs(jobs, inputs, _report_to_check(report, skip_existing), overwrite)
     return jobs
 
 
@@ -272,7 +287,7 @@ def _check_outputs(jobs: list[UpscaleJob], inputs: list[Path], report: Path | No
             writable_target(path)
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more of the outputs)" if len(existing) > 1 else ""
-        raise OutputError(f"{existing[0][0]}: exists{more}; pass --overwrite to replace, or choose another -o")
+        raise OutputError(f"{existing[0][0]}: exists{more}; pass --overwrite to replace, --skip-existing to keep them and do the rest, or choose another -o")
     if report is not None:
         _check_folder_can_hold(report.parent)
 

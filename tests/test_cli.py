@@ -73,3 +73,27 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert main(["info", str(tmp_path / "nope.safetensors")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cadyq: error:")
+
+
+def test_skip_existing_resumes_a_batch(tmp_path, capsys):
+    """An interrupted batch resumes: --skip-existing runs only the inputs whose outputs are missing, and says so."""
+    import numpy as np
+
+    from cadyq.data.io import Image, write_image
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for n in "abc":
+        write_image(src / f"{n}.png", Image(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), None, 8, False, None,
+                                            None, "RGB"))
+    args = ["upscale", str(src), "-o", str(out), "--model", "edsr-tiny-cadyq-x2-cpu", "--json", str(tmp_path / "r.json")]
+    assert main(args) == 0
+    kept = (out / "a_x2.png").stat().st_mtime_ns
+    (out / "b_x2.png").unlink()
+    assert main(args) == 2 and "--skip-existing" in capsys.readouterr().err  # refused as a whole, and told how
+    assert main(args + ["--skip-existing"]) == 0
+    assert "skipped 2 of 3 images: their outputs exist" in capsys.readouterr().err
+    assert (out / "b_x2.png").is_file() and (out / "a_x2.png").stat().st_mtime_ns == kept
+    assert [i["input"] for i in json.loads((tmp_path / "r.json").read_text())["images"]] == [str(src / "b.png")]
+    assert main(args + ["--skip-existing", "--overwrite"]) == 2
