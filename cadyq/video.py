@@ -102,8 +102,6 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
             if (sh, sw) != (h * scale, w * scale):
                 warn(f"{src.name}: {w * scale}x{h * scale} is odd; yuv420p frames are cropped to {sw}x{sh}")
             rate = vs.average_rate or vs.guessed_rate
-            if rotation := getattr(vs.codec_context, "rotation", 0) or _rotation(vs):
-                warn(f"{src.name}: its {rotation}° rotation tag is not copied; the frames are upscaled as stored")
             with av.open(str(tmp), "w") as out:
                 ovs = out.add_stream(codec, rate=rate)
                 ovs.width, ovs.height, ovs.pix_fmt = sw, sh, "yuv420p"
@@ -132,6 +130,9 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
                     except av.error.FFmpegError as e:
                         raise ImageError(f"{src}: frame {len(frames) + 1} cannot be decoded ({e.strerror or e})") from None
                     for frame in decoded:
+                        if not frames and (rotation := getattr(frame, "rotation", 0) or _rotation(vs)):
+                            warn(f"{src.name}: its {rotation}° display rotation is not copied; the frames are "
+                                 "upscaled and written as stored")
                         r = fit(h, w).upscale(frame.to_ndarray(format="rgb24"))
                         sr = av.VideoFrame.from_ndarray(r.image.rgb[:sh, :sw], format="rgb24")
                         sr.pts, sr.time_base = frame.pts, frame.time_base
