@@ -42,6 +42,11 @@ def _origins(size: int, tile: int, step: int, protocol: str) -> tuple[int, ...]:
     return tuple(range(0, size - tile, step)) + (size - tile,)
 
 
+def _extent(size: int, tile: int, protocol: str, shrink: bool) -> int:
+    """The tile's extent along a dimension: `tile`, or the image's size where it is smaller and `shrink` is on."""
+    return min(tile, size) if shrink and protocol == "shift" else tile
+
+
 @dataclass(frozen=True)
 class TileGrid:
     height: int  # LR image size
@@ -51,6 +56,12 @@ class TileGrid:
     protocol: str  # "shift" | "official"
     ys: tuple[int, ...]  # tile origins (in padded coordinates for shift)
     xs: tuple[int, ...]
+    tile_h: int = 0  # the tile's height and width (0: `tile`); smaller than `tile` only for a shrunk strip
+    tile_w: int = 0
+
+    @property
+    def extents(self) -> tuple[int, int]:
+        return self.tile_h or self.tile, self.tile_w or self.tile
 
     @property
     def step(self) -> int:
@@ -71,21 +82,22 @@ class TileGrid:
     @property
     def padded_size(self) -> tuple[int, int]:
         if self.protocol == "shift":
-            return max(self.height, self.tile), max(self.width, self.tile)
+            th, tw = self.extents
+            return max(self.height, th), max(self.width, tw)
         return self.height, self.width
 
-    def _sizes(self, origins: tuple[int, ...], size: int) -> list[int]:
+    def _sizes(self, origins: tuple[int, ...], size: int, extent: int) -> list[int]:
         if self.protocol == "shift":
-            return [self.tile] * len(origins)
+            return [extent] * len(origins)
         return [self.tile] * (len(origins) - 1) + [size - origins[-1]]
 
     @property
     def tile_heights(self) -> list[int]:
-        return self._sizes(self.ys, self.height)
+        return self._sizes(self.ys, self.height, self.extents[0])
 
     @property
     def tile_widths(self) -> list[int]:
-        return self._sizes(self.xs, self.width)
+        return self._sizes(self.xs, self.width, self.extents[1])
 
     @property
     def boxes(self) -> list[tuple[int, int, int, int]]:
@@ -100,18 +112,22 @@ class TileGrid:
 
     def bounds(self, scale: int) -> tuple[list[int], list[int]]:
         """HR ownership boundaries per dimension: tile row r owns rows [by[r], by[r+1]), same for x."""
-        return (self._bounds(self.ys, self.height, scale), self._bounds(self.xs, self.width, scale))
+        th, tw = self.extents
+        return (self._bounds(self.ys, self.height, scale, th), self._bounds(self.xs, self.width, scale, tw))
 
-    def _bounds(self, origins: tuple[int, ...], size: int, scale: int) -> list[int]:
+    def _bounds(self, origins: tuple[int, ...], size: int, scale: int, extent: int) -> list[int]:
         if self.protocol == "official":
             inner = [o * scale + self.overlap * scale // 2 for o in origins[1:]]
         else:
-            inner = [(a + self.tile + b) * scale // 2 for a, b in zip(origins, origins[1:])]
+            inner = [(a + extent + b) * scale // 2 for a, b in zip(origins, origins[1:])]
         return [0] + inner + [size * scale]
 
 
-def plan_tiles(height: int, width: int, tile: int = 96, overlap: int = 6, protocol: str = "shift") -> TileGrid:
-    """Plan the tiles of an LR image of ``height x width``; see the module docstring."""
+def plan_tiles(height: int, width: int, tile: int = 96, overlap: int = 6, protocol: str = "shift",
+               shrink: bool = False) -> TileGrid:
+    """Plan the tiles of an LR image of ``height x width``; see the module docstring. shrink (shift protocol): a
+    dimension smaller than the tile is not padded up to it; the tiles take the image's extent there (a 16-px
+    strip runs as 16 x tile tiles, in proportion to its pixels)."""
     if protocol not in PROTOCOLS:
         raise TilingError(f"unknown tiling protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
@@ -121,8 +137,9 @@ def plan_tiles(height: int, width: int, tile: int = 96, overlap: int = 6, protoc
     if height < 1 or width < 1:
         raise ImageError(f"the image is empty ({height}x{width}); pass an image of at least 1x1 pixels")
     step = tile - overlap
-    return TileGrid(int(height), int(width), tile, overlap, protocol,
-                    _origins(int(height), tile, step, protocol), _origins(int(width), tile, step, protocol))
+    th, tw = _extent(int(height), tile, protocol, shrink), _extent(int(width), tile, protocol, shrink)
+    return TileGrid(int(height), int(width), tile, overlap, protocol, _origins(int(height), th, step, protocol),
+                    _origins(int(width), tw, step, protocol), th if th != tile else 0, tw if tw != tile else 0)
 
 
 def _reflect_index(size: int, n: int, device) -> torch.Tensor:

@@ -265,3 +265,19 @@ def test_cuda_tiles_into_cpu_canvas():
         assert tiles.is_cuda
         st.add(idx, nearest(tiles, 2))
     assert torch.equal(st.result(), nearest(img, 2).cpu())
+
+
+def test_shrunk_strip_tiles_take_the_image_extent_and_stitch_exactly():
+    """shrink: a 16-px strip runs as 16 x 96 tiles (not padded to 96 x 96); stitching identity tiles gives the image."""
+    img = torch.arange(3 * 16 * 300, dtype=torch.float32).reshape(3, 16, 300)
+    grid = plan_tiles(16, 300, 96, 6, shrink=True)
+    assert grid.padded_size == (16, 300) and {b[2:] for b in grid.boxes} == {(16, 96)}
+    assert plan_tiles(16, 300, 96, 6).padded_size == (96, 300)  # the default pads
+    assert plan_tiles(300, 16, 96, 6, shrink=True).tile_widths == [16]
+    assert plan_tiles(200, 300, 96, 6, shrink=True) == plan_tiles(200, 300, 96, 6)  # nothing to shrink
+    for scale in (1, 3):
+        st = Stitcher(grid, scale)
+        for idx, tiles in iter_batches(img, grid, 3):
+            st.add(idx, torch.nn.functional.interpolate(tiles, scale_factor=scale, mode="nearest"))
+        want = torch.nn.functional.interpolate(img[None], scale_factor=scale, mode="nearest")[0]
+        assert torch.equal(st.result(), want)

@@ -81,7 +81,11 @@ class Upscaler:
 
     def _run(self, lr: torch.Tensor, exact: bool = False, progress=None):
         # 8-bit output is rounded per tile and stitched as uint8 (a quarter of the memory of float)
-        grid = plan_tiles(lr.shape[1], lr.shape[2], self.tile, self.overlap, self.protocol)
+        h, w = lr.shape[1], lr.shape[2]
+        # a strip (one side shorter than a tile, the other not) runs in tiles of its own height or width instead of
+        # tiles padded to the full size: in proportion to its pixels
+        shrink = self.backend.tile_sizes is None and min(h, w) < self.tile <= max(h, w)
+        grid = plan_tiles(h, w, self.tile, self.overlap, self.protocol, shrink=shrink)
         dev = self.backend.device
         # on a GPU the frame is cut and stitched there: one upload of the LR, one download of the SR
         on = dev if dev.type == "cuda" else torch.device("cpu")
