@@ -29,11 +29,14 @@ from cadyq.quant.ops import tile_gradient
 def tile_pairs(folder, scale: int, n: int, tile: int = 96, seed: int = 0):
     """n (LR tile [3,t,t], HR tile [3,ts,ts]) float pairs at seeded positions of the folder's photos."""
     rng = np.random.default_rng(seed)
-    images = list_images([folder])
+    pairs = []
+    for path in list_images([folder]):
+        hr = mod_crop(read_image(path).rgb, scale)
+        if min(hr.shape[:2]) >= tile * scale:  # photos whose LR holds a whole tile
+            pairs.append((hr, bicubic_downscale(hr, scale)))
     lrs, hrs = [], []
     for i in range(n):
-        hr = mod_crop(read_image(images[i % len(images)]).rgb, scale)
-        lr = bicubic_downscale(hr, scale)
+        hr, lr = pairs[i % len(pairs)]
         y, x = rng.integers(0, lr.shape[0] - tile + 1), rng.integers(0, lr.shape[1] - tile + 1)
         lrs.append(to_tensor(lr[y:y + tile, x:x + tile]))
         hrs.append(to_tensor(hr[y * scale:(y + tile) * scale, x * scale:(x + tile) * scale]))

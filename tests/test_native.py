@@ -308,6 +308,14 @@ def test_installed_wheel_runs_every_backend_from_its_own_files(tmp_path):
     shutil.copy(work / "a.png", work / "hr" / "a.png")
     cadyq("eval", "--model", m, "--data", "hr")
     cadyq("calibrate", "--model", "edsr-tiny-fp32-x2-cpu", "--data", "hr", "--target", "pams8", "-o", "p.safetensors")
+    cadyq("train", "--backbone", "edsr", "--n-feats", "8", "--n-resblocks", "1", "--scale", "2", "--method", "fp32",
+          "--data", "hr", "--iters", "2", "--batch", "2", "--patch", "16", "--workers", "0", "--out", "run",
+          "--no-progress", "--val-every", "100")
+    assert (work / "run" / "last.safetensors").is_file()
+    from conftest import have_trt_builder
+
+    if have_trt_builder():  # CI installs TensorRT-RTX (make install)
+        cadyq("engine", "m.onnx", "-o", "m.engine", "--batch", "1:2:4")
     assert cadyq("upscale", "missing.png", "-o", "x.png", ok=False).stderr.startswith("cadyq: error:")
 
 
