@@ -47,7 +47,7 @@ def measure(up: Upscaler, clip: Path) -> dict:
             lr = frame.to_ndarray(format="rgb24")
             r = up.upscale(lr)
             sr = r.image.rgb.astype(np.float64)
-            bic = imresize(lr.astype(np.float64), scale=up.scale)
+            bic = np.clip(np.round(imresize(lr.astype(np.float64), scale=up.scale)), 0, 255)  # 8-bit, as the SR is
             bits.append(r.bit_map.reshape(-1))
             fqrs.append(r.fqr)
             if prev is not None:
