@@ -279,12 +279,11 @@ def _upscale_videos(args, videos) -> int:
     from .outputs import ensure_folder, plan_videos
     from .video import VIDEO_EXTENSIONS, VideoOptions, check_output_size, upscale_video
 
-    if args.bitmap:
-        raise OptionError("--bitmap draws images; for videos the per-frame FQR and BitOPs are in the --json report")
     up = _upscaler(args)
     options = VideoOptions(args.codec, args.crf, args.preset)
     _check_skip(args)
-    jobs = plan_videos(videos, args.output, up.scale, video_extensions=VIDEO_EXTENSIONS, report=args.json,
+    jobs = plan_videos(videos, args.output, up.scale, video_extensions=VIDEO_EXTENSIONS, bit_map=args.bitmap,
+                       report=args.json,
                        skip_existing=args.skip_existing,
                        overwrite=args.overwrite)
     _say_skipped(len(videos), len(jobs), "videos")
@@ -302,7 +301,8 @@ def _upscale_videos(args, videos) -> int:
 
         try:
             ensure_folder(job.image.parent)
-            r = upscale_video(fit, job.src, job.image, up.scale, options, progress=progress, warn=_say)
+            r = upscale_video(fit, job.src, job.image, up.scale, options, progress=progress, warn=_say,
+                              bit_map=job.bit_map)
         except CadyqError as e:
             failed.append(str(job.src))
             _say(f"error: {e}")

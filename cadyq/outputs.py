@@ -210,7 +210,8 @@ def done(job: UpscaleJob) -> bool:
 
 
 def plan_videos(inputs: Sequence[Path], output: str | Path, scale: int, *, video_extensions: Sequence[str],
-                report: str | Path | None = None, overwrite: bool = False, skip_existing: bool = False) -> list[UpscaleJob]:
+                bit_map: bool = False, report: str | Path | None = None, overwrite: bool = False,
+                skip_existing: bool = False) -> list[UpscaleJob]:
     """Every video `cadyq upscale` will write: one input and a video file name for `output`, that file; else
     `output` is a folder and each input writes `<stem>_x<scale><its extension>`. Checked as for images."""
     output = Path(output)
@@ -228,7 +229,9 @@ def plan_videos(inputs: Sequence[Path], output: str | Path, scale: int, *, video
             raise OutputError(f"-o {output}: exists and is not a folder")
         _check_folder_can_hold(output)
         outs = [output / f"{src.stem}_x{scale}{src.suffix.lower()}" for src in inputs]
-    jobs = [j for j in (UpscaleJob(src, dst, None) for src, dst in zip(inputs, outs)) if not (skip_existing and done(j))]
+    jobs = [UpscaleJob(src, dst, dst.with_name(f"{dst.stem}_bits{dst.suffix}") if bit_map else None)
+            for src, dst in zip(inputs, outs)]
+    jobs = [j for j in jobs if not (skip_existing and done(j))]
     _check_outputs(jobs, inputs, _report_to_check(report, skip_existing), overwrite)
     return jobs
 

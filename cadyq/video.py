@@ -9,11 +9,14 @@ column, with a warning.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from .errors import CadyqError, ImageError, OptionError
 
@@ -79,9 +82,11 @@ def check_output_size(src: Path, dst: Path, scale: int, options: VideoOptions) -
 
 def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: VideoOptions,
                   progress: Callable[[int, int | None, float], None] | None = None,
-                  warn: Callable[[str], None] = lambda m: None) -> dict:
+                  warn: Callable[[str], None] = lambda m: None, bit_map: Path | None = None) -> dict:
     """Upscale `src` into `dst`. `fit(h, w)` returns the Upscaler for frames of that size; `progress(done, total,
-    seconds)` is called after each frame. Returns the report: frames, rate, streams, per-frame FQR and BitOPs."""
+    seconds)` is called after each frame; `bit_map`: also write the bit-map video there (each frame's tiles coloured
+    by their mean bit-width over its luma, as `--bitmap` draws images; no audio). Returns the report: frames, rate,
+    streams, per-frame FQR and BitOPs."""
     av = _av()
     codec = _codec(dst, options)
     t0 = time.perf_counter()
@@ -90,6 +95,7 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
     except av.error.FFmpegError as e:
         raise ImageError(f"{src}: not a readable video ({e.strerror or e})") from None
     tmp = dst.with_name(f".{dst.stem}.part{dst.suffix}")
+    tmp_map = None if bit_map is None else bit_map.with_name(f".{bit_map.stem}.part{bit_map.suffix}")
     frames: list[dict] = []
     try:
         with inp:
@@ -102,14 +108,9 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
             if (sh, sw) != (h * scale, w * scale):
                 warn(f"{src.name}: {w * scale}x{h * scale} is odd; yuv420p frames are cropped to {sw}x{sh}")
             rate = vs.average_rate or vs.guessed_rate
-            with av.open(str(tmp), "w") as out:
-                ovs = out.add_stream(codec, rate=rate)
-                ovs.width, ovs.height, ovs.pix_fmt = sw, sh, "yuv420p"
-                ovs.time_base = vs.time_base
-                ovs.options = ({"crf": str(options.crf), "b": "0"} if codec == "libvpx-vp9" else
-                               {"crf": str(options.crf), "preset": options.preset} if codec in ("libx264", "libx265")
-                               else {})
-                _copy_colour(vs.codec_context, ovs.codec_context)
+            with av.open(str(tmp), "w") as out, _maybe_open(av, tmp_map) as map_out:
+                ovs = _video_stream(out, codec, rate, sw, sh, vs, options)
+                mvs = None if map_out is None else _video_stream(map_out, codec, rate, sw, sh, vs, options)
                 copies = {}
                 for s in inp.streams:
                     if s.type in ("audio", "subtitle"):
@@ -138,24 +139,54 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
                         sr.pts, sr.time_base = frame.pts, frame.time_base
                         for p in ovs.encode(sr):
                             out.mux(p)
+                        if mvs is not None:
+                            from .runtime.bitmap import render_bit_map
+
+                            up = fit(h, w)
+                            pic = render_bit_map(r.bit_map, r.grid, scale, r.image.rgb, up.backend.info.bits)
+                            mf = av.VideoFrame.from_ndarray(np.ascontiguousarray(pic[:sh, :sw]), format="rgb24")
+                            mf.pts, mf.time_base = frame.pts, frame.time_base
+                            for p in mvs.encode(mf):
+                                map_out.mux(p)
                         frames.append({"pts": frame.pts, "fqr": round(r.fqr, 4), "bitops_g": round(r.bitops / 1e9, 4),
                                        "tiles": [r.grid.rows, r.grid.cols]})
                         if progress is not None:
                             progress(len(frames), total, time.perf_counter() - t0)
                 for p in ovs.encode(None):
                     out.mux(p)
+                if mvs is not None:
+                    for p in mvs.encode(None):
+                        map_out.mux(p)
         if not frames:
             raise ImageError(f"{src}: no video frame could be decoded")
         os.replace(tmp, dst)
+        if tmp_map is not None:
+            os.replace(tmp_map, bit_map)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        if tmp_map is not None:
+            tmp_map.unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - t0
-    return {"input": str(src), "output": str(dst), "codec": codec, "crf": options.crf, "lr_size": [h, w],
+    return {"input": str(src), "output": str(dst), **({"bit_map": str(bit_map)} if bit_map else {}), "codec": codec, "crf": options.crf, "lr_size": [h, w],
             "sr_size": [sh, sw], "frames": len(frames), "rate": str(rate), "copied_streams": len(copies),
             "fqr": round(sum(f["fqr"] for f in frames) / len(frames), 4),
             "bitops_g": round(sum(f["bitops_g"] for f in frames), 4), "time_s": round(seconds, 3),
             "fps": round(len(frames) / seconds, 4), "per_frame": frames}
+
+
+def _video_stream(out, codec: str, rate, width: int, height: int, src_stream, options: VideoOptions):
+    vs = out.add_stream(codec, rate=rate)
+    vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+    vs.time_base = src_stream.time_base
+    vs.options = ({"crf": str(options.crf), "b": "0"} if codec == "libvpx-vp9" else
+                  {"crf": str(options.crf), "preset": options.preset} if codec in ("libx264", "libx265") else {})
+    _copy_colour(src_stream.codec_context, vs.codec_context)
+    return vs
+
+
+def _maybe_open(av, path: Path | None):
+    return contextlib.nullcontext() if path is None else av.open(str(path), "w")
 
 
 def _rotation(stream) -> int:

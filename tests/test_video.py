@@ -50,7 +50,8 @@ def streams(path):
 def test_video_in_video_out_keeps_frames_timing_and_audio(tmp_path, photo):
     src = make_clip(tmp_path / "clip.mp4", photo)
     dst, rep = tmp_path / "out.mp4", tmp_path / "r.json"
-    assert main(["upscale", str(src), "-o", str(dst), "--model", MODEL, "--json", str(rep), "--crf", "12"]) == 0
+    assert main(["upscale", str(src), "-o", str(dst), "--model", MODEL, "--json", str(rep), "--crf", "12",
+                 "--bitmap"]) == 0
     (vi, ai), size, rate, frames = streams(dst)[0], *streams(dst)[1:]
     (vi0, ai0), size0, rate0, frames0 = streams(src)[0], *streams(src)[1:]
     assert size == (128, 96) and size0 == (64, 48) and rate == rate0 == 10
@@ -67,6 +68,9 @@ def test_video_in_video_out_keeps_frames_timing_and_audio(tmp_path, photo):
     mse = ((frames[4].astype(float) - ref) ** 2).mean()
     assert 10 * np.log10(255 ** 2 / mse) > 30
     assert not list(tmp_path.glob(".*part*"))
+    # the bit-map video: one picture per frame, the SR's size, no audio
+    (vb, *rest), size_b, _, frames_b = streams(tmp_path / "out_bits.mp4")[0], *streams(tmp_path / "out_bits.mp4")[1:]
+    assert not rest and size_b == (128, 96) and len(frames_b) == 10 and v["bit_map"] == str(tmp_path / "out_bits.mp4")
 
 
 def test_video_mistakes_are_one_line_and_write_nothing(tmp_path, photo, capsys, monkeypatch):
@@ -110,6 +114,7 @@ def test_video_mistakes_are_one_line_and_write_nothing(tmp_path, photo, capsys, 
         return real(self, *a, **k)
 
     monkeypatch.setattr(Upscaler, "upscale", interrupted)
-    assert main(["upscale", str(src), "-o", str(tmp_path / "o.mp4"), "--model", MODEL]) == 130
-    assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".*part*"))
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o.mp4"), "--model", MODEL, "--bitmap"]) == 130
+    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "o_bits.mp4").exists()
+    assert not list(tmp_path.glob(".*part*"))
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
