@@ -197,3 +197,14 @@ def test_a_strip_runs_in_proportion_to_its_pixels(model, photo):
     finally:
         upscaler_module.plan_tiles = orig
     assert psnr(r.image.rgb, ref.image.rgb, 0) >= 45
+
+
+def test_progress_starts_before_the_first_batch(model, photo):
+    calls = []
+    Upscaler(model, backend="torch", device="cpu", tile=48, overlap=6, batch=5).upscale(
+        photo[:150, :230], progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 24), (5, 24), (10, 24), (15, 24), (20, 24), (24, 24)]
+    calls.clear()
+    Upscaler(model, backend="torch", device="cpu", tile=48, overlap=6, batch=64).upscale(
+        photo[:150, :230], progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(24, 24)]  # one batch: no bar to start

@@ -63,7 +63,7 @@ class Upscaler:
 
     def upscale(self, image, progress: Callable[[int, int], None] | None = None) -> UpscaleResult:
         """image: a path, an `Image`, or an HxWx3 uint8/uint16 array. `progress(done, total)` is
-        called after each batch of tiles."""
+        called after each batch of tiles, and with done = 0 before the first when there is more than one batch."""
         t0 = time.perf_counter()
         img = _as_image(image)
         t_decode = time.perf_counter() - t0
@@ -94,6 +94,8 @@ class Upscaler:
         bits = torch.empty(grid.n_tiles, self.backend.info.n_layers, device=on)
         t_infer = t_stitch = 0.0
         done = 0
+        if progress is not None and grid.n_tiles > self.batch:  # a bar can time the first batch too
+            progress(0, grid.n_tiles)
         for idx, tiles in iter_batches(lr, grid, self.batch):
             t = time.perf_counter()
             sr, b = self.backend.run(tiles.to(dev, non_blocking=True).float())
