@@ -1,7 +1,8 @@
 """Video in, video out (`cadyq upscale clip.mp4 -o out.mp4`), with PyAV (`pip install "cadyq[video]"`).
 
-Frames are decoded one at a time, upscaled through the Upscaler (the same tiling, backends and bit maps as
-images) and encoded as they come, so memory holds one frame whatever the length. The video keeps its frame
+Frames are decoded in one thread, upscaled through the Upscaler (the same tiling, backends and bit maps as
+images) in the caller's, and encoded in a third, through bounded queues (`_Pipeline`): decoding, the backend and
+encoding overlap, and memory holds a few frames whatever the length. The video keeps its frame
 timestamps, time base and frame rate; audio and subtitle streams are copied packet by packet (no re-encode).
 The file is written under a temporary name beside the output and renamed when complete: Ctrl-C or an error
 leaves the old file or nothing. yuv420p needs even sizes: an odd SR width or height loses its last pixel row or
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,43 +123,67 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
                             warn(f"{src.name}: its {s.type} stream {s.index} ({s.codec_context.name}) cannot be "
                                  f"copied into {dst.suffix} ({e}); it is left out")
                 total = vs.frames or None
-                for packet in inp.demux(vs, *(inp.streams[i] for i in copies)):
-                    if packet.stream.index in copies:
-                        if packet.dts is not None:
-                            packet.stream = copies[packet.stream.index]
-                            out.mux(packet)
-                        continue
-                    try:
-                        decoded = packet.decode()
-                    except av.error.FFmpegError as e:
-                        raise ImageError(f"{src}: frame {len(frames) + 1} cannot be decoded ({e.strerror or e})") from None
-                    for frame in decoded:
-                        if not frames and (rotation := getattr(frame, "rotation", 0) or _rotation(vs)):
-                            warn(f"{src.name}: its {rotation}° display rotation is not copied; the frames are "
-                                 "upscaled and written as stored")
-                        r = fit(h, w).upscale(frame.to_ndarray(format="rgb24"))
-                        sr = av.VideoFrame.from_ndarray(r.image.rgb[:sh, :sw], format="rgb24")
-                        sr.pts, sr.time_base = frame.pts, frame.time_base
-                        for p in ovs.encode(sr):
-                            out.mux(p)
+                pipe = _Pipeline()
+                streams_in = (vs, *(inp.streams[i] for i in copies))
+
+                def decode(put):  # thread 1: demux and decode, in file order (copied packets pass through)
+                    n = 0
+                    for packet in inp.demux(*streams_in):
+                        if packet.stream.index in copies:
+                            if packet.dts is not None:
+                                put(("packet", packet))
+                            continue
+                        try:
+                            decoded = packet.decode()
+                        except av.error.FFmpegError as e:
+                            raise ImageError(f"{src}: frame {n + 1} cannot be decoded ({e.strerror or e})") from None
+                        for frame in decoded:
+                            n += 1
+                            rotation = getattr(frame, "rotation", 0) if n == 1 else 0
+                            put(("frame", (frame.pts, frame.time_base, frame.to_ndarray(format="rgb24"), rotation)))
+
+                def encode(get):  # thread 2: encode and mux
+                    while (item := get()) is not _END:
+                        kind, payload = item
+                        if kind == "packet":
+                            payload.stream = copies[payload.stream.index]
+                            out.mux(payload)
+                            continue
+                        pts, tb, sr_rgb, map_rgb = payload
+                        for stream, container, rgb in ((ovs, out, sr_rgb), (mvs, map_out, map_rgb)):
+                            if stream is not None:
+                                f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                                f.pts, f.time_base = pts, tb
+                                for p in stream.encode(f):
+                                    container.mux(p)
+                    for stream, container in ((ovs, out), (mvs, map_out)):
+                        if stream is not None:
+                            for p in stream.encode(None):
+                                container.mux(p)
+
+                with pipe.run(decode, encode) as (get, put):  # the backend runs here, between the two threads
+                    while (item := get()) is not _END:
+                        kind, payload = item
+                        if kind == "packet":
+                            put(item)
+                            continue
+                        pts, tb, rgb, rotation = payload
+                        if rotation or (not frames and _rotation(vs)):
+                            warn(f"{src.name}: its {rotation or _rotation(vs)}° display rotation is not copied; the "
+                                 "frames are upscaled and written as stored")
+                        up = fit(h, w)
+                        r = up.upscale(rgb)
+                        map_rgb = None
                         if mvs is not None:
                             from .runtime.bitmap import render_bit_map
 
-                            up = fit(h, w)
                             pic = render_bit_map(r.bit_map, r.grid, scale, r.image.rgb, up.backend.info.bits)
-                            mf = av.VideoFrame.from_ndarray(np.ascontiguousarray(pic[:sh, :sw]), format="rgb24")
-                            mf.pts, mf.time_base = frame.pts, frame.time_base
-                            for p in mvs.encode(mf):
-                                map_out.mux(p)
-                        frames.append({"pts": frame.pts, "fqr": round(r.fqr, 4), "bitops_g": round(r.bitops / 1e9, 4),
+                            map_rgb = np.ascontiguousarray(pic[:sh, :sw])
+                        put(("frame", (pts, tb, np.ascontiguousarray(r.image.rgb[:sh, :sw]), map_rgb)))
+                        frames.append({"pts": pts, "fqr": round(r.fqr, 4), "bitops_g": round(r.bitops / 1e9, 4),
                                        "tiles": [r.grid.rows, r.grid.cols]})
                         if progress is not None:
                             progress(len(frames), total, time.perf_counter() - t0)
-                for p in ovs.encode(None):
-                    out.mux(p)
-                if mvs is not None:
-                    for p in mvs.encode(None):
-                        map_out.mux(p)
         if not frames:
             raise ImageError(f"{src}: no video frame could be decoded")
         os.replace(tmp, dst)
@@ -173,6 +200,80 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
             "fqr": round(sum(f["fqr"] for f in frames) / len(frames), 4),
             "bitops_g": round(sum(f["bitops_g"] for f in frames), 4), "time_s": round(seconds, 3),
             "fps": round(len(frames) / seconds, 4), "per_frame": frames}
+
+
+_END = object()
+
+
+class _Stopped(Exception):
+    """A pipeline thread gives up because the pipeline stopped (an error or Ctrl-C elsewhere)."""
+
+
+class _Pipeline:
+    """decode thread -> (the caller: the backend) -> encode thread, through two bounded queues, so decoding, the
+    backend and encoding overlap while at most a few frames are in flight. An error in either thread, or in the
+    caller (Ctrl-C included), stops all three; the first error is raised in the caller."""
+
+    def __init__(self, depth: int = 3):
+        self.inbox, self.outbox = queue.Queue(depth), queue.Queue(depth)
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+
+    def _put(self, q, item):
+        while not self.stop.is_set():
+            try:
+                return q.put(item, timeout=0.05)
+            except queue.Full:
+                pass
+        raise _Stopped
+
+    def _get(self, q):
+        while True:
+            try:
+                return q.get(timeout=0.05)
+            except queue.Empty:
+                if self.stop.is_set():
+                    raise _Stopped from None
+
+    def _thread(self, body, *args, end=None):
+        def run():
+            try:
+                body(*args)
+                if end is not None:
+                    end()
+            except _Stopped:
+                pass
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                self.errors.append(e)
+                self.stop.set()
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+    @contextlib.contextmanager
+    def run(self, decode, encode):
+        get = lambda: self._get(self.inbox)  # noqa: E731
+        put = lambda item: self._put(self.outbox, item)  # noqa: E731
+        threads = [self._thread(decode, lambda item: self._put(self.inbox, item), end=lambda: self._put(self.inbox, _END)),
+                   self._thread(encode, lambda: self._get(self.outbox))]
+        try:
+            try:
+                yield get, put
+            except _Stopped:
+                pass  # a thread failed: its error is raised below
+            else:
+                with contextlib.suppress(_Stopped):  # a failed encoder stops the pipeline: its error is raised below
+                    put(_END)
+                    threads[1].join()
+        except BaseException:
+            self.stop.set()
+            raise
+        finally:
+            self.stop.set()
+            for t in threads:
+                t.join()
+        if self.errors:
+            raise self.errors[0]
 
 
 def _video_stream(out, codec: str, rate, width: int, height: int, src_stream, options: VideoOptions):

@@ -118,3 +118,43 @@ def test_video_mistakes_are_one_line_and_write_nothing(tmp_path, photo, capsys, 
     assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "o_bits.mp4").exists()
     assert not list(tmp_path.glob(".*part*"))
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("fails", ["decode", "encode", "caller", None])
+def test_pipeline_overlaps_stages_and_stops_on_any_error(fails):
+    """decode -> caller -> encode threads: items arrive in order; an error in any stage stops all three and is
+    raised in the caller; nothing is left running."""
+    import threading
+
+    from cadyq.errors import ImageError
+    from cadyq.video import _END, _Pipeline
+
+    got = []
+
+    def decode(put):
+        for i in range(20):
+            if fails == "decode" and i == 5:
+                raise ImageError("frame 6 cannot be decoded")
+            put(i)
+
+    def encode(get):
+        while (item := get()) is not _END:
+            if fails == "encode" and item == 14:
+                raise OSError("disk full")
+            got.append(item)
+
+    before = threading.active_count()
+    pipe = _Pipeline(depth=2)
+    err = {"decode": ImageError, "encode": OSError, "caller": KeyboardInterrupt}.get(fails)
+    ctx = pytest.raises(err) if err else __import__("contextlib").nullcontext()
+    with ctx:
+        with pipe.run(decode, encode) as (get, put):
+            while (item := get()) is not _END:
+                if fails == "caller" and item == 3:
+                    raise KeyboardInterrupt
+                put(item * 2)
+    assert threading.active_count() == before
+    if fails is None:
+        assert got == [2 * i for i in range(20)]
+    else:
+        assert got == [2 * i for i in range(len(got))] and len(got) < 20
