@@ -230,3 +230,18 @@ def test_peers_expand_to_openvino_on_the_cpu_only():
     assert {"openvino", "openvino-int8", "fp32-cl", "bf16-cl", "fp32@onnxruntime", "fakequant"} <= set(cpu)
     assert "native" not in cpu
     assert "openvino" not in expand_compare(["peers"], torch.device("cuda"), "native")
+
+
+def test_native_int8_upsampler_row_or_its_reason(hr, tmp_path, one_torch_thread):
+    from cadyq import save
+    from cadyq.calib import calibrate_upsampler
+
+    rep = benchmark(ZOO, ["native-int8up"], "native", "cpu", TINY, image=hr)
+    assert [s["label"] for s in rep["skipped"]] == ["native-int8up"] and "calibrate" in rep["skipped"][0]["reason"]
+    m = load_model(ZOO)
+    path = tmp_path / "m.safetensors"
+    save(calibrate_upsampler(m, [torch.rand(4, 3, 24, 24) * 255]), path)
+    rep = benchmark(str(path), ["native-int8up"], "native", "cpu", TINY, image=hr)
+    rows = {r["label"]: r for r in rep["results"]}
+    assert "native-int8up" in rows and any("upsampler convs INT8" in n for n in rows["native-int8up"]["notes"])
+    assert abs(rows["native-int8up"]["image"]["psnr"] - rows[str(path)]["image"]["psnr"]) < 0.5

@@ -232,9 +232,14 @@ def make_configs(model, compare=(), backend: str = "auto", device: str = "auto",
             if first.module is None:
                 raise BenchError(f"the {item} row runs the checkpoint of --model; --model is a file; pass the checkpoint")
             if item == "native-int8up":
+                from ..errors import BackendError
                 from ..runtime import create_backend
 
-                be = create_backend("native", first.module, str(dev), int8_upsampler=True)
+                try:
+                    be = create_backend("native", first.module, str(dev), int8_upsampler=True)
+                except BackendError as e:  # e.g. no upsampler clip values: the row is skipped, with the reason
+                    skipped.append({"label": item, "reason": str(e)})
+                    continue
             else:
                 be = _backend_for(first.module, "torch" if item == "fakequant" else "native", str(dev), tile, tmpdir,
                                   threads)
