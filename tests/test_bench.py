@@ -245,3 +245,10 @@ def test_native_int8_upsampler_row_or_its_reason(hr, tmp_path, one_torch_thread)
     rows = {r["label"]: r for r in rep["results"]}
     assert "native-int8up" in rows and any("upsampler convs INT8" in n for n in rows["native-int8up"]["notes"])
     assert abs(rows["native-int8up"]["image"]["psnr"] - rows[str(path)]["image"]["psnr"]) < 0.5
+
+
+def test_auto_backend_row_says_what_it_chose(hr, one_torch_thread):
+    rep = benchmark(ZOO, [], "auto", "cpu", TINY, image=hr)
+    row = rep["results"][0]
+    assert row["backend"] == "native" and "integer program" in row["choice"]
+    assert "chosen automatically" in format_report(rep)

@@ -190,7 +190,8 @@ def make_configs(model, compare=(), backend: str = "auto", device: str = "auto",
         model = label = f"{getattr(model.config, 'name', 'model')} x{model.config.scale} {quant_config(model).method}"
     else:
         label = Path(str(model)).name if _is_file_model(model) else str(model)
-    first = Config(label, _backend_for(main, main_backend, str(dev), tile, tmpdir, threads), str(model),
+    first = Config(label, _backend_for(main, backend if backend == "auto" else main_backend, str(dev), tile, tmpdir,
+                                      threads), str(model),
                    module=main if isinstance(main, nn.Module) else None)
     first.notes += _simulation_note(first.backend.info.method, first.backend.name) + list(getattr(first.backend, "notes", []))
     configs, skipped = [first], []
