@@ -49,45 +49,28 @@ run() {  # run NAME ARGS...: resume when a state exists, skip when finished
   "$PY" -m cadyq train "$@" --out "$out" "${resume[@]}" && touch "$out/done"
 }
 
-cadyq_run() {  # cadyq_run SCALE: in chunks of 250 iterations, keeping each chunk's weights
-  local scale=$1 out="$RUNS/edsr-cadyq-x$1" it
+dynamic_run() {  # dynamic_run METHOD SCALE: cadyq (4/6/8 per tile and layer) or gdq (4/5/6/8 per tile) from pams8,
+  # in chunks of 250 iterations ($CADYQ_CHUNKS / $GDQ_CHUNKS), keeping each chunk's weights as iter-N
+  local method=$1 scale=$2 out="$RUNS/edsr-$1-x$2" it chunks
   local teacher="$RUNS/edsr-pams8-x$scale/best.safetensors" init="$out/init.safetensors"
-  if shipped "cadyq-x$scale"; then return; fi
+  if shipped "$method-x$scale"; then return; fi
+  shipped "pams8-x$scale" > /dev/null || true  # the teacher, from the zoo when it is shipped
   # each candidate's clip value by MSE on 128 training tiles (the official code copies the 8-bit one into all three:
-  # benchmarks/bit_damage.py measures 4-bit damage 27 % lower this way on the tiny model)
-  if [ ! -f "$init" ] && [ ! -f "$out/last_state.pt" ] && [ ! -d "benchmarks/zoo_state/edsr-cadyq-x$scale" ]; then
+  # benchmarks/bit_damage.py measures 4-bit damage 27 % lower this way on the tiny model); gdq: also E2B thresholds
+  if [ ! -f "$init" ] && [ ! -f "$out/last_state.pt" ] && [ ! -d "benchmarks/zoo_state/edsr-$method-x$scale" ]; then
     mkdir -p "$out"
-    "$PY" -m cadyq calibrate -m "$teacher" --data "$DATA/train" --target cadyq --method mse -o "$init"
+    "$PY" -m cadyq calibrate -m "$teacher" --data "$DATA/train" --target "$method" --method mse -o "$init"
   fi
   # the bit-loss schedule: x2 has half the x4 weight (with x4's schedule, x2 lost 0.131 dB to pams8 at FQR 6.28 after
   # 250 iterations: its higher PSNR leaves less room for 4-bit noise within issue 8's 0.1-dB budget)
   local wbit=(--w-bit 1e-3 --w-bit-step 2e-4)
   [ "$scale" = 2 ] && wbit=(--w-bit 5e-4 --w-bit-step 1e-4)
-  for it in $CADYQ_CHUNKS; do
+  chunks=$CADYQ_CHUNKS
+  [ "$method" = gdq ] && chunks=$GDQ_CHUNKS
+  for it in $chunks; do
     [ -f "$out/iter-$it.safetensors" ] && continue
     rm -f "$out/done"
-    run "cadyq-x$scale" --method cadyq --init "$init" --teacher "$teacher" "${COMMON[@]}" \
-      --scale "$scale" --iters "$it" --lr 1e-4 --decay 500 "${wbit[@]}" --w-bit-every 100 \
-      --val-every 250
-    cp -p "$out/last.safetensors" "$out/iter-$it.safetensors"
-  done
-}
-
-gdq_run() {  # gdq_run SCALE: Granular-DQ (4/5/6/8, one bit-width per tile) from pams8, chunks as cadyq_run
-  local scale=$1 out="$RUNS/edsr-gdq-x$1" it
-  local teacher="$RUNS/edsr-pams8-x$scale/best.safetensors" init="$out/init.safetensors"
-  if shipped "gdq-x$scale"; then return; fi
-  shipped "pams8-x$scale" > /dev/null || true  # the teacher, from the zoo when it is shipped
-  if [ ! -f "$init" ] && [ ! -f "$out/last_state.pt" ] && [ ! -d "benchmarks/zoo_state/edsr-gdq-x$scale" ]; then
-    mkdir -p "$out"  # clip values per candidate by MSE and the entropy-to-bit thresholds, from training tiles
-    "$PY" -m cadyq calibrate -m "$teacher" --data "$DATA/train" --target gdq --method mse -o "$init"
-  fi
-  local wbit=(--w-bit 1e-3 --w-bit-step 2e-4)
-  [ "$scale" = 2 ] && wbit=(--w-bit 5e-4 --w-bit-step 1e-4)
-  for it in $GDQ_CHUNKS; do
-    [ -f "$out/iter-$it.safetensors" ] && continue
-    rm -f "$out/done"
-    run "gdq-x$scale" --method gdq --init "$init" --teacher "$teacher" "${COMMON[@]}" \
+    run "$method-x$scale" --method "$method" --init "$init" --teacher "$teacher" "${COMMON[@]}" \
       --scale "$scale" --iters "$it" --lr 1e-4 --decay 500 "${wbit[@]}" --w-bit-every 100 --val-every 250
     cp -p "$out/last.safetensors" "$out/iter-$it.safetensors"
   done
@@ -99,7 +82,6 @@ for stage in $STAGES; do
     fp32)  run "$stage" --method fp32 --scale "$scale" "${COMMON[@]}" --iters 10000 --lr 2e-4 --decay 4000 ;;
     pams8) run "$stage" --method pams8 --init "$RUNS/edsr-fp32-x$scale/best.safetensors" "${COMMON[@]}" \
              --iters 250 --lr 1e-4 --decay 250 --val-every 250 ;;
-    cadyq) cadyq_run "$scale" ;;
-    gdq)   gdq_run "$scale" ;;
+    cadyq|gdq) dynamic_run "$method" "$scale" ;;
   esac
 done
