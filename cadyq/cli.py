@@ -209,7 +209,7 @@ def cmd_upscale(args) -> int:
     up = _upscaler(args)
     s = up.scale
     _check_skip(args)
-    jobs = plan_upscale(inputs, args.output, s, image_extensions=IMAGE_EXTENSIONS, bit_map=args.bitmap,
+    jobs = plan_upscale(inputs, args.output, s, extensions=IMAGE_EXTENSIONS, bit_map=args.bitmap,
                         skip_existing=args.skip_existing,
                         report=args.json, overwrite=args.overwrite)
     _say_skipped(len(inputs), len(jobs), "images")
@@ -276,13 +276,13 @@ def _say_skipped(n_inputs: int, n_jobs: int, what: str) -> None:
 def _upscale_videos(args, videos) -> int:
     from tqdm import tqdm
 
-    from .outputs import ensure_folder, plan_videos
+    from .outputs import ensure_folder, plan_upscale
     from .video import VIDEO_EXTENSIONS, VideoOptions, check_output_size, upscale_video
 
     up = _upscaler(args)
     options = VideoOptions(args.codec, args.crf, args.preset)
     _check_skip(args)
-    jobs = plan_videos(videos, args.output, up.scale, video_extensions=VIDEO_EXTENSIONS, bit_map=args.bitmap,
+    jobs = plan_upscale(videos, args.output, up.scale, extensions=VIDEO_EXTENSIONS, video=True, bit_map=args.bitmap,
                        report=args.json,
                        skip_existing=args.skip_existing,
                        overwrite=args.overwrite)

@@ -163,35 +163,38 @@ class UpscaleJob:
 
 
 @_os_errors_name_the_path
-def plan_upscale(inputs: Sequence[Path], output: str | Path, scale: int, *, image_extensions: Sequence[str],
+def plan_upscale(inputs: Sequence[Path], output: str | Path, scale: int, *, extensions: Sequence[str],
                  bit_map: bool = False, report: str | Path | None = None, overwrite: bool = False,
-                 skip_existing: bool = False) -> list[UpscaleJob]:
-    """Every file `cadyq upscale` will write, checked before the first image runs. skip_existing: inputs whose
-    outputs all exist are left out (outputs are written atomically, so an existing file is complete).
+                 skip_existing: bool = False, video: bool = False) -> list[UpscaleJob]:
+    """Every file `cadyq upscale` will write, checked before the first image (or video) runs. skip_existing:
+    inputs whose outputs all exist are left out (outputs are written atomically, so an existing file is complete).
 
-    One input and an image file name for `output`: that file. Otherwise `output` is a folder and each
-    input writes `<stem>_x<scale>.png`; inputs whose names would collide (photo.png, photo.jpg) get
-    their extension in the name (photo_png_x4.png, photo_jpg_x4.png); collisions that remain are refused.
+    One input and a file name with one of `extensions` for `output`: that file. Otherwise `output` is a folder and
+    each input writes `<stem>_x<scale>.png` (videos: `<stem>_x<scale><its extension>`); image inputs whose names
+    would collide (photo.png, photo.jpg) get their extension in the name (photo_png_x4.png, photo_jpg_x4.png);
+    collisions that remain are refused. The bit map is `<output stem>_bits.png` (videos: the output's extension).
     """
+    what = "video" if video else "image"
     output = Path(output)
     inputs = [Path(p) for p in inputs]
     if _names_a_file(output):
-        if output.suffix.lower() not in image_extensions:
-            raise OutputError(f"-o {output}: {output.suffix} is not an image format cadyq writes (use "
-                              f"{' '.join(image_extensions)}); to write into a folder of that name, create it first")
+        if output.suffix.lower() not in extensions:
+            raise OutputError(f"-o {output}: {output.suffix} is not {'a video' if video else 'an image'} format cadyq "
+                              f"writes (use {' '.join(extensions)}); to write into a folder of that name, create it first")
         if len(inputs) > 1:
-            raise OutputError(f"-o {output} names one image file, but {len(inputs)} images were given; "
+            raise OutputError(f"-o {output} names one {what} file, but {len(inputs)} {what}s were given; "
                               f"pass a folder for -o (e.g. -o {output.with_suffix('')})")
         _check_folder_can_hold(output.parent)
-        images = [output]
+        outs = [output]
     else:
         if output.exists() and not output.is_dir():
             raise OutputError(f"-o {output}: exists and is not a folder; with {len(inputs)} input(s) "
-                              "-o must be a folder (or an image file name for a single input)")
+                              f"-o must be a folder (or {'a video' if video else 'an image'} file name for a single input)")
         _check_folder_can_hold(output)
-        images = _folder_names(inputs, output, scale)
-    jobs = [UpscaleJob(src, dst, dst.with_name(f"{dst.stem}_bits.png") if bit_map else None)
-            for src, dst in zip(inputs, images)]
+        outs = ([output / f"{src.stem}_x{scale}{src.suffix.lower()}" for src in inputs] if video
+                else _folder_names(inputs, output, scale))
+    jobs = [UpscaleJob(src, dst, dst.with_name(f"{dst.stem}_bits{dst.suffix if video else '.png'}") if bit_map else None)
+            for src, dst in zip(inputs, outs)]
     jobs = [j for j in jobs if not (skip_existing and done(j))]
     _check_outputs(jobs, inputs, _report_to_check(report, skip_existing), overwrite)
     return jobs
@@ -207,33 +210,6 @@ def _report_to_check(report, skip_existing: bool) -> Path | None:
 def done(job: UpscaleJob) -> bool:
     """Every output of the job exists (written atomically: complete)."""
     return job.image.is_file() and (job.bit_map is None or job.bit_map.is_file())
-
-
-def plan_videos(inputs: Sequence[Path], output: str | Path, scale: int, *, video_extensions: Sequence[str],
-                bit_map: bool = False, report: str | Path | None = None, overwrite: bool = False,
-                skip_existing: bool = False) -> list[UpscaleJob]:
-    """Every video `cadyq upscale` will write: one input and a video file name for `output`, that file; else
-    `output` is a folder and each input writes `<stem>_x<scale><its extension>`. Checked as for images."""
-    output = Path(output)
-    inputs = [Path(p) for p in inputs]
-    if _names_a_file(output):
-        if output.suffix.lower() not in video_extensions:
-            raise OutputError(f"-o {output}: {output.suffix} is not a video format cadyq writes (use "
-                              f"{' '.join(video_extensions)}); to write into a folder of that name, create it first")
-        if len(inputs) > 1:
-            raise OutputError(f"-o {output} names one video file, but {len(inputs)} videos were given; pass a folder")
-        _check_folder_can_hold(output.parent)
-        outs = [output]
-    else:
-        if output.exists() and not output.is_dir():
-            raise OutputError(f"-o {output}: exists and is not a folder")
-        _check_folder_can_hold(output)
-        outs = [output / f"{src.stem}_x{scale}{src.suffix.lower()}" for src in inputs]
-    jobs = [UpscaleJob(src, dst, dst.with_name(f"{dst.stem}_bits{dst.suffix}") if bit_map else None)
-            for src, dst in zip(inputs, outs)]
-    jobs = [j for j in jobs if not (skip_existing and done(j))]
-    _check_outputs(jobs, inputs, _report_to_check(report, skip_existing), overwrite)
-    return jobs
 
 
 def _names_a_file(output: Path) -> bool:
