@@ -10,6 +10,7 @@ column, with a warning.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import queue
@@ -162,17 +163,24 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
                                 container.mux(p)
 
                 with pipe.run(decode, encode) as (get, put):  # the backend runs here, between the two threads
-                    while (item := get()) is not _END:
-                        kind, payload = item
-                        if kind == "packet":
-                            put(item)
-                            continue
-                        pts, tb, rgb, rotation = payload
-                        if rotation or (not frames and _rotation(vs)):
-                            warn(f"{src.name}: its {rotation or _rotation(vs)}° display rotation is not copied; the "
-                                 "frames are upscaled and written as stored")
-                        up = fit(h, w)
-                        r = up.upscale(rgb)
+                    stamps: collections.deque = collections.deque()  # (pts, time base) of the frames in flight
+
+                    def decoded():  # the frames, in order; copied packets go straight on to the encoder
+                        while (item := get()) is not _END:
+                            kind, payload = item
+                            if kind == "packet":
+                                put(item)
+                                continue
+                            pts, tb, rgb, rotation = payload
+                            if rotation or (not stamps and not frames and _rotation(vs)):
+                                warn(f"{src.name}: its {rotation or _rotation(vs)}° display rotation is not copied; "
+                                     "the frames are upscaled and written as stored")
+                            stamps.append((pts, tb))
+                            yield rgb
+
+                    up = fit(h, w)
+                    for r in up.upscale_many(decoded()):  # tiles of consecutive frames share batches
+                        pts, tb = stamps.popleft()
                         map_rgb = None
                         if mvs is not None:
                             from .runtime.bitmap import render_bit_map

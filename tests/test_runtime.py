@@ -208,3 +208,23 @@ def test_progress_starts_before_the_first_batch(model, photo):
     Upscaler(model, backend="torch", device="cpu", tile=48, overlap=6, batch=64).upscale(
         photo[:150, :230], progress=lambda done, total: calls.append((done, total)))
     assert calls == [(24, 24)]  # one batch: no bar to start
+
+
+def test_upscale_many_fills_batches_across_images_with_the_same_results(model, photo):
+    # 9, 4, 4 and 9 tiles, then a strip (5 tiles of another shape)
+    images = [photo[:100, :130], photo[200:260, 40:100], photo[100:160, 240:300], photo[300:400, 300:420],
+              photo[50:70, 100:300]]
+    up = Upscaler(model, backend="torch", device="cpu", tile=48, overlap=6, batch=6)
+    calls = []
+    run = up.backend.run
+    up.backend.run = lambda tiles: calls.append(tiles.shape[0]) or run(tiles)
+    alone = [up.upscale(im) for im in images]
+    n_alone, calls[:] = len(calls), []
+    together = list(up.upscale_many(iter(images)))
+    assert len(together) == len(images)
+    for a, b in zip(alone, together):
+        assert np.array_equal(a.image.rgb, b.image.rgb) and torch.equal(a.bit_map, b.bit_map) and a.fqr == b.fqr
+    n_tiles = sum(r.grid.n_tiles for r in alone)
+    assert sum(calls) == n_tiles and len(calls) < n_alone  # fewer, fuller batches
+    assert calls == [6, 6, 6, 6, 2, 5]  # full except where the strip's tile shape cuts a batch
+    assert list(up.upscale_many([])) == []

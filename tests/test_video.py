@@ -47,9 +47,18 @@ def streams(path):
     return info, size, rate, frames
 
 
-def test_video_in_video_out_keeps_frames_timing_and_audio(tmp_path, photo):
+def test_video_in_video_out_keeps_frames_timing_and_audio(tmp_path, photo, monkeypatch):
+    from cadyq.runtime import Upscaler
+
     src = make_clip(tmp_path / "clip.mp4", photo)
     dst, rep = tmp_path / "out.mp4", tmp_path / "r.json"
+    batches, real_many = [], Upscaler.upscale_many
+
+    def counting(self, images):
+        run = self.backend.run
+        self.backend.run = lambda tiles: batches.append(tiles.shape[0]) or run(tiles)
+        return real_many(self, images)
+    monkeypatch.setattr(Upscaler, "upscale_many", counting)
     assert main(["upscale", str(src), "-o", str(dst), "--model", MODEL, "--json", str(rep), "--crf", "12",
                  "--bitmap"]) == 0
     (vi, ai), size, rate, frames = streams(dst)[0], *streams(dst)[1:]
@@ -57,13 +66,12 @@ def test_video_in_video_out_keeps_frames_timing_and_audio(tmp_path, photo):
     assert size == (128, 96) and size0 == (64, 48) and rate == rate0 == 10
     assert len(frames) == len(frames0) == 10 and vi[2] == vi0[2] and vi[3:] == vi0[3:]  # frames, duration, time base
     assert ai == ai0  # the audio stream copied as it was: codec, packets, duration, time base
+    assert batches == [10]  # one tile per frame: the frames' tiles share one batch
     r = json.loads(rep.read_text())
     v = r["videos"][0]
     assert v["frames"] == 10 and len(v["per_frame"]) == 10 and v["copied_streams"] == 1
     assert all(4 <= f["fqr"] <= 8 for f in v["per_frame"]) and v["bitops_g"] > 0
     # each frame is the upscaled frame (up to the codecs' loss): against the image path on the decoded input
-    from cadyq.runtime import Upscaler
-
     ref = Upscaler(MODEL, device="cpu").upscale(frames0[4]).image.rgb.astype(float)
     mse = ((frames[4].astype(float) - ref) ** 2).mean()
     assert 10 * np.log10(255 ** 2 / mse) > 30
@@ -105,7 +113,7 @@ def test_video_mistakes_are_one_line_and_write_nothing(tmp_path, photo, capsys, 
     from cadyq.runtime import Upscaler
 
     calls = {"n": 0}
-    real = Upscaler.upscale
+    real = Upscaler._start  # takes each frame in
 
     def interrupted(self, *a, **k):
         calls["n"] += 1
@@ -113,7 +121,7 @@ def test_video_mistakes_are_one_line_and_write_nothing(tmp_path, photo, capsys, 
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
-    monkeypatch.setattr(Upscaler, "upscale", interrupted)
+    monkeypatch.setattr(Upscaler, "_start", interrupted)
     assert main(["upscale", str(src), "-o", str(tmp_path / "o.mp4"), "--model", MODEL, "--bitmap"]) == 130
     assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "o_bits.mp4").exists()
     assert not list(tmp_path.glob(".*part*"))

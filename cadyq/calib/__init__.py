@@ -208,3 +208,30 @@ def photo_tiles(folder, scale: int, tile: int = 96, batch: int = 16, max_tiles: 
                 left -= tiles.shape[0]
                 yield tiles.float()
     return gen(), total
+
+
+def random_tiles(folder, scale: int, n: int, tile: int = 96, seed: int = 0, lr: bool = False) -> torch.Tensor:
+    """n LR tiles [n,3,tile,tile] (float, 0..255) at seeded positions spread over a folder's photos (HR photos
+    bicubic-downscaled by `scale`, or LR with `lr`); photos whose LR is smaller than a tile are left out."""
+    import numpy as np
+
+    from ..data.io import list_images, read_image, to_tensor
+    from ..data.resize import bicubic_downscale, mod_crop
+
+    lrs = []
+    for path in list_images([folder]):
+        rgb = read_image(path).rgb
+        if rgb.dtype != np.uint8:
+            rgb = np.round(rgb / 257.0).astype(np.uint8)
+        small = rgb if lr else bicubic_downscale(np.ascontiguousarray(mod_crop(rgb, scale)), scale)
+        if min(small.shape[:2]) >= tile:
+            lrs.append(small)
+    if not lrs:
+        raise CadyqError(f"{folder}: no image whose LR holds a {tile}-px tile")
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        img = lrs[i % len(lrs)]
+        y, x = rng.integers(0, img.shape[0] - tile + 1), rng.integers(0, img.shape[1] - tile + 1)
+        out.append(to_tensor(np.ascontiguousarray(img[y:y + tile, x:x + tile])))
+    return torch.stack(out).float()

@@ -26,6 +26,14 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upsampler", action="store_true",
                    help="keep the quantized model as it is and add 8-bit clip values for its upsampler convs (for "
                         "--int8-upsampler of the native backend); --target and --bits do not apply")
+    g = p.add_argument_group("bit allocation (cadyq)", "measure what each layer's drop to fewer bits costs each tile "
+                             "and set the selectors so that the tiles whose layer input varies more keep more bits")
+    g.add_argument("--fqr", type=float, help="allocate bits for this FQR (mean bits) at most")
+    g.add_argument("--static", action="store_true",
+                   help="one bit-width per layer for every tile (static mixed precision: the baseline of a dynamic model)")
+    g.add_argument("--sensitivity", help="JSON of the measurement: read if it exists, else measured and written there")
+    g.add_argument("--sensitivity-tiles", type=int, default=48,
+                   help="tiles measured, at seeded positions over the photos (default 48)")
 
 
 def run_calibrate(args) -> int:
@@ -58,7 +66,53 @@ def run_calibrate(args) -> int:
     with tqdm(total=total, desc="calibrate", unit="tile", file=sys.stderr) as bar:
         out = calibrate(model, batches, target=args.target, method=args.method, bits=bits,
                         percentile=args.percentile, progress=bar.update)
-    save(out, args.output, {"calibration": {**out.calibration, "data": str(args.data)}})
+    extra = {}
+    if args.fqr is not None:
+        extra["allocation"] = _allocate(out, args)
+    elif args.static or args.sensitivity:
+        raise CadyqError("--static and --sensitivity go with --fqr")
+    save(out, args.output, {"calibration": {**out.calibration, "data": str(args.data)}, **extra})
     print(f"wrote {args.output}: {model.config.name} x{model.config.scale} {args.target} calibrated ({args.method}) on "
           f"{out.calibration['tiles']} tiles of {args.data}", file=sys.stderr)
     return 0
+
+
+def _allocate(model, args) -> dict:
+    import json
+    from pathlib import Path
+
+    import torch
+    from tqdm import tqdm
+
+    from ..quant import dynamic_quantizers
+    from . import random_tiles
+    from .allocate import Sensitivity, allocate, apply, measure
+
+    if args.target != "cadyq":
+        raise CadyqError(f"--fqr allocates CADyQ's per-layer selectors; --target is {args.target}")
+    if args.sensitivity_tiles < 2:
+        raise CadyqError("--sensitivity-tiles must be at least 2")
+    path = Path(args.sensitivity) if args.sensitivity else None
+    if path is not None and path.exists():
+        try:
+            sens = Sensitivity.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CadyqError(f"{path}: not a sensitivity measurement of `cadyq calibrate --fqr` ({e})") from None
+        print(f"sensitivity: read {path} ({sens.tiles} tiles)", file=sys.stderr)
+    else:
+        lr = random_tiles(args.data, model.config.scale, args.sensitivity_tiles, args.tile, lr=args.lr)
+        sel = dynamic_quantizers(model)
+        n_layers, n_bits = len(sel), len(sel[0].bits)
+        passes = (1 + n_layers * (n_bits - 1)) * -(-lr.shape[0] // 8)
+        with tqdm(total=passes, desc="sensitivity", unit="batch", file=sys.stderr) as bar:
+            sens = measure(model.to(memory_format=torch.channels_last), lr.contiguous(memory_format=torch.channels_last),
+                           batch=8, progress=bar.update)
+        model.to(memory_format=torch.contiguous_format)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(sens.to_dict()))
+    alloc = allocate(sens, args.fqr, dynamic=not args.static)
+    apply(model, alloc, sens)
+    kind = "static (one bit-width per layer)" if args.static else "dynamic (per tile and layer)"
+    print(f"allocation: {kind}, FQR {alloc.fqr:.2f} on the {sens.tiles} measured tiles", file=sys.stderr)
+    return {**alloc.to_dict(), "tiles": sens.tiles}

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -64,54 +66,108 @@ class Upscaler:
     def upscale(self, image, progress: Callable[[int, int], None] | None = None) -> UpscaleResult:
         """image: a path, an `Image`, or an HxWx3 uint8/uint16 array. `progress(done, total)` is
         called after each batch of tiles, and with done = 0 before the first when there is more than one batch."""
+        return next(self._stream([image], progress))
+
+    def upscale_many(self, images: Iterable) -> Iterator[UpscaleResult]:
+        """The results of `images` (any iterable of what `upscale` takes, e.g. a video's frames), in order. The
+        tiles of consecutive images fill the same batches, so small images and video frames keep the backend's
+        batches full; an image is read from `images` only when its tiles are needed, so memory holds the images
+        of about one batch whatever the length."""
+        return self._stream(images, None)
+
+    def _stream(self, images: Iterable, progress) -> Iterator[UpscaleResult]:
+        dev = self.backend.device
+        on = dev if dev.type == "cuda" else torch.device("cpu")  # on a GPU, cut and stitch there
+        source = iter(images)
+        pending: deque[_Pending] = deque()
+        batch: list[tuple[_Pending, int, torch.Tensor]] = []  # (image, tile index, LR tile)
+
+        def run_batch():
+            t = time.perf_counter()
+            tiles = torch.stack([tile for _, _, tile in batch])
+            sr, b = self.backend.run(tiles.to(dev, non_blocking=True).float())
+            if not torch.isfinite(sr).all():
+                raise BackendError(f"the {self.backend.name} backend returned NaN/Inf; the model or engine is broken")
+            sr = sr.clamp(0, 255)
+            seconds = time.perf_counter() - t
+            k = 0
+            while k < len(batch):  # consecutive tiles of one image go in together
+                job = batch[k][0]
+                n = next((m for m in range(k, len(batch)) if batch[m][0] is not job), len(batch)) - k
+                job.add([i for _, i, _ in batch[k:k + n]], sr[k:k + n], b[k:k + n], seconds * n / len(batch), on)
+                if progress is not None:
+                    progress(job.done, job.grid.n_tiles)
+                k += n
+            batch.clear()
+
+        while True:
+            job = self._start(next(source, None), on)
+            if job is None and not pending:
+                break
+            if job is not None:
+                pending.append(job)
+                if progress is not None and job.grid.n_tiles > self.batch:  # a bar can time the first batch too
+                    progress(0, job.grid.n_tiles)
+                for idx, tiles in iter_batches(job.lr, job.grid, self.batch):
+                    for i, tile in zip(idx, tiles):
+                        if batch and (len(batch) == self.batch or batch[-1][2].shape != tile.shape):
+                            run_batch()
+                        batch.append((job, i, tile))
+                job.lr = None
+            if job is None and batch:  # no more images: run what is left
+                run_batch()
+            while pending and pending[0].finished:
+                yield pending.popleft().result(self)
+
+    def _start(self, image, on) -> "_Pending | None":
+        if image is None:
+            return None
         t0 = time.perf_counter()
         img = _as_image(image)
-        t_decode = time.perf_counter() - t0
-        sr, bits, grid, timings = self._run(to_tensor(img.rgb), exact=img.bit_depth == 16, progress=progress)
-        alpha = None
-        if img.alpha is not None:  # upscaled on its own, bicubic: the network is RGB only
-            a = to_tensor(img.alpha[..., None])[None]
-            alpha = from_tensor(F.interpolate(a, scale_factor=self.scale, mode="bicubic", align_corners=False)[0],
-                                img.bit_depth)[..., 0]
-        out = Image(from_tensor(sr, img.bit_depth), alpha, img.bit_depth, img.gray, img.icc_profile, img.exif, img.source_mode)
-        info = self.backend.info
-        ops = sum(float(info.bitops(bits[i : i + 1], *grid.tile_shape(i)).sum()) for i in range(grid.n_tiles))
-        timings = {"decode": t_decode, **timings, "total": time.perf_counter() - t0}
-        return UpscaleResult(out, tile_map(grid, bits), mean_bits(bits), ops, grid, timings)
-
-    def _run(self, lr: torch.Tensor, exact: bool = False, progress=None):
-        # 8-bit output is rounded per tile and stitched as uint8 (a quarter of the memory of float)
+        lr = to_tensor(img.rgb)
         h, w = lr.shape[1], lr.shape[2]
         # a strip (one side shorter than a tile, the other not) runs in tiles of its own height or width instead of
         # tiles padded to the full size: in proportion to its pixels
         shrink = self.backend.tile_sizes is None and min(h, w) < self.tile <= max(h, w)
         grid = plan_tiles(h, w, self.tile, self.overlap, self.protocol, shrink=shrink)
-        dev = self.backend.device
-        # on a GPU the frame is cut and stitched there: one upload of the LR, one download of the SR
-        on = dev if dev.type == "cuda" else torch.device("cpu")
-        lr = lr.to(on)
-        stitcher = Stitcher(grid, self.scale, channels=3, dtype=torch.float32 if exact else torch.uint8, device=on)
-        bits = torch.empty(grid.n_tiles, self.backend.info.n_layers, device=on)
-        t_infer = t_stitch = 0.0
-        done = 0
-        if progress is not None and grid.n_tiles > self.batch:  # a bar can time the first batch too
-            progress(0, grid.n_tiles)
-        for idx, tiles in iter_batches(lr, grid, self.batch):
-            t = time.perf_counter()
-            sr, b = self.backend.run(tiles.to(dev, non_blocking=True).float())
-            if not torch.isfinite(sr).all():
-                raise BackendError(f"the {self.backend.name} backend returned NaN/Inf; the model or engine is broken")
-            sr = sr.clamp(0, 255)
-            sr = (sr if exact else sr.round().to(torch.uint8)).to(on)
-            t_infer += time.perf_counter() - t
-            t = time.perf_counter()
-            stitcher.add(idx, sr)
-            bits[idx] = b.float().to(on)
-            t_stitch += time.perf_counter() - t
-            done += len(idx)
-            if progress is not None:
-                progress(done, grid.n_tiles)
-        return stitcher.result().float().cpu(), bits.cpu(), grid, {"inference": t_infer, "stitch": t_stitch}
+        return _Pending(img, lr.to(on), grid, self.scale, self.backend.info.n_layers, on, time.perf_counter() - t0)
+
+
+class _Pending:
+    """An image whose tiles are in flight: its stitcher, bits and timings until its last tile is back."""
+
+    def __init__(self, img: Image, lr: torch.Tensor, grid: TileGrid, scale: int, n_layers: int, on, decode: float):
+        self.img, self.lr, self.grid, self.t0 = img, lr, grid, time.perf_counter() - decode
+        self.exact = img.bit_depth == 16  # 8-bit output is rounded per tile and stitched as uint8 (a quarter of float)
+        self.stitcher = Stitcher(grid, scale, channels=3, dtype=torch.float32 if self.exact else torch.uint8, device=on)
+        self.bits = torch.empty(grid.n_tiles, n_layers, device=on)
+        self.done, self.timings = 0, {"decode": decode, "inference": 0.0, "stitch": 0.0}
+
+    @property
+    def finished(self) -> bool:
+        return self.done == self.grid.n_tiles
+
+    def add(self, idx: list[int], sr: torch.Tensor, bits: torch.Tensor, seconds: float, on) -> None:
+        t = time.perf_counter()
+        self.stitcher.add(idx, (sr if self.exact else sr.round().to(torch.uint8)).to(on))
+        self.bits[idx] = bits.float().to(on)
+        self.done += len(idx)
+        self.timings["inference"] += seconds
+        self.timings["stitch"] += time.perf_counter() - t
+
+    def result(self, up: "Upscaler") -> UpscaleResult:
+        img, grid, s = self.img, self.grid, up.scale
+        sr, bits = self.stitcher.result().float().cpu(), self.bits.cpu()
+        alpha = None
+        if img.alpha is not None:  # upscaled on its own, bicubic: the network is RGB only
+            a = to_tensor(img.alpha[..., None])[None]
+            alpha = from_tensor(F.interpolate(a, scale_factor=s, mode="bicubic", align_corners=False)[0],
+                                img.bit_depth)[..., 0]
+        out = Image(from_tensor(sr, img.bit_depth), alpha, img.bit_depth, img.gray, img.icc_profile, img.exif, img.source_mode)
+        info = up.backend.info
+        ops = sum(float(info.bitops(bits[i : i + 1], *grid.tile_shape(i)).sum()) for i in range(grid.n_tiles))
+        timings = {**self.timings, "total": time.perf_counter() - self.t0}
+        return UpscaleResult(out, tile_map(grid, bits), mean_bits(bits), ops, grid, timings)
 
 
 def _as_image(image) -> Image:

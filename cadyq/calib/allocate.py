@@ -1,0 +1,222 @@
+"""Bit allocation from measured sensitivity: which layer, and which tile within a layer, can take fewer bits.
+
+    sens = measure(model, lr_tiles)                 # a cadyq model with calibrated clip values
+    alloc = allocate(sens, fqr=6.0)                 # per layer: thresholds on the selector's statistic
+    alloc = allocate(sens, fqr=6.0, dynamic=False)  # per layer: one bit-width (static mixed precision)
+    apply(model, alloc)                             # writes the selectors' weights
+
+`measure` runs the model with every selector forced: all layers at the highest candidate (the base), then each
+layer alone at each lower candidate. Damage D[j, k, i] = mean squared change of SR tile i (0..255 scale) when layer
+j runs at candidate k; t[j, i] = the statistic a CADyQ selector can see of layer j's input, the mean over channels
+of its per-channel standard deviation (the input std predicts the damage within a layer: rank correlation +0.8 on
+EDSR's block inputs, `benchmarks/sensitivity.md`). The damage is measured against the model's own top-bit output,
+so no HR images are needed.
+
+`allocate` minimises sum_ij D[j, k_ij, i] + lam * bits[k_ij] (damages taken as additive over layers) with lam
+bisected until the calibration tiles' FQR is at most the target. Dynamic: per layer, the tiles sorted by t are cut
+into consecutive runs of increasing candidates (dynamic programming), so a tile's bits can only grow with its
+input's std; static: one candidate per layer for every tile. Both come from the same measurement, so the static
+allocation is the honest baseline of the dynamic one at the same FQR.
+
+`apply` expresses a dynamic layer's cut points tau_1 <= ... <= tau_{K-1} exactly in CADyQ's selector form
+(logits = W [grad, sigma] + b): logit_k = gamma * (k * t - sum_{m<=k} tau_m), whose argmax is the candidate whose
+interval holds t; gamma = 4 / std(t) keeps the logits trainable.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import CadyqError
+from ..quant import dynamic_quantizers, quant_config
+
+_FAR = 1e4  # a cut point no tile reaches: (|t| max + 1) * _FAR
+
+
+@dataclass
+class Sensitivity:
+    bits: list[int]  # the candidates, ascending
+    damage: np.ndarray  # [L, K, N]: MSE change of each SR tile with layer j alone at candidate k (0 at the top)
+    stat: np.ndarray  # [L, N]: mean over channels of layer j's per-channel input std, at the base run
+    tiles: int
+
+    def to_dict(self) -> dict:
+        return {"bits": self.bits, "tiles": self.tiles, "damage": self.damage.tolist(), "stat": self.stat.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Sensitivity":
+        return cls(list(d["bits"]), np.asarray(d["damage"], np.float64), np.asarray(d["stat"], np.float64),
+                   int(d["tiles"]))
+
+
+@dataclass
+class Allocation:
+    bits: list[int]
+    cuts: list[list[float]]  # per layer: K-1 cut points on t (-inf/inf: a candidate no tile takes)
+    dynamic: bool
+    lam: float
+    fqr: float  # on the calibration tiles
+    estimated_damage: float  # sum of the chosen damages, mean per tile
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["cuts"] = [[c if np.isfinite(c) else (1e30 if c > 0 else -1e30) for c in row] for row in self.cuts]
+        return d
+
+
+def _selectors(model: nn.Module) -> list[nn.Module]:
+    cfg = quant_config(model)
+    if cfg.method != "cadyq" or cfg.mode != "full":
+        raise CadyqError(f"bit allocation sets CADyQ's per-layer selectors; this model is {cfg.method} ({cfg.mode})")
+    return dynamic_quantizers(model)
+
+
+@torch.no_grad()
+def measure(model: nn.Module, lr: torch.Tensor, batch: int = 8, progress=None) -> Sensitivity:
+    """The damage of each layer's drop to each lower candidate on each LR tile [N,3,h,w] (0..255)."""
+    sel = _selectors(model)
+    model.eval()
+    bits = [int(b) for b in sel[0].bits.tolist()]
+    kept = [(q.net.weight.clone(), q.net.bias.clone()) for q in sel]
+    L, K, N = len(sel), len(bits), lr.shape[0]
+
+    def force(ks):
+        for q, k in zip(sel, ks):
+            q.net.weight.zero_()
+            q.net.bias.zero_()
+            q.net.bias[k] = 1.0
+
+    stats: list[list[torch.Tensor]] = [[] for _ in sel]
+    hooks = []
+
+    def run(record=False):
+        out = []
+        for i in range(0, N, batch):
+            out.append(model(lr[i:i + batch].float()).float())
+            if progress is not None:
+                progress(1)
+        return torch.cat(out)
+
+    try:
+        force([K - 1] * L)
+        hooks = [q.register_forward_pre_hook(lambda m, a, j=j: stats[j].append(a[0].float().std(dim=(2, 3)).mean(1)))
+                 for j, q in enumerate(sel)]
+        base = run()
+        for h in hooks:
+            h.remove()
+        hooks = []
+        damage = np.zeros((L, K, N))
+        for j in range(L):
+            for k in range(K - 1):
+                force([k if i == j else K - 1 for i in range(L)])
+                damage[j, k] = ((run() - base) ** 2).mean(dim=(1, 2, 3)).double().numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+        for q, (w, b) in zip(sel, kept):
+            q.net.weight.copy_(w)
+            q.net.bias.copy_(b)
+    stat = torch.stack([torch.cat(s) for s in stats]).double().numpy()
+    return Sensitivity(bits, damage, stat, N)
+
+
+def _cut_layer(d: np.ndarray, t: np.ndarray, cost: np.ndarray, dynamic: bool) -> np.ndarray:
+    """Candidate per tile [N] minimising sum_i d[k_i, i] + cost[k_i], with k non-decreasing in t (dynamic) or
+    the same for every tile (static)."""
+    K, N = d.shape
+    if not dynamic:
+        return np.full(N, int(np.argmin(d.sum(1) + cost * N)))
+    order = np.argsort(t, kind="stable")
+    c = np.concatenate([np.zeros((K, 1)), np.cumsum(d[:, order] + cost[:, None], 1)], 1)  # [K, N+1] prefix costs
+    # f[k, p]: least cost of the first p sorted tiles with candidates 0..k; the run of k is [s, p), s = arg[k, p]
+    f, arg = np.empty((K, N + 1)), np.zeros((K, N + 1), dtype=int)
+    f[0] = c[0]
+    for k in range(1, K):
+        g = f[k - 1] - c[k]
+        arg[k] = _argmin_prefix(g)
+        f[k] = c[k] + g[arg[k]]
+    ks, p = np.zeros(N, dtype=int), N
+    for k in range(K - 1, 0, -1):
+        s = arg[k, p]
+        ks[order[s:p]] = k
+        p = s
+    return ks
+
+
+def _argmin_prefix(g: np.ndarray) -> np.ndarray:
+    """For each p, the index s <= p of the least g[s]."""
+    out, best = np.zeros(len(g), dtype=int), 0
+    for p in range(len(g)):
+        if g[p] < g[best]:
+            best = p
+        out[p] = best
+    return out
+
+
+def _cuts(ks: np.ndarray, t: np.ndarray, K: int) -> list[float]:
+    """Cut points tau_1..tau_{K-1} on t reproducing ks (non-decreasing in t): midpoints between runs."""
+    cuts = []
+    for k in range(1, K):
+        lo, hi = t[ks < k], t[ks >= k]
+        if not len(hi):
+            cuts.append(np.inf)
+        elif not len(lo):
+            cuts.append(-np.inf)
+        else:
+            cuts.append(float((lo.max() + hi.min()) / 2))
+    return cuts
+
+
+def allocate(sens: Sensitivity, fqr: float, dynamic: bool = True) -> Allocation:
+    """Bits for every layer (and tile, if dynamic) at an FQR of at most `fqr` on the calibration tiles."""
+    bits = np.asarray(sens.bits, np.float64)
+    if not bits[0] <= fqr:
+        raise CadyqError(f"--fqr {fqr} is below the lowest candidate ({sens.bits[0]} bits)")
+    L, K, N = sens.damage.shape
+
+    def solve(lam):
+        ks = np.stack([_cut_layer(sens.damage[j], sens.stat[j], lam * bits, dynamic) for j in range(L)])
+        return ks, float(bits[ks].mean())
+
+    lo, hi = 0.0, 1.0
+    while solve(hi)[1] > fqr and hi < 1e12:
+        hi *= 4
+    for _ in range(40):  # the smallest lam whose FQR is within the target
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if solve(mid)[1] > fqr else (lo, mid)
+    ks, q = solve(hi)
+    dmg = float(sum(sens.damage[j, ks[j], np.arange(N)].sum() for j in range(L)) / N)
+    cuts = [_cuts(ks[j], sens.stat[j], K) for j in range(L)]
+    return Allocation(list(sens.bits), cuts, dynamic, hi, q, dmg)
+
+
+@torch.no_grad()
+def apply(model: nn.Module, alloc: Allocation, sens: Sensitivity) -> nn.Module:
+    """Write the allocation into the model's selectors (in place); returns the model."""
+    sel = _selectors(model)
+    if len(sel) != len(alloc.cuts):
+        raise CadyqError(f"the allocation has {len(alloc.cuts)} layers, the model {len(sel)} selectors")
+    for j, (q, cuts) in enumerate(zip(sel, alloc.cuts)):
+        K = len(alloc.bits)
+        w, b = q.net.weight, q.net.bias
+        w.zero_()
+        b.zero_()
+        finite = [c for c in cuts if np.isfinite(c)]
+        if not finite:  # one candidate for every tile: the highest whose cut is -inf
+            b[sum(1 for c in cuts if c == -np.inf)] = 1.0
+            continue
+        t = sens.stat[j]
+        gamma = 4.0 / max(float(np.std(t)), 1e-6)
+        far = (float(np.abs(t).max()) + 1.0) * _FAR
+        tau = [min(max(c, -far), far) for c in cuts]
+        c_channels = w.shape[1] - 2
+        for k in range(1, K):
+            w[k, 2:] = gamma * k / c_channels
+            b[k] = -gamma * sum(tau[:k])
+    return model
+
+
+__all__ = ["Sensitivity", "Allocation", "measure", "allocate", "apply"]

@@ -1,0 +1,102 @@
+"""Bit allocation from measured sensitivity: the per-layer cut is optimal, the selectors reproduce it, the FQR
+target holds, and the static allocation is one bit-width per layer."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from conftest import photo_crops, tiny
+
+from cadyq.calib import calibrate
+from cadyq.calib.allocate import _cut_layer, _cuts, allocate, apply, measure
+from cadyq.quant import dynamic_quantizers, selected_bits
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_dynamic_cut_is_the_best_monotone_assignment_and_the_cut_points_reproduce_it():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        K, N = 3, 7
+        d = rng.random((K, N)) * 3
+        d[-1] = 0
+        t, cost = rng.random(N), np.array([4.0, 6.0, 8.0]) * rng.random()
+        ks = _cut_layer(d, t, cost, True)
+        order = np.argsort(t)
+        best = np.inf
+        for a in itertools.combinations_with_replacement(range(K), N):  # every non-decreasing assignment
+            kk = np.empty(N, int)
+            kk[order] = a
+            best = min(best, d[kk, np.arange(N)].sum() + cost[kk].sum())
+        assert abs(d[ks, np.arange(N)].sum() + cost[ks].sum() - best) < 1e-9
+        cuts = _cuts(ks, t, K)
+        assert [sum(ti > c for c in cuts) for ti in t] == ks.tolist()
+        static = _cut_layer(d, t, cost, False)
+        assert len(set(static.tolist())) == 1
+
+
+def _model_and_tiles():
+    tiles = photo_crops(16, 24, seed=3)
+    m = calibrate(tiny("edsr"), [tiles[:8], tiles[8:]], target="cadyq", method="mse")
+    return m, tiles
+
+
+def test_measured_allocation_runs_in_the_selectors_at_the_target_fqr():
+    torch.manual_seed(0)
+    m, tiles = _model_and_tiles()
+    sens = measure(m, tiles, batch=8)
+    L = len(dynamic_quantizers(m))
+    assert sens.damage.shape == (L, 3, 16) and sens.stat.shape == (L, 16)
+    assert (sens.damage[:, -1] == 0).all() and (sens.damage[:, 0] > 0).any()
+    assert (sens.damage[:, 0].sum(1) >= sens.damage[:, 1].sum(1)).all()  # 4 bits hurt more than 6
+    for dynamic in (True, False):
+        alloc = allocate(sens, fqr=6.0, dynamic=dynamic)
+        assert alloc.fqr <= 6.0 + 1e-9
+        apply(m, alloc, sens)
+        with torch.no_grad():
+            m(tiles)
+        bits = selected_bits(m)  # [N, L]
+        # the first selector sees the same input as in the measurement: its bits are the allocation's
+        want0 = [alloc.bits[sum(t > c for c in alloc.cuts[0])] for t in sens.stat[0]]
+        assert bits[:, 0].tolist() == [float(b) for b in want0]
+        if not dynamic:
+            assert (bits == bits[:1]).all()  # one bit-width per layer for every tile
+            assert float(bits.mean()) == alloc.fqr
+    # a lower target gives fewer bits and more estimated damage
+    a5, a7 = allocate(sens, 5.0), allocate(sens, 7.0)
+    assert a5.fqr <= 5.0 < a7.fqr <= 7.0 and a5.estimated_damage >= a7.estimated_damage
+
+
+def test_calibrate_fqr_from_the_command_line(tmp_path, capsys):
+    import json
+
+    from skimage import data
+
+    from cadyq import save
+    from cadyq.checkpoint import load_model, read_metadata
+    from cadyq.cli import main
+    from cadyq.data.io import Image, write_image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        rgb = getattr(data, name)()[:96, :120]
+        write_image(photos / f"{name}.png", Image(np.ascontiguousarray(rgb), None, 8, False, None, None, "RGB"))
+    save(tiny("edsr"), tmp_path / "fp32.safetensors")
+    sens = tmp_path / "sens.json"
+    common = ["calibrate", "--model", str(tmp_path / "fp32.safetensors"), "--data", str(photos), "--target", "cadyq",
+              "--tile", "24", "--sensitivity-tiles", "8", "--sensitivity", str(sens), "--fqr", "6"]
+    assert main(common + ["-o", str(tmp_path / "dyn.safetensors")]) == 0
+    assert sens.is_file() and json.loads(sens.read_text())["tiles"] == 8
+    assert main(common + ["--static", "-o", str(tmp_path / "static.safetensors")]) == 0
+    assert f"sensitivity: read {sens}" in capsys.readouterr().err  # the second run reuses the measurement
+    for name, dynamic in (("dyn", True), ("static", False)):
+        meta = read_metadata(tmp_path / f"{name}.safetensors")["extra"]["allocation"]
+        assert meta["dynamic"] is dynamic and meta["fqr"] <= 6.0 and meta["tiles"] == 8
+        m = load_model(str(tmp_path / f"{name}.safetensors"))
+        w = [q.net.weight for q in dynamic_quantizers(m)]
+        assert dynamic or all(float(x.detach().abs().sum()) == 0 for x in w)  # static: constant selectors
+    assert main(["calibrate", "--model", str(tmp_path / "fp32.safetensors"), "--data", str(photos), "--target", "gdq",
+                 "--fqr", "5", "-o", str(tmp_path / "g.safetensors")]) == 2
+    assert "--fqr allocates CADyQ" in capsys.readouterr().err
+    assert not (tmp_path / "g.safetensors").exists()
