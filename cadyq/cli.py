@@ -196,16 +196,16 @@ def cmd_upscale(args) -> int:
 
     if not 0 <= args.png_compression <= 9:
         raise OptionError(f"--png-compression {args.png_compression}: use a zlib level from 0 (fastest) to 9 (smallest)")
-    inputs = list_images(args.inputs)
-    from .video import is_video
+    from .video import VIDEO_EXTENSIONS, is_video
 
+    inputs = list_images(args.inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)  # a folder's images and videos
     videos = [p for p in inputs if is_video(p)]
     if videos:
         if len(videos) != len(inputs):
             raise OptionError("images and videos are upscaled in separate runs: pass only videos, or only images")
         return _upscale_videos(args, videos)
     if not inputs:
-        raise ImageError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) found in {', '.join(map(str, args.inputs))}")
+        raise ImageError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) or videos found in {', '.join(map(str, args.inputs))}")
     up = _upscaler(args)
     s = up.scale
     _check_skip(args)
@@ -425,8 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     u = sub.add_parser("upscale", help="upscale images or folders")
-    u.add_argument("inputs", nargs="+", help="image files or folders, or video files (.mp4 .mkv .mov .webm .avi)")
-    u.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    u.add_argument("inputs", nargs="+", help="image files or folders, or video files (.mp4 .mkv .mov .webm .avi) or folders of them")
+    u.add_argument("-o", "--output", required=True,
+                   help="output file (one input) or folder; for a video also an image sequence, e.g. frames/%%06d.png")
     _model_args(u)
     _run_args(u)
     u.add_argument("--bitmap", action="store_true", help="also write <name>_bits.png: the bit-width of each tile, "

@@ -177,6 +177,8 @@ def plan_upscale(inputs: Sequence[Path], output: str | Path, scale: int, *, exte
     what = "video" if video else "image"
     output = Path(output)
     inputs = [Path(p) for p in inputs]
+    if video and _is_sequence(output):
+        return _plan_sequence(inputs, output, bit_map, report, overwrite, skip_existing)
     if _names_a_file(output):
         if output.suffix.lower() not in extensions:
             raise OutputError(f"-o {output}: {output.suffix} is not {'a video' if video else 'an image'} format cadyq "
@@ -198,6 +200,28 @@ def plan_upscale(inputs: Sequence[Path], output: str | Path, scale: int, *, exte
     jobs = [j for j in jobs if not (skip_existing and done(j))]
     _check_outputs(jobs, inputs, _report_to_check(report, skip_existing), overwrite)
     return jobs
+
+
+def _is_sequence(output: Path) -> bool:
+    from .video import is_sequence
+
+    return is_sequence(output)
+
+
+def _plan_sequence(inputs, pattern: Path, bit_map: bool, report, overwrite: bool, skip_existing: bool):
+    """A video into an image sequence (`-o frames/%06d.png`): one input; refused where its first frame exists."""
+    if len(inputs) > 1:
+        raise OutputError(f"-o {pattern} names one image sequence, but {len(inputs)} videos were given; pass a folder")
+    if skip_existing:
+        raise OutputError("--skip-existing resumes whole files; an image sequence is rewritten (pass --overwrite)")
+    _check_folder_can_hold(pattern.parent)
+    job = UpscaleJob(inputs[0], pattern, pattern.with_name(f"{pattern.stem}_bits{pattern.suffix}") if bit_map else None)
+    for p in (job.image, job.bit_map):
+        first = None if p is None else p.with_name(p.name % 1)
+        if first is not None and first.exists() and not overwrite:
+            raise OutputError(f"{first}: exists; pass --overwrite to replace the sequence, or choose another -o")
+    _check_outputs([], inputs, _report_to_check(report, False), overwrite)
+    return [job]
 
 
 def _report_to_check(report, skip_existing: bool) -> Path | None:

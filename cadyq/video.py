@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from .data.io import Image, write_image
 from .errors import CadyqError, ImageError, OptionError
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi")
@@ -31,6 +32,28 @@ _MAX_SIDE = {"libx264": 16384, "libx265": 16384, "libvpx-vp9": 16384, "mpeg4": 8
 
 def is_video(path) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def is_sequence(path) -> bool:
+    """An image-sequence output name: a printf pattern for the frame number and an image extension
+    (`frames/%06d.png`: frames/000001.png, frames/000002.png, ...)."""
+    from .data.io import IMAGE_EXTENSIONS
+
+    p = Path(path)
+    if "%" not in p.name or p.suffix.lower() not in IMAGE_EXTENSIONS:
+        return False
+    try:
+        return p.name % 1 != p.name % 2
+    except (TypeError, ValueError):
+        return False
+
+
+def sequence_files(pattern: Path) -> list[Path]:
+    """The files of an image sequence that exist now (frames 1, 2, ... up to the first missing one)."""
+    out = []
+    while (f := pattern.with_name(pattern.name % (len(out) + 1))).exists():
+        out.append(f)
+    return out
 
 
 @dataclass
@@ -66,7 +89,7 @@ def probe(src: Path) -> tuple[int, int]:
         with av.open(str(src)) as inp:
             if not inp.streams.video:
                 raise ImageError(f"{src}: has no video stream")
-            cc = inp.streams.video[0].codec_context
+            cc = _decoder(src, inp.streams.video[0])
             if not cc.width or not cc.height:
                 raise ImageError(f"{src}: its video stream has no frame size (a broken header)")
             return cc.height, cc.width
@@ -74,8 +97,37 @@ def probe(src: Path) -> tuple[int, int]:
         raise ImageError(f"{src}: not a readable video ({e.strerror or e})") from None
 
 
+def _timing_notes(src: Path, timing, pts: list, warn) -> tuple[bool, bool]:
+    """One line each for a variable frame rate (kept: every frame keeps its timestamp) and for a stream that ends
+    well before its declared duration (a truncated file: the frames decoded were upscaled). timing: (time base,
+    declared duration s or None, start s). Returns (vfr, cut)."""
+    tb, declared, start = timing
+    steps = sorted({b - a for a, b in zip(pts, pts[1:]) if a is not None and b is not None})
+    # a constant rate in a coarse time base alternates between two neighbouring ticks (29.97 fps in 1/1000: 33, 34)
+    vfr = bool(steps) and steps[-1] - steps[0] > max(1, 0.02 * steps[0])
+    if vfr:
+        warn(f"{src.name}: variable frame rate (frame durations {float(steps[0] * tb) * 1e3:.1f} to "
+             f"{float(steps[-1] * tb) * 1e3:.1f} ms): every frame keeps its timestamp")
+    step = float(steps[0] * tb) if steps else 0.0
+    end = float(pts[-1] * tb) - start + step if pts[-1] is not None else None
+    cut = bool(declared and end is not None and end < 0.9 * declared - step)
+    if cut:
+        warn(f"{src.name}: the video ends at {end:.2f} s of its declared {declared:.2f} s (a truncated file?); the "
+             f"{len(pts)} frames decoded were upscaled")
+    return vfr, cut
+
+
+def _decoder(src: Path, stream):
+    """The stream's codec context, or one ImageError where FFmpeg has none for it."""
+    if stream.codec_context is None:  # no decoder for its codec, or its parameters are cut off
+        raise ImageError(f"{src}: its video stream cannot be decoded (a codec this FFmpeg lacks, or a damaged file)")
+    return stream.codec_context
+
+
 def check_output_size(src: Path, dst: Path, scale: int, options: VideoOptions) -> None:
     """Refuse, before any work, an SR frame size that the encoder cannot take."""
+    if is_sequence(dst):
+        return
     h, w = probe(src)
     codec = _codec(dst, options)
     side = _MAX_SIDE.get(codec, 16384)
@@ -92,32 +144,38 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
     by their mean bit-width over its luma, as `--bitmap` draws images; no audio). Returns the report: frames, rate,
     streams, per-frame FQR and BitOPs."""
     av = _av()
-    codec = _codec(dst, options)
+    sequence = is_sequence(dst)
+    codec = "png-sequence" if sequence else _codec(dst, options)
     t0 = time.perf_counter()
     try:
         inp = av.open(str(src))
     except av.error.FFmpegError as e:
         raise ImageError(f"{src}: not a readable video ({e.strerror or e})") from None
-    tmp = dst.with_name(f".{dst.stem}.part{dst.suffix}")
-    tmp_map = None if bit_map is None else bit_map.with_name(f".{bit_map.stem}.part{bit_map.suffix}")
+    # a video is written under a temporary name and renamed when complete; a sequence frame by frame, each atomically
+    tmp = None if sequence else dst.with_name(f".{dst.stem}.part{dst.suffix}")
+    tmp_map = None if bit_map is None or sequence else bit_map.with_name(f".{bit_map.stem}.part{bit_map.suffix}")
     frames: list[dict] = []
     try:
         with inp:
             if not inp.streams.video:
                 raise ImageError(f"{src}: has no video stream")
             vs = inp.streams.video[0]
+            h, w = _decoder(src, vs).height, vs.codec_context.width
             vs.thread_type = "AUTO"
-            h, w = vs.codec_context.height, vs.codec_context.width
-            sh, sw = h * scale // 2 * 2, w * scale // 2 * 2
+            sh, sw = (h * scale, w * scale) if sequence else (h * scale // 2 * 2, w * scale // 2 * 2)
             if (sh, sw) != (h * scale, w * scale):
                 warn(f"{src.name}: {w * scale}x{h * scale} is odd; yuv420p frames are cropped to {sw}x{sh}")
             rate = vs.average_rate or vs.guessed_rate
-            with av.open(str(tmp), "w") as out, _maybe_open(av, tmp_map) as map_out:
-                ovs = _video_stream(out, codec, rate, sw, sh, vs, options)
+            declared = float(vs.duration * vs.time_base) if vs.duration else (inp.duration / 1e6 if inp.duration else None)
+            timing = (vs.time_base, declared, float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0)
+            with _maybe_open(av, tmp) as out, _maybe_open(av, tmp_map) as map_out:
+                ovs = None if sequence else _video_stream(out, codec, rate, sw, sh, vs, options)
                 mvs = None if map_out is None else _video_stream(map_out, codec, rate, sw, sh, vs, options)
                 copies = {}
                 for s in inp.streams:
-                    if s.type in ("audio", "subtitle"):
+                    if s.type in ("audio", "subtitle") and sequence:
+                        warn(f"{src.name}: its {s.type} stream {s.index} is not written to an image sequence")
+                    elif s.type in ("audio", "subtitle"):
                         try:
                             copies[s.index] = out.add_stream_from_template(s)
                         except (ValueError, av.error.FFmpegError) as e:
@@ -125,6 +183,7 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
                                  f"copied into {dst.suffix} ({e}); it is left out")
                 total = vs.frames or None
                 pipe = _Pipeline()
+                n_written = [0]
                 streams_in = (vs, *(inp.streams[i] for i in copies))
 
                 def decode(put):  # thread 1: demux and decode, in file order (copied packets pass through)
@@ -151,6 +210,13 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
                             out.mux(payload)
                             continue
                         pts, tb, sr_rgb, map_rgb = payload
+                        if sequence:
+                            n_written[0] += 1
+                            for pattern, rgb in ((dst, sr_rgb), (bit_map, map_rgb)):
+                                if pattern is not None:
+                                    write_image(pattern.with_name(pattern.name % n_written[0]),
+                                                Image(rgb, None, 8, False, None, None, "RGB"))
+                            continue
                         for stream, container, rgb in ((ovs, out, sr_rgb), (mvs, map_out, map_rgb)):
                             if stream is not None:
                                 f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
@@ -182,7 +248,7 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
                     for r in up.upscale_many(decoded()):  # tiles of consecutive frames share batches
                         pts, tb = stamps.popleft()
                         map_rgb = None
-                        if mvs is not None:
+                        if bit_map is not None:
                             from .runtime.bitmap import render_bit_map
 
                             pic = render_bit_map(r.bit_map, r.grid, scale, r.image.rgb, up.backend.info.bits)
@@ -194,20 +260,22 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
                             progress(len(frames), total, time.perf_counter() - t0)
         if not frames:
             raise ImageError(f"{src}: no video frame could be decoded")
-        os.replace(tmp, dst)
+        vfr, cut = _timing_notes(src, timing, [f["pts"] for f in frames], warn)
+        if tmp is not None:
+            os.replace(tmp, dst)
         if tmp_map is not None:
             os.replace(tmp_map, bit_map)
     except BaseException:
-        tmp.unlink(missing_ok=True)
-        if tmp_map is not None:
-            tmp_map.unlink(missing_ok=True)
+        for t in (tmp, tmp_map):
+            if t is not None:
+                t.unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - t0
     return {"input": str(src), "output": str(dst), **({"bit_map": str(bit_map)} if bit_map else {}), "codec": codec, "crf": options.crf, "lr_size": [h, w],
             "sr_size": [sh, sw], "frames": len(frames), "rate": str(rate), "copied_streams": len(copies),
             "fqr": round(sum(f["fqr"] for f in frames) / len(frames), 4),
             "bitops_g": round(sum(f["bitops_g"] for f in frames), 4), "time_s": round(seconds, 3),
-            "fps": round(len(frames) / seconds, 4), "per_frame": frames}
+            "fps": round(len(frames) / seconds, 4), "variable_frame_rate": vfr, "truncated": cut, "per_frame": frames}
 
 
 _END = object()
@@ -287,7 +355,9 @@ class _Pipeline:
 def _video_stream(out, codec: str, rate, width: int, height: int, src_stream, options: VideoOptions):
     vs = out.add_stream(codec, rate=rate)
     vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-    vs.time_base = src_stream.time_base
+    # the source's time base for the encoder too: frame timestamps pass through exactly; with 1/rate, the frames of a
+    # variable-frame-rate video would round onto the same tick and the muxer refuse them
+    vs.time_base = vs.codec_context.time_base = src_stream.time_base
     vs.options = ({"crf": str(options.crf), "b": "0"} if codec == "libvpx-vp9" else
                   {"crf": str(options.crf), "preset": options.preset} if codec in ("libx264", "libx265") else {})
     _copy_colour(src_stream.codec_context, vs.codec_context)

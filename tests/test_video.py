@@ -166,3 +166,70 @@ def test_pipeline_overlaps_stages_and_stops_on_any_error(fails):
         assert got == [2 * i for i in range(20)]
     else:
         assert got == [2 * i for i in range(len(got))] and len(got) < 20
+
+
+def test_video_into_an_image_sequence(tmp_path, photo, capsys):
+    from cadyq.data.io import read_image
+
+    src = make_clip(tmp_path / "clip.mp4", photo, n=5)
+    pattern = tmp_path / "frames" / "f_%04d.png"
+    assert main(["upscale", str(src), "-o", str(pattern), "--model", MODEL, "--bitmap"]) == 0
+    assert "audio stream 1 is not written to an image sequence" in capsys.readouterr().err
+    files = sorted((tmp_path / "frames").glob("f_????.png"))
+    assert [f.name for f in files] == [f"f_{i:04d}.png" for i in range(1, 6)]
+    assert len(list((tmp_path / "frames").glob("f_????_bits.png"))) == 5
+    frames0 = streams(src)[3]
+    from cadyq.runtime import Upscaler
+
+    ref = Upscaler(MODEL, device="cpu").upscale(frames0[2]).image.rgb
+    assert np.array_equal(read_image(files[2]).rgb, ref)  # lossless: the frame exactly as an image upscale gives it
+    assert main(["upscale", str(src), "-o", str(pattern), "--model", MODEL]) == 2
+    assert "f_0001.png: exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["upscale", str(src), "-o", str(pattern), "--model", MODEL, "--overwrite"]) == 0
+
+
+def _timestamps(path):
+    with av.open(str(path)) as c:
+        return [f.pts * f.time_base for f in c.decode(video=0)]
+
+
+def test_variable_frame_rate_truncated_files_and_resumed_batches(tmp_path, photo, capsys):
+    import fractions
+
+    vfr = tmp_path / "vfr.mp4"
+    ms = [0, 100, 150, 400, 450, 500, 900, 1000]
+    with av.open(str(vfr), "w") as out:  # frames at irregular times (a phone's variable-rate recording)
+        vs = out.add_stream("libx264", rate=10)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        vs.codec_context.time_base = fractions.Fraction(1, 1000)
+        for i, t in enumerate(ms):
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(photo[100:148, 100 + 5 * i:164 + 5 * i]), format="rgb24")
+            f.pts, f.time_base = t, fractions.Fraction(1, 1000)
+            for p in vs.encode(f):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+    assert main(["upscale", str(vfr), "-o", str(tmp_path / "vfr_x2.mp4"), "--model", MODEL]) == 0
+    assert "variable frame rate (frame durations 50.0 to 400.0 ms): every frame keeps its timestamp" in \
+        capsys.readouterr().err
+    assert _timestamps(tmp_path / "vfr_x2.mp4") == _timestamps(vfr) == [fractions.Fraction(t, 1000) for t in ms]
+    # a truncated (streamable) file: what decodes is upscaled, and one line says the file ends early
+    full = make_clip(tmp_path / "full.mkv", photo, n=30, audio=False)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size * 6 // 10])
+    assert main(["upscale", str(cut), "-o", str(tmp_path / "cut_x2.mkv"), "--model", MODEL]) == 0
+    err = capsys.readouterr().err
+    n = len(_timestamps(tmp_path / "cut_x2.mkv"))
+    assert 5 < n < 30 and f"(a truncated file?); the {n} frames decoded were upscaled" in err
+    # a batch of videos resumes: --skip-existing runs only the missing ones
+    batch = tmp_path / "in"
+    batch.mkdir()
+    for k in range(3):
+        make_clip(batch / f"c{k}.mp4", photo, n=3, audio=False)
+    args = ["upscale", str(batch), "-o", str(tmp_path / "out"), "--model", MODEL]
+    assert main(args) == 0
+    (tmp_path / "out" / "c1_x2.mp4").unlink()
+    before = (tmp_path / "out" / "c0_x2.mp4").stat().st_mtime_ns
+    assert main(args + ["--skip-existing"]) == 0
+    assert "skipped 2 of 3 videos" in capsys.readouterr().err
+    assert (tmp_path / "out" / "c1_x2.mp4").is_file() and (tmp_path / "out" / "c0_x2.mp4").stat().st_mtime_ns == before

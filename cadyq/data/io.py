@@ -390,9 +390,9 @@ def from_tensor(t: torch.Tensor, bit_depth: int = 8) -> np.ndarray:
     return np.ascontiguousarray(q.astype(np.uint8 if bit_depth == 8 else np.uint16))
 
 
-def list_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given, plus each folder's image files (by extension, non-recursive, sorted by name,
-    hidden files skipped). Duplicates are dropped, order kept. A folder entry with an image extension
+def list_images(paths: Sequence[str | Path], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Files as given, plus each folder's image files (files with one of `extensions`: non-recursive, sorted by
+    name, hidden files skipped). Duplicates are dropped, order kept. A folder entry with such an extension
     that is not a readable file (a broken link, a FIFO) is listed too, so reading it reports what it is."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -404,7 +404,7 @@ def list_images(paths: Sequence[str | Path]) -> list[Path]:
             except OSError as e:
                 raise ImageError(f"{p}: cannot list this folder ({e.strerror or e})") from e
             for f in entries:
-                if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".") and not f.is_dir():
+                if f.suffix.lower() in extensions and not f.name.startswith(".") and not f.is_dir():
                     out[f] = None
         elif p.is_file():
             out[p] = None
