@@ -280,7 +280,7 @@ def _upscale_videos(args, videos) -> int:
     from .video import VIDEO_EXTENSIONS, VideoOptions, check_output_size, upscale_video
 
     up = _upscaler(args)
-    options = VideoOptions(args.codec, args.crf, args.preset)
+    options = VideoOptions(args.codec, args.crf, args.preset, args.reuse_static)
     _check_skip(args)
     jobs = plan_upscale(videos, args.output, up.scale, extensions=VIDEO_EXTENSIONS, video=True, bit_map=args.bitmap,
                        report=args.json,
@@ -442,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--codec", help="video encoder (default libx264; libvpx-vp9 for .webm)")
     u.add_argument("--crf", type=int, default=18, help="video quality: lower is better and larger (default 18)")
     u.add_argument("--preset", default="medium", help="x264/x265 speed preset (default medium)")
+    u.add_argument("--reuse-static", type=float, metavar="LEVELS",
+                   help="video: a tile whose LR changed by at most LEVELS (mean |difference|, 0-255) since it last ran "
+                        "keeps that SR tile and its bits: still regions do not flicker and cost nothing (e.g. 0.5)")
     u.set_defaults(func=cmd_upscale)
 
     e = sub.add_parser("eval", help="PSNR/SSIM/FQR/BitOPs on a benchmark folder")

@@ -61,6 +61,11 @@ class VideoOptions:
     codec: str | None = None  # None: libx264 (libvpx-vp9 for .webm)
     crf: int = 18  # visually lossless for x264; lower is better and larger
     preset: str = "medium"  # x264/x265 speed preset
+    reuse_static: float | None = None  # Upscaler.upscale_many's reuse: still tiles keep their last SR tile
+
+    def __post_init__(self):
+        if self.reuse_static is not None and not 0 <= self.reuse_static <= 255:
+            raise OptionError(f"--reuse-static {self.reuse_static}: a mean difference in levels, 0 to 255")
 
 
 def _av():
@@ -245,7 +250,7 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
                             yield rgb
 
                     up = fit(h, w)
-                    for r in up.upscale_many(decoded()):  # tiles of consecutive frames share batches
+                    for r in up.upscale_many(decoded(), reuse=options.reuse_static):  # frames share batches
                         pts, tb = stamps.popleft()
                         map_rgb = None
                         if bit_map is not None:
@@ -255,7 +260,7 @@ def upscale_video(fit: Callable, src: Path, dst: Path, scale: int, options: Vide
                             map_rgb = np.ascontiguousarray(pic[:sh, :sw])
                         put(("frame", (pts, tb, np.ascontiguousarray(r.image.rgb[:sh, :sw]), map_rgb)))
                         frames.append({"pts": pts, "fqr": round(r.fqr, 4), "bitops_g": round(r.bitops / 1e9, 4),
-                                       "tiles": [r.grid.rows, r.grid.cols]})
+                                       "tiles": [r.grid.rows, r.grid.cols], "reused_tiles": r.reused_tiles})
                         if progress is not None:
                             progress(len(frames), total, time.perf_counter() - t0)
         if not frames:

@@ -228,3 +228,29 @@ def test_upscale_many_fills_batches_across_images_with_the_same_results(model, p
     assert sum(calls) == n_tiles and len(calls) < n_alone  # fewer, fuller batches
     assert calls == [6, 6, 6, 6, 2, 5]  # full except where the strip's tile shape cuts a batch
     assert list(up.upscale_many([])) == []
+
+
+def test_reuse_takes_still_tiles_from_the_last_run_and_catches_drift(model, photo):
+    up = Upscaler(model, backend="torch", device="cpu", tile=48, overlap=6, batch=6)
+    base = photo[:100, :130].astype(np.int16)
+    moved = base.copy()
+    moved[:40, :40] = 255 - moved[:40, :40]  # the top-left tile changes, the rest stays
+    noisy = base + (np.random.default_rng(0).integers(-1, 2, base.shape) * (np.arange(130) > 80)[:, None])  # +-1 on the right
+    frames = [np.clip(f, 0, 255).astype(np.uint8) for f in (base, base, moved, noisy)]
+    plain = list(up.upscale_many(frames))
+    reused = list(up.upscale_many(frames, reuse=1.0))
+    n = plain[0].grid.n_tiles
+    assert [r.reused_tiles for r in plain] == [0, 0, 0, 0]
+    assert reused[0].reused_tiles == 0 and reused[1].reused_tiles == n  # an identical frame runs nothing
+    assert np.array_equal(reused[1].image.rgb, plain[0].image.rgb) and reused[1].bitops == 0
+    assert 0 < reused[2].reused_tiles < n  # the changed tile runs again, the others are reused ...
+    assert np.array_equal(reused[2].image.rgb[:60, :60], plain[2].image.rgb[:60, :60])  # ... and it is the new one
+    assert reused[3].reused_tiles > reused[2].reused_tiles - 2  # +-1 noise is below 1 level on average
+    strict = list(up.upscale_many(frames, reuse=0.0))
+    assert strict[1].reused_tiles == n and strict[3].reused_tiles < n  # 0: only bit-identical tiles are reused
+    # drift: each frame differs from the previous by 0.6 levels, but from the last tile run by more
+    drift = [np.clip(base + k * 0.6, 0, 255).astype(np.uint8) for k in range(5)]
+    runs = [r.reused_tiles for r in up.upscale_many(drift, reuse=1.0)]
+    assert runs[0] == 0 and min(runs[1:]) < n
+    with pytest.raises(BackendError, match="non-negative"):
+        list(up.upscale_many(frames, reuse=-1))

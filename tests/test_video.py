@@ -11,8 +11,8 @@ from cadyq.cli import main  # noqa: E402
 MODEL = "edsr-tiny-cadyq-x2-cpu"
 
 
-def make_clip(path, photo, n=10, w=64, h=48, fps=10, audio=True):
-    """A pan across a real photo, H.264, with an AAC sine track of the same length."""
+def make_clip(path, photo, n=10, w=64, h=48, fps=10, audio=True, pan=5):
+    """A pan (`pan` px per frame; 0: a still camera) across a real photo, H.264, with an AAC sine track."""
     with av.open(str(path), "w") as out:
         vs = out.add_stream("libx264", rate=fps)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
@@ -20,7 +20,7 @@ def make_clip(path, photo, n=10, w=64, h=48, fps=10, audio=True):
             a = out.add_stream("aac", rate=16000)
             a.layout = "mono"
         for i in range(n):
-            crop = np.ascontiguousarray(photo[100:100 + h, 100 + 5 * i:100 + 5 * i + w])
+            crop = np.ascontiguousarray(photo[100:100 + h, 100 + pan * i:100 + pan * i + w])
             for p in vs.encode(av.VideoFrame.from_ndarray(crop, format="rgb24")):
                 out.mux(p)
         for p in vs.encode(None):
@@ -54,10 +54,10 @@ def test_video_in_video_out_keeps_frames_timing_and_audio(tmp_path, photo, monke
     dst, rep = tmp_path / "out.mp4", tmp_path / "r.json"
     batches, real_many = [], Upscaler.upscale_many
 
-    def counting(self, images):
+    def counting(self, images, **kw):
         run = self.backend.run
         self.backend.run = lambda tiles: batches.append(tiles.shape[0]) or run(tiles)
-        return real_many(self, images)
+        return real_many(self, images, **kw)
     monkeypatch.setattr(Upscaler, "upscale_many", counting)
     assert main(["upscale", str(src), "-o", str(dst), "--model", MODEL, "--json", str(rep), "--crf", "12",
                  "--bitmap"]) == 0
@@ -233,3 +233,17 @@ def test_variable_frame_rate_truncated_files_and_resumed_batches(tmp_path, photo
     assert main(args + ["--skip-existing"]) == 0
     assert "skipped 2 of 3 videos" in capsys.readouterr().err
     assert (tmp_path / "out" / "c1_x2.mp4").is_file() and (tmp_path / "out" / "c0_x2.mp4").stat().st_mtime_ns == before
+
+
+def test_reuse_static_keeps_still_tiles(tmp_path, photo):
+    still = make_clip(tmp_path / "still.mp4", photo, n=6, w=128, h=96, audio=False, pan=0)
+    rep = tmp_path / "r.json"
+    assert main(["upscale", str(still), "-o", str(tmp_path / "o.mp4"), "--model", MODEL, "--tile", "48",
+                 "--reuse-static", "2", "--json", str(rep)]) == 0
+    per_frame = json.loads(rep.read_text())["videos"][0]["per_frame"]
+    n = per_frame[0]["tiles"][0] * per_frame[0]["tiles"][1]
+    assert per_frame[0]["reused_tiles"] == 0 and all(f["reused_tiles"] == n for f in per_frame[2:])
+    assert per_frame[3]["bitops_g"] == 0
+    frames = streams(tmp_path / "o.mp4")[3]
+    assert np.abs(frames[4].astype(int) - frames[3].astype(int)).mean() < 1  # up to the encoder's own noise
+    assert main(["upscale", str(still), "-o", str(tmp_path / "p.mp4"), "--model", MODEL, "--reuse-static", "-1"]) == 2

@@ -28,6 +28,7 @@ class UpscaleResult:
     bitops: float  # BitOPs of the quantized convs over all tiles (overlaps included)
     grid: TileGrid
     timings: dict[str, float] = field(default_factory=dict)  # seconds
+    reused_tiles: int = 0  # tiles taken from the previous image (upscale_many's reuse), not run
 
     @property
     def array(self) -> np.ndarray:
@@ -68,19 +69,28 @@ class Upscaler:
         called after each batch of tiles, and with done = 0 before the first when there is more than one batch."""
         return next(self._stream([image], progress))
 
-    def upscale_many(self, images: Iterable) -> Iterator[UpscaleResult]:
+    def upscale_many(self, images: Iterable, reuse: float | None = None) -> Iterator[UpscaleResult]:
         """The results of `images` (any iterable of what `upscale` takes, e.g. a video's frames), in order. The
         tiles of consecutive images fill the same batches, so small images and video frames keep the backend's
         batches full; an image is read from `images` only when its tiles are needed, so memory holds the images
-        of about one batch whatever the length."""
-        return self._stream(images, None)
+        of about one batch whatever the length.
 
-    def _stream(self, images: Iterable, progress) -> Iterator[UpscaleResult]:
+        reuse (video): a tile whose LR differs from the last one run at its position by at most `reuse` levels
+        (mean |difference| over the tile, 0..255) takes that tile's SR and bits instead of running: static regions
+        stay exactly still (no flicker from codec noise crossing the quantizers' steps) and cost nothing. The
+        comparison is against the tile last run, not the previous image, so slow drift is caught."""
+        if reuse is not None and reuse < 0:
+            raise BackendError(f"reuse must be a non-negative number of levels, got {reuse}")
+        return self._stream(images, None, reuse)
+
+    def _stream(self, images: Iterable, progress, reuse: float | None = None) -> Iterator[UpscaleResult]:
         dev = self.backend.device
         on = dev if dev.type == "cuda" else torch.device("cpu")  # on a GPU, cut and stitch there
         source = iter(images)
         pending: deque[_Pending] = deque()
         batch: list[tuple[_Pending, int, torch.Tensor]] = []  # (image, tile index, LR tile)
+        last_run: dict[int, tuple] = {}  # reuse: tile index -> (LR tile, SR tile, bits) of the tile last run there
+        grid_of_last: list = [None]
 
         def run_batch():
             t = time.perf_counter()
@@ -95,6 +105,9 @@ class Upscaler:
                 job = batch[k][0]
                 n = next((m for m in range(k, len(batch)) if batch[m][0] is not job), len(batch)) - k
                 job.add([i for _, i, _ in batch[k:k + n]], sr[k:k + n], b[k:k + n], seconds * n / len(batch), on)
+                if reuse is not None:
+                    for m in range(k, k + n):
+                        last_run[batch[m][1]] = (batch[m][2], sr[m].clone(), b[m].clone())
                 if progress is not None:
                     progress(job.done, job.grid.n_tiles)
                 k += n
@@ -106,10 +119,19 @@ class Upscaler:
                 break
             if job is not None:
                 pending.append(job)
+                if reuse is not None and grid_of_last[0] != job.grid:  # another size: nothing to reuse
+                    last_run.clear()
+                    grid_of_last[0] = job.grid
                 if progress is not None and job.grid.n_tiles > self.batch:  # a bar can time the first batch too
                     progress(0, job.grid.n_tiles)
                 for idx, tiles in iter_batches(job.lr, job.grid, self.batch):
                     for i, tile in zip(idx, tiles):
+                        if reuse is not None and any(j == i for _, j, _ in batch):
+                            run_batch()  # the tile before this one at its position is still queued: run it first
+                        ref = last_run.get(i) if reuse is not None else None
+                        if ref is not None and float((tile.float() - ref[0].float()).abs().mean()) <= reuse:
+                            job.add([i], ref[1][None], ref[2][None], 0.0, on, reused=True)
+                            continue
                         if batch and (len(batch) == self.batch or batch[-1][2].shape != tile.shape):
                             run_batch()
                         batch.append((job, i, tile))
@@ -142,13 +164,16 @@ class _Pending:
         self.stitcher = Stitcher(grid, scale, channels=3, dtype=torch.float32 if self.exact else torch.uint8, device=on)
         self.bits = torch.empty(grid.n_tiles, n_layers, device=on)
         self.done, self.timings = 0, {"decode": decode, "inference": 0.0, "stitch": 0.0}
+        self.reused: list[int] = []
 
     @property
     def finished(self) -> bool:
         return self.done == self.grid.n_tiles
 
-    def add(self, idx: list[int], sr: torch.Tensor, bits: torch.Tensor, seconds: float, on) -> None:
+    def add(self, idx: list[int], sr: torch.Tensor, bits: torch.Tensor, seconds: float, on, reused=False) -> None:
         t = time.perf_counter()
+        if reused:
+            self.reused += idx
         self.stitcher.add(idx, (sr if self.exact else sr.round().to(torch.uint8)).to(on))
         self.bits[idx] = bits.float().to(on)
         self.done += len(idx)
@@ -165,9 +190,11 @@ class _Pending:
                                 img.bit_depth)[..., 0]
         out = Image(from_tensor(sr, img.bit_depth), alpha, img.bit_depth, img.gray, img.icc_profile, img.exif, img.source_mode)
         info = up.backend.info
-        ops = sum(float(info.bitops(bits[i : i + 1], *grid.tile_shape(i)).sum()) for i in range(grid.n_tiles))
+        skip = set(self.reused)  # reused tiles did not run: no operations
+        ops = sum(float(info.bitops(bits[i : i + 1], *grid.tile_shape(i)).sum()) for i in range(grid.n_tiles)
+                  if i not in skip)
         timings = {**self.timings, "total": time.perf_counter() - self.t0}
-        return UpscaleResult(out, tile_map(grid, bits), mean_bits(bits), ops, grid, timings)
+        return UpscaleResult(out, tile_map(grid, bits), mean_bits(bits), ops, grid, timings, len(skip))
 
 
 def _as_image(image) -> Image:
