@@ -100,3 +100,46 @@ def test_calibrate_fqr_from_the_command_line(tmp_path, capsys):
                  "--fqr", "5", "-o", str(tmp_path / "g.safetensors")]) == 2
     assert "--fqr allocates CADyQ" in capsys.readouterr().err
     assert not (tmp_path / "g.safetensors").exists()
+
+
+def test_selectors_reproduce_any_cut_pattern_with_small_logits():
+    from cadyq.calib.allocate import Allocation, Sensitivity
+
+    m, _ = _model_and_tiles()
+    sel = dynamic_quantizers(m)
+    L = len(sel)
+    inf = np.inf
+    patterns = [[-inf, -inf], [inf, inf], [-inf, 3.0], [3.0, inf], [2.0, 5.0], [4.0, 4.0]]  # 8; 4; 6|8; 4|6; 4|6|8; 4|8
+    cuts = [patterns[j % len(patterns)] for j in range(L)]
+    sens = Sensitivity([4, 6, 8], np.zeros((L, 3, 4)), np.tile(np.array([1.0, 3.5, 4.5, 6.0]), (L, 1)), 4)
+    apply(m, Allocation([4, 6, 8], cuts, True, 0.0, 0.0, 0.0), sens)
+    for q, cut in zip(sel, cuts):
+        assert float(q.net.bias.detach().abs().max()) <= 1e4 and float(q.net.weight.detach().abs().max()) < 10
+        for t in np.linspace(0.0, 8.0, 81):
+            if any(abs(t - c) < 1e-6 for c in cut):
+                continue
+            x = torch.cat([torch.zeros(2), torch.full((q.net.weight.shape[1] - 2,), float(t))])
+            k = int(q.net(x).argmax())
+            assert k == sum(t > c for c in cut), (cut, t, k)
+
+
+def test_allocated_model_runs_the_same_bits_on_the_integer_program_and_onnx_runtime(tmp_path):
+    from cadyq.export import export_onnx
+    from cadyq.export.check import Tolerances, compare as ort_compare
+    from cadyq.quant.lowering import lower
+    from cadyq.quant.parity import compare
+
+    m, tiles = _model_and_tiles()
+    sens = measure(m, tiles, batch=8)
+    apply(m, allocate(sens, fqr=6.0), sens)
+    test = photo_crops(48, 24, seed=11)
+    with torch.no_grad():
+        m(test)
+    chosen = selected_bits(m)
+    assert len(set(chosen.flatten().tolist())) >= 2 and float((chosen != chosen[:1]).float().mean()) > 0.02  # per tile
+    rep = compare(m, lower(m), test)
+    assert rep.agreement >= 0.99 and not rep.unexplained, str(rep)
+    path = export_onnx(m, tmp_path / "m.onnx", tile=24)
+    rep = ort_compare(path, m, test, tolerances=Tolerances(sr_mean=0.5, sr_max=16.0, min_agreement=0.99, layer_rtol=1e-2),
+                      bisect="always", max_bisect_tiles=2)
+    assert not rep.unexplained and rep.passed, str(rep)

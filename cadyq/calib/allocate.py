@@ -18,9 +18,10 @@ into consecutive runs of increasing candidates (dynamic programming), so a tile'
 input's std; static: one candidate per layer for every tile. Both come from the same measurement, so the static
 allocation is the honest baseline of the dynamic one at the same FQR.
 
-`apply` expresses a dynamic layer's cut points tau_1 <= ... <= tau_{K-1} exactly in CADyQ's selector form
-(logits = W [grad, sigma] + b): logit_k = gamma * (k * t - sum_{m<=k} tau_m), whose argmax is the candidate whose
-interval holds t; gamma = 4 / std(t) keeps the logits trainable.
+`apply` expresses a dynamic layer's cut points exactly in CADyQ's selector form (logits = W [grad, sigma] + b):
+with the candidates some tile takes numbered r = 0, 1, ... and tau_r the cut below the r-th,
+logit = gamma * (r * t - sum_{q<=r} tau_q), whose argmax is the candidate whose interval holds t (the others get a
+constant -1e4); gamma = 4 / std(t) keeps the logits trainable.
 """
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ import torch.nn as nn
 from ..errors import CadyqError
 from ..quant import dynamic_quantizers, quant_config
 
-_FAR = 1e4  # a cut point no tile reaches: (|t| max + 1) * _FAR
 
 
 @dataclass
@@ -200,22 +200,28 @@ def apply(model: nn.Module, alloc: Allocation, sens: Sensitivity) -> nn.Module:
     if len(sel) != len(alloc.cuts):
         raise CadyqError(f"the allocation has {len(alloc.cuts)} layers, the model {len(sel)} selectors")
     for j, (q, cuts) in enumerate(zip(sel, alloc.cuts)):
-        K = len(alloc.bits)
         w, b = q.net.weight, q.net.bias
         w.zero_()
         b.zero_()
-        finite = [c for c in cuts if np.isfinite(c)]
-        if not finite:  # one candidate for every tile: the highest whose cut is -inf
-            b[sum(1 for c in cuts if c == -np.inf)] = 1.0
+        bounds = [-np.inf, *cuts, np.inf]
+        used = [k for k in range(len(alloc.bits)) if bounds[k] < bounds[k + 1]]  # candidates some t selects
+        if len(used) == 1:  # one candidate for every tile
+            b[used[0]] = 1.0
             continue
-        t = sens.stat[j]
-        gamma = 4.0 / max(float(np.std(t)), 1e-6)
-        far = (float(np.abs(t).max()) + 1.0) * _FAR
-        tau = [min(max(c, -far), far) for c in cuts]
+        # the used candidates in order, r = 0, 1, ...: logit = gamma * (r * t - sum of the cuts below); the others
+        # can never win. Finite cuts only: no large constants, so no precision lost near a cut.
+        gamma = 4.0 / max(float(np.std(sens.stat[j])), 1e-6)
         c_channels = w.shape[1] - 2
-        for k in range(1, K):
-            w[k, 2:] = gamma * k / c_channels
-            b[k] = -gamma * sum(tau[:k])
+        below = 0.0
+        for k in range(len(alloc.bits)):
+            if k not in used:
+                b[k] = -1e4
+                continue
+            r = used.index(k)
+            if r:
+                below += bounds[k]  # the cut between the previous used candidate and k
+            w[k, 2:] = gamma * r / c_channels
+            b[k] = -gamma * below
     return model
 
 

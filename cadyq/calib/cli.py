@@ -63,7 +63,7 @@ def run_calibrate(args) -> int:
         print(f"wrote {args.output}: {model.config.name} x{model.config.scale} "
               f"with INT8-upsampler clip values ({args.method}): {clips}", file=sys.stderr)
         return 0
-    with tqdm(total=total, desc="calibrate", unit="tile", file=sys.stderr) as bar:
+    with tqdm(total=total, desc="calibrate", unit="tile", file=sys.stderr, disable=None) as bar:
         out = calibrate(model, batches, target=args.target, method=args.method, bits=bits,
                         percentile=args.percentile, progress=bar.update)
     extra = {}
@@ -104,7 +104,7 @@ def _allocate(model, args) -> dict:
         sel = dynamic_quantizers(model)
         n_layers, n_bits = len(sel), len(sel[0].bits)
         passes = (1 + n_layers * (n_bits - 1)) * -(-lr.shape[0] // 8)
-        with tqdm(total=passes, desc="sensitivity", unit="batch", file=sys.stderr) as bar:
+        with tqdm(total=passes, desc="sensitivity", unit="batch", file=sys.stderr, disable=None) as bar:
             sens = measure(model.to(memory_format=torch.channels_last), lr.contiguous(memory_format=torch.channels_last),
                            batch=8, progress=bar.update)
         model.to(memory_format=torch.contiguous_format)
