@@ -96,6 +96,8 @@ def test_calibrate_fqr_from_the_command_line(tmp_path, capsys):
         m = load_model(str(tmp_path / f"{name}.safetensors"))
         w = [q.net.weight for q in dynamic_quantizers(m)]
         assert dynamic or all(float(x.detach().abs().sum()) == 0 for x in w)  # static: constant selectors
+    assert main(common + ["--bits", "4,8", "-o", str(tmp_path / "b.safetensors")]) == 2  # measured with 4,6,8
+    assert "the allocation is for bits (4, 6, 8)" in capsys.readouterr().err
     assert main(["calibrate", "--model", str(tmp_path / "fp32.safetensors"), "--data", str(photos), "--target", "gdq",
                  "--fqr", "5", "-o", str(tmp_path / "g.safetensors")]) == 2
     assert "--fqr allocates CADyQ" in capsys.readouterr().err

@@ -199,6 +199,9 @@ def apply(model: nn.Module, alloc: Allocation, sens: Sensitivity) -> nn.Module:
     sel = _selectors(model)
     if len(sel) != len(alloc.cuts):
         raise CadyqError(f"the allocation has {len(alloc.cuts)} layers, the model {len(sel)} selectors")
+    if [int(b) for b in sel[0].bits.tolist()] != list(alloc.bits):
+        raise CadyqError(f"the allocation is for bits {tuple(alloc.bits)}, the model's candidates are "
+                         f"{tuple(int(b) for b in sel[0].bits.tolist())}; measure this model (another --sensitivity file)")
     for j, (q, cuts) in enumerate(zip(sel, alloc.cuts)):
         w, b = q.net.weight, q.net.bias
         w.zero_()
