@@ -48,14 +48,6 @@ def is_sequence(path) -> bool:
         return False
 
 
-def sequence_files(pattern: Path) -> list[Path]:
-    """The files of an image sequence that exist now (frames 1, 2, ... up to the first missing one)."""
-    out = []
-    while (f := pattern.with_name(pattern.name % (len(out) + 1))).exists():
-        out.append(f)
-    return out
-
-
 @dataclass
 class VideoOptions:
     codec: str | None = None  # None: libx264 (libvpx-vp9 for .webm)

@@ -179,21 +179,10 @@ def calibrate_upsampler(model: nn.Module, tiles: Iterable[torch.Tensor], method:
 def photo_tiles(folder, scale: int, tile: int = 96, batch: int = 16, max_tiles: int | None = None, lr: bool = False):
     """Batches of LR tiles from a folder of images (HR photos bicubic-downscaled by `scale`, or taken as LR
     with `lr`); also returns the number of tiles it will give."""
-    import numpy as np
-
-    from ..data.io import list_images, read_image, to_tensor
-    from ..data.resize import bicubic_downscale, mod_crop
+    from ..data.io import to_tensor
     from ..tiling import iter_batches, plan_tiles
 
-    images = list_images([folder])
-    if not images:
-        raise CadyqError(f"{folder}: no images to calibrate on")
-    lrs = []
-    for path in images:
-        rgb = read_image(path).rgb
-        if rgb.dtype != np.uint8:
-            rgb = np.round(rgb / 257.0).astype(np.uint8)
-        lrs.append(to_tensor(rgb if lr else bicubic_downscale(np.ascontiguousarray(mod_crop(rgb, scale)), scale)))
+    lrs = [to_tensor(im) for im in _lr_images(folder, scale, lr)]
     grids = [plan_tiles(t.shape[1], t.shape[2], tile, 0) for t in lrs]
     total = sum(g.n_tiles for g in grids)
     total = min(total, max_tiles) if max_tiles else total
@@ -210,22 +199,34 @@ def photo_tiles(folder, scale: int, tile: int = 96, batch: int = 16, max_tiles: 
     return gen(), total
 
 
+def _lr_images(folder, scale: int, lr: bool) -> list:
+    """The LR (HxWx3 uint8) of every image of a folder: HR photos bicubic-downscaled by `scale`, or as they are with
+    `lr` (16-bit images rounded to 8 bits)."""
+    import numpy as np
+
+    from ..data.io import list_images, read_image
+    from ..data.resize import bicubic_downscale, mod_crop
+
+    images = list_images([folder])
+    if not images:
+        raise CadyqError(f"{folder}: no images to calibrate on")
+    out = []
+    for path in images:
+        rgb = read_image(path).rgb
+        if rgb.dtype != np.uint8:
+            rgb = np.round(rgb / 257.0).astype(np.uint8)
+        out.append(rgb if lr else bicubic_downscale(np.ascontiguousarray(mod_crop(rgb, scale)), scale))
+    return out
+
+
 def random_tiles(folder, scale: int, n: int, tile: int = 96, seed: int = 0, lr: bool = False) -> torch.Tensor:
     """n LR tiles [n,3,tile,tile] (float, 0..255) at seeded positions spread over a folder's photos (HR photos
     bicubic-downscaled by `scale`, or LR with `lr`); photos whose LR is smaller than a tile are left out."""
     import numpy as np
 
-    from ..data.io import list_images, read_image, to_tensor
-    from ..data.resize import bicubic_downscale, mod_crop
+    from ..data.io import to_tensor
 
-    lrs = []
-    for path in list_images([folder]):
-        rgb = read_image(path).rgb
-        if rgb.dtype != np.uint8:
-            rgb = np.round(rgb / 257.0).astype(np.uint8)
-        small = rgb if lr else bicubic_downscale(np.ascontiguousarray(mod_crop(rgb, scale)), scale)
-        if min(small.shape[:2]) >= tile:
-            lrs.append(small)
+    lrs = [im for im in _lr_images(folder, scale, lr) if min(im.shape[:2]) >= tile]
     if not lrs:
         raise CadyqError(f"{folder}: no image whose LR holds a {tile}-px tile")
     rng = np.random.default_rng(seed)

@@ -92,7 +92,7 @@ def measure(model: nn.Module, lr: torch.Tensor, batch: int = 8, progress=None) -
     stats: list[list[torch.Tensor]] = [[] for _ in sel]
     hooks = []
 
-    def run(record=False):
+    def run():
         out = []
         for i in range(0, N, batch):
             out.append(model(lr[i:i + batch].float()).float())

@@ -90,7 +90,7 @@ class Upscaler:
         pending: deque[_Pending] = deque()
         batch: list[tuple[_Pending, int, torch.Tensor]] = []  # (image, tile index, LR tile)
         last_run: dict[int, tuple] = {}  # reuse: tile index -> (LR tile, SR tile, bits) of the tile last run there
-        grid_of_last: list = [None]
+        last_grid = None
 
         def run_batch():
             t = time.perf_counter()
@@ -119,9 +119,9 @@ class Upscaler:
                 break
             if job is not None:
                 pending.append(job)
-                if reuse is not None and grid_of_last[0] != job.grid:  # another size: nothing to reuse
+                if reuse is not None and last_grid != job.grid:  # another size: nothing to reuse
                     last_run.clear()
-                    grid_of_last[0] = job.grid
+                    last_grid = job.grid
                 if progress is not None and job.grid.n_tiles > self.batch:  # a bar can time the first batch too
                     progress(0, job.grid.n_tiles)
                 for idx, tiles in iter_batches(job.lr, job.grid, self.batch):
@@ -164,7 +164,7 @@ class _Pending:
         self.stitcher = Stitcher(grid, scale, channels=3, dtype=torch.float32 if self.exact else torch.uint8, device=on)
         self.bits = torch.empty(grid.n_tiles, n_layers, device=on)
         self.done, self.timings = 0, {"decode": decode, "inference": 0.0, "stitch": 0.0}
-        self.reused: list[int] = []
+        self.reused: set[int] = set()
 
     @property
     def finished(self) -> bool:
@@ -173,7 +173,7 @@ class _Pending:
     def add(self, idx: list[int], sr: torch.Tensor, bits: torch.Tensor, seconds: float, on, reused=False) -> None:
         t = time.perf_counter()
         if reused:
-            self.reused += idx
+            self.reused.update(idx)
         self.stitcher.add(idx, (sr if self.exact else sr.round().to(torch.uint8)).to(on))
         self.bits[idx] = bits.float().to(on)
         self.done += len(idx)
@@ -190,11 +190,11 @@ class _Pending:
                                 img.bit_depth)[..., 0]
         out = Image(from_tensor(sr, img.bit_depth), alpha, img.bit_depth, img.gray, img.icc_profile, img.exif, img.source_mode)
         info = up.backend.info
-        skip = set(self.reused)  # reused tiles did not run: no operations
+        # reused tiles did not run: no operations
         ops = sum(float(info.bitops(bits[i : i + 1], *grid.tile_shape(i)).sum()) for i in range(grid.n_tiles)
-                  if i not in skip)
+                  if i not in self.reused)
         timings = {**self.timings, "total": time.perf_counter() - self.t0}
-        return UpscaleResult(out, tile_map(grid, bits), mean_bits(bits), ops, grid, timings, len(skip))
+        return UpscaleResult(out, tile_map(grid, bits), mean_bits(bits), ops, grid, timings, len(self.reused))
 
 
 def _as_image(image) -> Image:
