@@ -55,6 +55,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=64, help="tiles per batch (default 64)")
     p.add_argument("--protocol", choices=("shift", "official"), default="shift",
                    help="shift: equal tiles, last one moved inside; official: CADyQ's test geometry")
+    p.add_argument("--server", metavar="HOST:PORT[,...]",
+                   help="run the tiles on Triton servers (`cadyq serve`; their gRPC ports, comma-separated: the work "
+                        "is spread over them); --model then names the served model (default: the server's only one)")
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -106,6 +109,8 @@ def _resolve_model(args):
 def _upscaler(args):
     from .runtime import Upscaler
 
+    if getattr(args, "server", None):
+        return _remote_upscaler(args)
     options = {}
     if getattr(args, "float_precision", None):
         if args.backend not in ("native", "auto"):
@@ -122,6 +127,25 @@ def _upscaler(args):
     _say(f"backend: {backend_line(up.backend)}")
     for w in getattr(up.backend, "warnings", []):
         _say(f"warning: {w}")
+    return up
+
+
+def _remote_upscaler(args):
+    from .runtime import Upscaler
+    from .serve import TritonBackend
+
+    local = [f"--{k.replace('_', '-')}" for k in ("backbone", "method", "float_precision") if getattr(args, k, None)]
+    local += ["--int8-upsampler"] if getattr(args, "int8_upsampler", False) else []
+    local += [f"--backend {args.backend}"] if args.backend != "auto" else []
+    local += [f"--device {args.device}"] if args.device != "auto" else []
+    if local:
+        raise OptionError(f"{', '.join(local)} {'is' if len(local) == 1 else 'are'} for local runs; with --server the "
+                          "server's settings apply (cadyq serve --serve-backend/--device)")
+    backend = TritonBackend(args.server.split(","), model=args.model)
+    up = Upscaler(backend, tile=args.tile, overlap=args.overlap, batch=args.batch, protocol=args.protocol)
+    if args.scale and args.scale != up.scale:
+        raise OptionError(f"the served model is x{up.scale}, but --scale asks for x{args.scale}; drop --scale")
+    _say(f"backend: triton at {', '.join(backend.urls)} (model {backend.model}, x{up.scale} {backend.info.method})")
     return up
 
 
@@ -464,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     for name, module in (("train", "train.cli"), ("export", "export.cli"), ("check", "export.cli"),
-                         ("engine", "export.cli"), ("bench", "bench"), ("calibrate", "calib.cli")):
+                         ("engine", "export.cli"), ("bench", "bench"), ("calibrate", "calib.cli"),
+                         ("serve", "serve.cli")):
         _add_optional(sub, name, module)
     return p
 

@@ -1,0 +1,165 @@
+"""Triton model repositories for cadyq models: each model takes batches of LR tiles and returns SR tiles
+and the bits chosen, so a client cuts and stitches (`cadyq.serve.client`) and the server's dynamic batcher puts
+the tiles of concurrent requests into one batch.
+
+    <repo>/<name>/config.pbtxt, 1/model.py, 1/model.safetensors   Python backend: cadyq's own runtime (the
+        integer program on the native backend where it runs), any tile size
+    <repo>/<name>-onnx/config.pbtxt, 1/model.onnx                 ONNX Runtime backend: the ONNX export
+    <repo>/<name>-trt/config.pbtxt, 1/model.plan                  TensorRT backend: an engine built by full TensorRT
+
+Every config carries `cadyq_info` (the ModelInfo JSON: scale, bit candidates, layer costs) as a parameter, so a
+client learns how to stitch and account the bits from the server alone. Tensors: input `lr` FP32 [3, h, w] in
+0..255 per tile; outputs `sr` [3, h*s, w*s] (UINT8 from the Python model: rounded as a local run rounds 8-bit
+images, a quarter of the bytes; FP32 from ONNX/TensorRT) and `bits` FP32 [L].
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.nn as nn
+
+from ..errors import CadyqError, OutputError
+from ..quant import ModelInfo
+
+MODEL_PY = '''\
+"""Triton Python-backend model for cadyq (written by cadyq.serve.repository; the code is cadyq.serve.triton_model)."""
+import site
+
+for folder in {site_dirs!r}:  # the launching interpreter's package folders (a virtual environment's), if any
+    site.addsitedir(folder)
+
+from cadyq.serve.triton_model import TritonPythonModel  # noqa: E402,F401
+'''
+
+
+@dataclass
+class ServeConfig:
+    """How the Python-backend model runs: cadyq backend and device, instances, batching."""
+
+    backend: str = "auto"  # a cadyq backend name (auto: native integer kernels where they run)
+    device: str = "cpu"
+    instances: int = 1  # model instances (processes); tiles are split among them
+    max_batch: int = 16  # tiles per execution, the dynamic batcher's ceiling
+    queue_delay_us: int = 2000  # how long the batcher waits for more tiles
+    threads: int | None = None  # torch threads per instance (default: CPU cores / instances)
+    max_tile: int = 512  # the largest LR tile side a request may send
+
+
+def model_info(model: nn.Module) -> ModelInfo:
+    return ModelInfo.from_model(model)
+
+
+def _pbtxt_string(s: str) -> str:
+    return json.dumps(s)  # a JSON string literal is a valid protobuf text-format string
+
+
+def _parameters(params: dict) -> str:
+    return "".join(f'parameters {{ key: "{k}" value {{ string_value: {_pbtxt_string(str(v))} }} }}\n'
+                   for k, v in params.items())
+
+
+def _tensor(name: str, dtype: str, dims) -> str:
+    return f'{{ name: "{name}" data_type: {dtype} dims: [ {", ".join(str(d) for d in dims)} ] }}'
+
+
+def python_model_config(name: str, info: ModelInfo, cfg: ServeConfig) -> str:
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, cfg.instances))
+    kind = "KIND_GPU" if cfg.device.startswith("cuda") else "KIND_CPU"
+    params = {"cadyq_info": json.dumps(info.to_dict()), "cadyq_backend": cfg.backend, "cadyq_device": cfg.device,
+              "cadyq_threads": threads, "cadyq_max_tile": cfg.max_tile}
+    return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: {cfg.max_batch}\n'
+            f'input [ {_tensor("lr", "TYPE_FP32", (3, -1, -1))} ]\n'
+            f'output [ {_tensor("sr", "TYPE_UINT8", (3, -1, -1))}, {_tensor("bits", "TYPE_FP32", (-1,))} ]\n'
+            f'dynamic_batching {{ max_queue_delay_microseconds: {cfg.queue_delay_us} }}\n'
+            f'instance_group [ {{ kind: {kind} count: {cfg.instances} }} ]\n' + _parameters(params))
+
+
+def _fixed_model_config(name: str, platform: str, info: ModelInfo, tile: int, max_batch: int, instances: int,
+                        kind: str) -> str:
+    s = info.scale
+    return (f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch}\n'
+            f'input [ {_tensor("lr", "TYPE_FP32", (3, tile, tile))} ]\n'
+            f'output [ {_tensor("sr", "TYPE_FP32", (3, tile * s, tile * s))}, '
+            f'{_tensor("bits", "TYPE_FP32", (info.n_layers,))} ]\n'
+            f'dynamic_batching {{ }}\ninstance_group [ {{ kind: {kind} count: {instances} }} ]\n'
+            + _parameters({"cadyq_info": json.dumps(info.to_dict())}))
+
+
+def _fresh_folder(path: Path, overwrite: bool) -> None:
+    if path.exists():
+        if not overwrite:
+            raise OutputError(f"{path} exists; pass --overwrite to replace it")
+        shutil.rmtree(path)
+    (path / "1").mkdir(parents=True)
+
+
+def write_python_model(repo: str | os.PathLike, name: str, model: nn.Module, cfg: ServeConfig | None = None,
+                       site_dirs: tuple[str, ...] = (), overwrite: bool = False) -> Path:
+    """<repo>/<name>: the model's weights, config.pbtxt and a model.py that runs it with cadyq. `site_dirs`: package
+    folders the server's Python must add (the launching virtual environment's, for `cadyq serve`)."""
+    from ..checkpoint import save
+
+    cfg = cfg or ServeConfig()
+    folder = Path(repo) / name
+    _fresh_folder(folder, overwrite)
+    save(model, folder / "1" / "model.safetensors")
+    (folder / "1" / "model.py").write_text(MODEL_PY.format(site_dirs=list(site_dirs)))
+    (folder / "config.pbtxt").write_text(python_model_config(name, model_info(model), cfg))
+    return folder
+
+
+def write_onnx_model(repo: str | os.PathLike, name: str, model: nn.Module, tile: int = 96, max_batch: int = 16,
+                     instances: int = 1, overwrite: bool = False) -> Path:
+    """<repo>/<name>: the ONNX export (integer form; CADyQSelect as a model-local function, so a stock ONNX Runtime
+    backend runs it with no plugin) and its config."""
+    from ..export.onnx_export import export_onnx
+
+    folder = Path(repo) / name
+    _fresh_folder(folder, overwrite)
+    export_onnx(model, folder / "1" / "model.onnx", tile=tile)
+    (folder / "config.pbtxt").write_text(
+        _fixed_model_config(name, "onnxruntime_onnx", model_info(model), tile, max_batch, instances, "KIND_CPU"))
+    return folder
+
+
+def write_plan_model(repo: str | os.PathLike, name: str, plan: str | os.PathLike, overwrite: bool = False) -> Path:
+    """<repo>/<name>: a TensorRT engine (`cadyq engine`) and its config from the engine's sidecar. Only engines built
+    by full TensorRT load in Triton's TensorRT backend (of the same TensorRT version); TensorRT-RTX engines do not."""
+    from ..export.engine import read_sidecar
+
+    side = read_sidecar(plan)
+    if side.get("builder") != "tensorrt":
+        raise CadyqError(f"{plan}: built by {side.get('builder')}; Triton's TensorRT backend loads engines of full "
+                         "TensorRT only (build the plan with `cadyq engine` where `tensorrt` is installed)")
+    if side.get("plugin"):
+        raise CadyqError(f"{plan}: an engine with cadyq's Python plugin layers; Triton cannot load those: build it "
+                         "without --plugin")
+    info = ModelInfo.from_dict(side["model"])
+    folder = Path(repo) / name
+    _fresh_folder(folder, overwrite)
+    shutil.copy2(plan, folder / "1" / "model.plan")
+    (folder / "config.pbtxt").write_text(
+        _fixed_model_config(name, "tensorrt_plan", info, int(side["tile"]), int(side["batch"][2]), 1, "KIND_GPU"))
+    return folder
+
+
+def model_name(name: str) -> str:
+    """A Triton model name from a zoo name or a checkpoint path: its stem, characters Triton and URLs like."""
+    stem = Path(name).name
+    for suffix in (".safetensors", ".pth.tar", ".pth", ".pt"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    clean = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem).strip("-.")
+    return clean or "cadyq"
+
+
+def read_config(path: str | os.PathLike):
+    """A config.pbtxt parsed with Triton's own ModelConfig protobuf (tritonclient ships it)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(Path(path).read_text(), model_config_pb2.ModelConfig())
