@@ -146,6 +146,8 @@ def _remote_upscaler(args):
     if args.scale and args.scale != up.scale:
         raise OptionError(f"the served model is x{up.scale}, but --scale asks for x{args.scale}; drop --scale")
     _say(f"backend: triton at {', '.join(backend.urls)} (model {backend.model}, x{up.scale} {backend.info.method})")
+    for w in backend.warnings:
+        _say(f"warning: {w}")
     return up
 
 

@@ -72,7 +72,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "Export a checkpoint to ONNX: input lr [N,3,T,T], outputs sr and bits, CADyQSelect nodes."
     p.add_argument("--model", "-m", help="checkpoint (.safetensors, or a foreign .pt/.pth) or a zoo name "
                                          "(default: the shipped default model)")
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("-o", "--output", help="the .onnx file to write")
     p.add_argument("--tile", type=int, default=96, help="LR tile size of the graph input (default 96)")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="compute dtype of the graph (default fp32)")
     p.add_argument("--form", choices=("int8", "fakequant"), default=None,
@@ -91,6 +91,15 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--calib", metavar="DIR", help="photos whose LR tiles set the static graphs' conv output scales "
                                                   "(required with --routed)")
     r.add_argument("--calib-tiles", type=int, default=64, help="calibration tiles at most (default 64)")
+    t = p.add_argument_group("a Triton Inference Server model repository (instead of -o)")
+    t.add_argument("--triton-repo", metavar="DIR", help="write NAME/ (Python backend: cadyq's runtime, any tile size), "
+                                                       "NAME-onnx/ (ONNX Runtime backend: the ONNX export at --tile) and, "
+                                                       "with --plan, NAME-trt/ (TensorRT backend), each with config.pbtxt")
+    t.add_argument("--plan", metavar="ENGINE", help="a TensorRT engine built by full TensorRT (`cadyq engine`) to add")
+    t.add_argument("--overwrite", action="store_true", help="replace the repository's models of that name")
+    from ..serve.cli import add_repository_arguments
+
+    add_repository_arguments(p)
     _foreign_args(p)
 
 
@@ -98,6 +107,10 @@ def run_export(args) -> int:
     from .onnx_export import export_onnx
 
     model = _load_model(args.model, args.backbone, args.scale, args.method)
+    if args.triton_repo:
+        return _export_triton_repo(args, model)
+    if not args.output:
+        raise CadyqError("name the file to write with -o (or a model repository with --triton-repo DIR)")
     if (args.format or ("aoti" if Path(args.output).suffix == ".pt2" else "onnx")) == "aoti":
         from .aoti import run_export_aoti
 
@@ -110,6 +123,28 @@ def run_export(args) -> int:
     path = export_onnx(model, args.output, tile=args.tile, dtype=args.dtype, opset=args.opset,
                        dynamic_batch=not args.static_batch, form=form)
     print("\n".join(_describe_onnx(Path(path))))
+    return 0
+
+
+def _export_triton_repo(args, model) -> int:
+    from .. import zoo
+    from ..serve.cli import serve_config
+    from ..serve.repository import model_name, write_onnx_model, write_plan_model, write_python_model
+
+    if args.output or args.routed or args.format == "aoti":
+        raise CadyqError("--triton-repo writes a model repository: leave out -o, --routed and --format")
+    cfg = serve_config(args)
+    name = args.name or model_name(str(args.model) if args.model else zoo.default_name())
+    repo = Path(args.triton_repo)
+    folders = [write_python_model(repo, name, model, cfg, overwrite=args.overwrite),
+               write_onnx_model(repo, f"{name}-onnx", model, tile=args.tile, max_batch=args.max_batch,
+                                instances=args.instances, overwrite=args.overwrite)]
+    if args.plan:
+        folders.append(write_plan_model(repo, f"{name}-trt", args.plan, overwrite=args.overwrite))
+    for f in folders:
+        print(f"{f}/  ({', '.join(sorted(p.name for p in (f / '1').iterdir()))}, config.pbtxt)")
+    print(f"serve with: tritonserver --model-repository {repo}  (the Python model needs cadyq installed in the "
+          f"server's Python; `cadyq serve` runs the bundled server)")
     return 0
 
 

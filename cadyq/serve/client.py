@@ -52,6 +52,8 @@ class TritonBackend(Backend):
             raise BackendError("no server URL given (host:port of a Triton server's gRPC endpoint, e.g. localhost:8001)")
         self.timeout = timeout
         self.clients = [grpcclient.InferenceServerClient(u) for u in self.urls]
+        self.warnings: list[str] = []
+        self._drop_unreachable()
         self.model = model or self._only_model()
         configs = [self._config(k) for k in range(len(self.urls))]
         infos = {c["parameters"]["cadyq_info"]["string_value"] for c in configs}
@@ -69,12 +71,29 @@ class TritonBackend(Backend):
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8 * len(self.urls), thread_name_prefix="cadyq-triton")
 
+    def _drop_unreachable(self) -> None:
+        """Servers that do not answer are left out with a warning; none answering is an error."""
+        live, why = [], []
+        for url, c in zip(self.urls, self.clients):
+            try:
+                ok = c.is_server_ready(client_timeout=10)
+            except Exception as e:
+                ok, reason = False, _short(e)
+            else:
+                reason = "not ready"
+            if ok:
+                live.append((url, c))
+            else:
+                why.append(f"{url}: {reason}")
+                c.close()
+        if not live:
+            raise BackendError(f"cannot reach a Triton server at {', '.join(self.urls)} ({'; '.join(why)}): is `cadyq "
+                               "serve` running? --server takes the gRPC host:port (default port 8001)")
+        self.warnings += [f"left out server {w}" for w in why]
+        self.urls, self.clients = [u for u, _ in live], [c for _, c in live]
+
     def _only_model(self) -> str:
-        try:
-            index = self.clients[0].get_model_repository_index(as_json=True).get("models", [])
-        except Exception as e:
-            raise BackendError(f"cannot reach a Triton server at {self.urls[0]}: {_short(e)} (is `cadyq serve` running? "
-                               "--server takes the gRPC host:port, default port 8001)") from e
+        index = self.clients[0].get_model_repository_index(as_json=True).get("models", [])
         ready = [m["name"] for m in index if m.get("state") == "READY"]
         if len(ready) != 1:
             raise BackendError(f"the server at {self.urls[0]} serves {len(ready)} ready models "

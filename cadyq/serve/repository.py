@@ -45,7 +45,7 @@ class ServeConfig:
     instances: int = 1  # model instances (processes); tiles are split among them
     max_batch: int = 16  # tiles per execution, the dynamic batcher's ceiling
     queue_delay_us: int = 2000  # how long the batcher waits for more tiles
-    threads: int | None = None  # torch threads per instance (default: CPU cores / instances)
+    threads: int | None = None  # torch threads per instance (default: the server's CPU cores / instances)
     max_tile: int = 512  # the largest LR tile side a request may send
 
 
@@ -67,10 +67,9 @@ def _tensor(name: str, dtype: str, dims) -> str:
 
 
 def python_model_config(name: str, info: ModelInfo, cfg: ServeConfig) -> str:
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, cfg.instances))
     kind = "KIND_GPU" if cfg.device.startswith("cuda") else "KIND_CPU"
     params = {"cadyq_info": json.dumps(info.to_dict()), "cadyq_backend": cfg.backend, "cadyq_device": cfg.device,
-              "cadyq_threads": threads, "cadyq_max_tile": cfg.max_tile}
+              "cadyq_threads": cfg.threads or 0, "cadyq_max_tile": cfg.max_tile}
     return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: {cfg.max_batch}\n'
             f'input [ {_tensor("lr", "TYPE_FP32", (3, -1, -1))} ]\n'
             f'output [ {_tensor("sr", "TYPE_UINT8", (3, -1, -1))}, {_tensor("bits", "TYPE_FP32", (-1,))} ]\n'

@@ -110,6 +110,7 @@ class ServerOptions:
     exit_timeout: int = 30  # seconds SIGTERM waits for requests in flight
     log_verbose: int = 0
     tritonserver: str | None = None
+    models: tuple[str, ...] = ()  # load only these (explicit model control); () = every model of the repository
 
 
 class TritonServer:
@@ -143,6 +144,8 @@ class TritonServer:
                # the Python stub's shared memory: tiles of a batch go through it (a 16-tile x4 batch is 7 MB)
                "--backend-config=python,shm-default-byte-size=33554432",
                "--backend-config=python,shm-growth-byte-size=33554432"]
+        if o.models:
+            cmd += ["--model-control-mode=explicit"] + [f"--load-model={m}" for m in o.models]
         if self._workdir is not None:
             cmd.append(f"--backend-directory={Path(self._workdir.name) / 'backends'}")
         return cmd

@@ -8,6 +8,7 @@ its own error while the others are answered.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -74,8 +75,10 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         threads = int(_param(config, "cadyq_threads", 0) or 0)
-        if threads > 0:
-            torch.set_num_threads(threads)
+        if threads <= 0:  # the cores shared among the instances
+            instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+            threads = max(1, (os.cpu_count() or 1) // instances)
+        torch.set_num_threads(threads)
         weights = Path(args["model_repository"]) / args["model_version"] / "model.safetensors"
         from ..checkpoint import load
 

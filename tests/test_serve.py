@@ -1,0 +1,258 @@
+"""Serving on Triton Inference Server: real servers on loopback ports (the one bundled with nvidia-pytriton,
+installed by `make install`), the client against local runs, the model repository export, faults."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from cadyq.errors import BackendError
+
+MODEL = "edsr-tiny-cadyq-x4-cpu"  # a shipped zoo model: small, quantized, bits vary
+
+pytest.importorskip("tritonclient.grpc", reason="pip install 'cadyq[serve]'")
+
+
+def _server_or_skip():
+    from cadyq.serve import find_tritonserver
+
+    try:
+        return find_tritonserver()
+    except BackendError as e:  # `make install` installs it; a bare `pip install cadyq` does not
+        pytest.skip(str(e))
+
+
+def _start(repo, models=(), exit_timeout=10):
+    from cadyq.serve import ServerOptions, TritonServer
+    from cadyq.serve.server import free_ports
+
+    _server_or_skip()
+    http, grpc, metrics = free_ports(3)
+    return TritonServer(repo, ServerOptions("127.0.0.1", http, grpc, metrics, exit_timeout, models=tuple(models))).start()
+
+
+@pytest.fixture(scope="module")
+def model():
+    from cadyq.zoo import load_pretrained
+
+    return load_pretrained(MODEL)
+
+
+@pytest.fixture(scope="module")
+def image(photo):
+    return np.ascontiguousarray(photo[40:190, 120:330])  # 150x210: 2x3 tiles of 96 px
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, model):
+    """Server A: `cadyq serve`'s repository (native backend, batches of at most 8 tiles). Server B: the repository
+    of `cadyq export --triton-repo`, its Python model only (the bundled server has no ONNX Runtime backend)."""
+    from cadyq.cli import main
+    from cadyq.serve import ServeConfig, write_python_model
+
+    a_repo = tmp_path_factory.mktemp("repo_a")
+    write_python_model(a_repo, MODEL, model, ServeConfig(backend="native", max_batch=8, threads=1))
+    b_repo = tmp_path_factory.mktemp("repo_b") / "repo"
+    assert main(["export", "-m", MODEL, "--triton-repo", str(b_repo), "--max-batch", "8", "--threads", "1"]) == 0
+    a = _start(a_repo)
+    try:
+        b = _start(b_repo, models=[MODEL])
+    except BaseException:
+        a.stop()
+        raise
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def _local(model, image):
+    from cadyq.runtime import Upscaler
+
+    return Upscaler(model, backend="native", batch=64).upscale(image)
+
+
+def test_remote_upscale_matches_local_and_spreads_over_servers(servers, model, image):
+    import tritonclient.grpc as grpcclient
+
+    from cadyq.runtime import Upscaler
+    from cadyq.serve import TritonBackend
+
+    a, b = servers
+    backend = TritonBackend([a.grpc_url, b.grpc_url], request_tiles=2)
+    assert backend.model == MODEL and backend.info.scale == 4 and backend.tile_sizes is None
+    remote = Upscaler(backend, batch=64).upscale(image)
+    local = _local(model, image)
+    assert remote.image.rgb.shape == (600, 840, 3)
+    assert np.array_equal(remote.image.rgb, local.image.rgb)  # the server rounds as a local 8-bit run does
+    assert torch.equal(remote.bit_map, local.bit_map)
+    assert remote.fqr == local.fqr and remote.bitops == pytest.approx(local.bitops)
+    assert len(set(remote.bit_map.flatten().tolist())) > 1  # bits differ between tiles and layers: not a constant
+    counts = []
+    for url in (a.grpc_url, b.grpc_url):
+        stats = grpcclient.InferenceServerClient(url).get_inference_statistics(MODEL, as_json=True)
+        counts.append(int(stats["model_stats"][0].get("inference_count", 0)))
+    assert all(c > 0 for c in counts) and sum(counts) >= 6, counts  # 6 tiles, both servers took some
+    backend.close()
+
+
+def test_cli_upscale_through_a_server_and_a_dead_one(servers, model, image, tmp_path, capsys):
+    from PIL import Image as PILImage
+
+    from cadyq.cli import main
+    from cadyq.serve.server import free_ports
+
+    a, _ = servers
+    src = tmp_path / "photo.png"
+    PILImage.fromarray(image).save(src)
+    dead = f"127.0.0.1:{free_ports(1)[0]}"  # nothing listens: its requests go to the next server
+    out = tmp_path / "out.png"
+    assert main(["upscale", str(src), "-o", str(out), "--server", f"{a.grpc_url},{dead}", "--bitmap",
+                 "--batch", "2", "--json", str(tmp_path / "r.json")]) == 0
+    got = np.asarray(PILImage.open(out))
+    assert np.array_equal(got, _local(model, image).image.rgb)
+    assert (tmp_path / "out_bits.png").exists()
+    assert json.loads((tmp_path / "r.json").read_text())["backend"] == "triton"
+    # only a dead server: one line, nothing written
+    out2 = tmp_path / "out2.png"
+    assert main(["upscale", str(src), "-o", str(out2), "--server", dead]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("cadyq: error: cannot reach a Triton server") and not out2.exists()
+    assert main(["upscale", str(src), "-o", str(out2), "--server", a.grpc_url, "--backend", "torch"]) == 2
+    assert "--backend torch is for local runs" in capsys.readouterr().err
+
+
+def _infer(url, array, datatype="FP32", timeout=None):
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(url)
+    inp = grpcclient.InferInput("lr", list(array.shape), datatype)
+    inp.set_data_from_numpy(array)
+    r = c.infer(MODEL, [inp], client_timeout=timeout)
+    return r.as_numpy("sr"), r.as_numpy("bits")
+
+
+def test_malformed_oversized_and_abandoned_requests_leave_the_server_serving(servers, image):
+    from tritonclient.utils import InferenceServerException
+
+    a, _ = servers
+    good = np.ascontiguousarray(image[None, :96, :96].transpose(0, 3, 1, 2).astype(np.float32))
+    sr, bits = _infer(a.grpc_url, good)
+    cases = {
+        "dtype": (good.astype(np.int32), "INT32", "data-type"),
+        "channels": (np.zeros((1, 4, 16, 16), np.float32), "FP32", "shape"),
+        "values": (good * 2, "FP32", "within 0..255"),
+        "tile too large": (np.zeros((1, 3, 600, 16), np.float32), "FP32", "larger than this server's limit"),
+        "batch over max_batch_size": (np.repeat(good, 9, 0), "FP32", "batch-size"),
+    }
+    for what, (arr, dtype, says) in cases.items():
+        with pytest.raises(InferenceServerException) as e:
+            _infer(a.grpc_url, arr, dtype)
+        assert says in str(e.value), (what, str(e.value))
+        assert np.array_equal(_infer(a.grpc_url, good)[0], sr), what  # and the next request is answered
+    # a client that gives up mid-request (deadline) and goes away: the server finishes the work and keeps serving
+    with pytest.raises(InferenceServerException, match="Deadline"):
+        _infer(a.grpc_url, np.repeat(good, 8, 0), timeout=0.01)
+    assert np.array_equal(_infer(a.grpc_url, good)[0], sr) and a.ready()
+
+
+def test_export_repository_configs_parse_as_triton_model_configs(tmp_path, model):
+    import onnx
+
+    from cadyq.cli import main
+    from cadyq.quant import ModelInfo
+    from cadyq.serve import read_config
+
+    repo = tmp_path / "repo"
+    assert main(["export", "-m", MODEL, "--triton-repo", str(repo), "--tile", "48", "--max-batch", "4"]) == 0
+    py, ox = read_config(repo / MODEL / "config.pbtxt"), read_config(repo / f"{MODEL}-onnx" / "config.pbtxt")
+    info = ModelInfo.from_model(model)
+    for cfg in (py, ox):
+        assert cfg.max_batch_size == 4 and cfg.dynamic_batching is not None
+        assert ModelInfo.from_dict(json.loads(cfg.parameters["cadyq_info"].string_value)) == info
+        assert [i.name for i in cfg.input] == ["lr"] and [o.name for o in cfg.output] == ["sr", "bits"]
+    assert py.backend == "python" and list(py.input[0].dims) == [3, -1, -1]
+    assert ox.platform == "onnxruntime_onnx"
+    graph = onnx.load(repo / f"{MODEL}-onnx" / "1" / "model.onnx").graph
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim[1:]] for v in list(graph.input) + list(graph.output)}
+    assert dims == {"lr": list(ox.input[0].dims), "sr": list(ox.output[0].dims), "bits": list(ox.output[1].dims)}
+    assert dims["sr"] == [3, 192, 192] and dims["bits"] == [info.n_layers]
+    # an existing repository model is not replaced without --overwrite; a TensorRT-RTX engine is refused
+    assert main(["export", "-m", MODEL, "--triton-repo", str(repo)]) == 2
+    assert main(["export", "-m", MODEL, "--triton-repo", str(repo), "--overwrite"]) == 0
+
+
+def test_server_start_failures_are_one_line(tmp_path, model):
+    import socket
+
+    from cadyq.cli import main
+    from cadyq.serve import ServeConfig, ServerOptions, TritonServer, write_python_model
+    from cadyq.serve.server import free_ports
+
+    _server_or_skip()
+    http, grpc, metrics = free_ports(3)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", grpc))
+        busy.listen()
+        with pytest.raises(BackendError, match=f"port {grpc} on 127.0.0.1 is in use.*--grpc-port"):
+            TritonServer(tmp_path, ServerOptions("127.0.0.1", http, grpc, metrics)).start()
+    assert main(["serve", "-m", MODEL, "--tritonserver", str(tmp_path / "nope")]) == 2
+    # a model that cannot load: the server stops and the error names the model's failure
+    write_python_model(tmp_path / "repo", "broken", model, ServeConfig(backend="no-such-backend"))
+    with pytest.raises(BackendError, match="broken.*unknown backend 'no-such-backend'"):
+        _start(tmp_path / "repo")
+
+
+def test_cadyq_serve_stops_on_sigterm_with_requests_in_flight(tmp_path, image):
+    """SIGTERM: the requests in flight are answered (Triton's graceful shutdown), later ones fail cleanly, and a
+    client run that fails writes nothing."""
+    from cadyq.runtime import Upscaler
+    from cadyq.serve import TritonBackend
+    from cadyq.serve.server import free_ports
+
+    _server_or_skip()
+    http, grpc, metrics = free_ports(3)
+    proc = subprocess.Popen([sys.executable, "-m", "cadyq", "serve", "-m", MODEL, "--host", "127.0.0.1",
+                             "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+                             "--serve-backend", "native", "--max-batch", "2", "--threads", "1", "--exit-timeout", "20"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "serving" not in line:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "cadyq serve exited before serving"
+        url = f"127.0.0.1:{grpc}"
+        expected = Upscaler(TritonBackend(url), batch=64).upscale(image).image.rgb
+        results, errors = [], []
+
+        def client():
+            try:
+                results.append(Upscaler(TritonBackend(url, request_tiles=1), batch=64).upscale(image).image.rgb)
+            except BackendError as e:
+                errors.append(str(e))
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)  # 24 tiles queued in requests of one tile
+        proc.send_signal(signal.SIGTERM)
+        in_flight = 4 - len(results) - len(errors)
+        late = threading.Thread(target=client)  # sent while the server stops: answered or refused in one line
+        late.start()
+        for t in threads + [late]:
+            t.join(60)
+        assert proc.wait(60) == 0
+        rest = proc.stderr.read()
+        assert "stopped (tritonserver exit 0)" in rest
+        assert all(np.array_equal(r, expected) for r in results)
+        print("in flight at SIGTERM", in_flight, "answered", len(results), "failed", errors)
+        assert in_flight > 0 and len(results) >= 4 and len(results) + len(errors) == 5
+        assert all("\n" not in e for e in errors)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
