@@ -11,8 +11,11 @@ CPP_BUILD ?= build/cpp
 .PHONY: install install-trt test test-all engine clean
 .PHONY: cpp
 
-install:  ## the package, its test tools, TensorRT-RTX (builds engines without a GPU) and the CPU peers (OpenVINO, NNCF)
-	$(PY) -m pip install -e ".[dev,trt-rtx,peers,video]" -c constraints.txt
+TRITON_SERVER ?= nvidia-pytriton==0.7.0
+
+install:  ## the package, its test tools, TensorRT-RTX (builds engines without a GPU), the CPU peers (OpenVINO, NNCF), video, serving
+	$(PY) -m pip install -e ".[dev,trt-rtx,peers,video,serve]" -c constraints.txt
+	$(PY) -m pip install --no-deps "$(TRITON_SERVER)"  # the Triton server binary only: see cadyq/serve/server.py
 
 test:  ## the default suite: everything that runs without a GPU
 	$(PY) -m pytest -q -m "not gpu" -n 2
