@@ -98,10 +98,16 @@ def test_calibrate_fqr_from_the_command_line(tmp_path, capsys):
         assert dynamic or all(float(x.detach().abs().sum()) == 0 for x in w)  # static: constant selectors
     assert main(common + ["--bits", "4,8", "-o", str(tmp_path / "b.safetensors")]) == 2  # measured with 4,6,8
     assert "the allocation is for bits (4, 6, 8)" in capsys.readouterr().err
-    assert main(["calibrate", "--model", str(tmp_path / "fp32.safetensors"), "--data", str(photos), "--target", "gdq",
-                 "--fqr", "5", "-o", str(tmp_path / "g.safetensors")]) == 2
-    assert "--fqr allocates CADyQ" in capsys.readouterr().err
-    assert not (tmp_path / "g.safetensors").exists()
+    gdq = ["calibrate", "--model", str(tmp_path / "fp32.safetensors"), "--data", str(photos), "--target", "gdq",
+           "--tile", "24", "--sensitivity-tiles", "8", "--fqr", "6"]
+    assert main(gdq + ["--static", "-o", str(tmp_path / "g.safetensors")]) == 2
+    assert "Granular-DQ cannot express" in capsys.readouterr().err and not (tmp_path / "g.safetensors").exists()
+    assert main(gdq + ["-o", str(tmp_path / "g.safetensors")]) == 0
+    meta = read_metadata(tmp_path / "g.safetensors")["extra"]["allocation"]
+    assert meta["bits"] == [4, 6, 8] and len(meta["cuts"]) == 1 and meta["fqr"] <= 6.0
+    assert main(["calibrate", "--model", str(tmp_path / "fp32.safetensors"), "--data", str(photos), "--target", "pams8",
+                 "--fqr", "5", "-o", str(tmp_path / "p.safetensors")]) == 2
+    assert "--fqr allocates the bit selectors of cadyq or gdq" in capsys.readouterr().err
 
 
 def test_selectors_reproduce_any_cut_pattern_with_small_logits():
@@ -145,3 +151,34 @@ def test_allocated_model_runs_the_same_bits_on_the_integer_program_and_onnx_runt
     rep = ort_compare(path, m, test, tolerances=Tolerances(sr_mean=0.5, sr_max=16.0, min_agreement=0.99, layer_rtol=1e-2),
                       bisect="always", max_bisect_tiles=2)
     assert not rep.unexplained and rep.passed, str(rep)
+
+
+def test_granular_dq_per_tile_allocation_runs_in_its_controller_and_the_integer_program():
+    """Granular-DQ: the whole network's damage at b0 and b2 per tile, cut on the head feature's std into b0|b2|b3
+    runs, written into the GBC; the model and its integer program pick those bits for every layer of a tile."""
+    from cadyq.calib.allocate import apply_tiles, measure_tiles
+    from cadyq.quant.lowering import lower
+    from cadyq.quant.parity import compare
+
+    torch.manual_seed(0)
+    tiles = photo_crops(16, 24, seed=3)
+    m = calibrate(tiny("edsr"), [tiles[:8], tiles[8:]], target="gdq", method="mse")
+    sens = measure_tiles(m, tiles, batch=8)
+    assert sens.bits == [4, 6, 8] and sens.damage.shape == (1, 3, 16) and sens.stat.shape == (1, 16)
+    assert (sens.damage[0, 2] == 0).all() and (sens.damage[0, 0] > sens.damage[0, 1]).all()  # joint, exact
+    seen = set()
+    for target in (5.0, 6.5):  # runs 4|6 and 6|8 on these tiles
+        alloc = allocate(sens, fqr=target)
+        assert alloc.fqr <= target
+        apply_tiles(m, alloc, sens)
+        with torch.no_grad():
+            m(tiles)
+        bits = selected_bits(m)
+        assert (bits == bits[:, :1]).all()  # one bit-width per tile for every layer
+        want = [alloc.bits[sum(t > c for c in alloc.cuts[0])] for t in sens.stat[0]]
+        assert bits[:, 0].tolist() == [float(b) for b in want] and len(set(want)) == 2
+        seen |= set(want)
+    assert seen == {4, 6, 8}
+    test = photo_crops(32, 24, seed=11)
+    rep = compare(m, lower(m), test)
+    assert rep.agreement >= 0.99 and not rep.unexplained, str(rep)

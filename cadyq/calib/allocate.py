@@ -203,29 +203,104 @@ def apply(model: nn.Module, alloc: Allocation, sens: Sensitivity) -> nn.Module:
         raise CadyqError(f"the allocation is for bits {tuple(alloc.bits)}, the model's candidates are "
                          f"{tuple(int(b) for b in sel[0].bits.tolist())}; measure this model (another --sensitivity file)")
     for j, (q, cuts) in enumerate(zip(sel, alloc.cuts)):
-        w, b = q.net.weight, q.net.bias
-        w.zero_()
-        b.zero_()
-        bounds = [-np.inf, *cuts, np.inf]
-        used = [k for k in range(len(alloc.bits)) if bounds[k] < bounds[k + 1]]  # candidates some t selects
-        if len(used) == 1:  # one candidate for every tile
-            b[used[0]] = 1.0
-            continue
-        # the used candidates in order, r = 0, 1, ...: logit = gamma * (r * t - sum of the cuts below); the others
-        # can never win. Finite cuts only: no large constants, so no precision lost near a cut.
-        gamma = 4.0 / max(float(np.std(sens.stat[j])), 1e-6)
-        c_channels = w.shape[1] - 2
-        below = 0.0
-        for k in range(len(alloc.bits)):
-            if k not in used:
-                b[k] = -1e4
-                continue
-            r = used.index(k)
-            if r:
-                below += bounds[k]  # the cut between the previous used candidate and k
-            w[k, 2:] = gamma * r / c_channels
-            b[k] = -gamma * below
+        _write_selector(q.net.weight, q.net.bias, cuts, sens.stat[j], offset=2, channels=q.net.weight.shape[1] - 2)
     return model
 
 
-__all__ = ["Sensitivity", "Allocation", "measure", "allocate", "apply"]
+def _write_selector(w: torch.Tensor, b: torch.Tensor, cuts, stat: np.ndarray, offset: int, channels: int) -> None:
+    """Logits over the candidates that pick the one whose interval of cuts holds t = the mean of the `channels`
+    inputs from `offset` on."""
+    w.zero_()
+    b.zero_()
+    bounds = [-np.inf, *cuts, np.inf]
+    used = [k for k in range(len(cuts) + 1) if bounds[k] < bounds[k + 1]]  # candidates some t selects
+    if len(used) == 1:  # one candidate for every tile
+        b[used[0]] = 1.0
+        return
+    # the used candidates in order, r = 0, 1, ...: logit = gamma * (r * t - sum of the cuts below); the others
+    # can never win. Finite cuts only: no large constants, so no precision lost near a cut.
+    gamma = 4.0 / max(float(np.std(stat)), 1e-6)
+    below = 0.0
+    for k in range(len(cuts) + 1):
+        if k not in used:
+            b[k] = -1e4
+            continue
+        r = used.index(k)
+        if r:
+            below += bounds[k]  # the cut between the previous used candidate and k
+        w[k, offset:offset + channels] = gamma * r / channels
+        b[k] = -gamma * below
+
+
+# Granular-DQ (one bit-width per tile for every layer). Its controller (GBC) picks among b0, b2, b3 from the head
+# feature's statistics; b1 is reached only through the entropy refinement (E2B) of b3 tiles, which an allocation
+# switches off. The measurement is exact for this decision space: the whole network at b0 and at b2 against b3,
+# per tile (no additivity over layers needed), with t = the channel mean of the head feature's per-channel std
+# (the first C inputs of the GBC). `allocate` then cuts the tiles sorted by t into runs of b0, b2, b3 as for one
+# CADyQ layer, and `apply` writes the cuts into the GBC's Linear in the same selector form.
+GDQ_CLASSES = (0, 2, 3)  # the candidates the GBC's three classes stand for
+
+
+def _gdq(model: nn.Module):
+    cfg = quant_config(model)
+    if cfg.method != "gdq":
+        raise CadyqError(f"a per-tile allocation sets Granular-DQ's controller; this model is {cfg.method}")
+    return model.gdq
+
+
+@torch.no_grad()
+def measure_tiles(model: nn.Module, lr: torch.Tensor, batch: int = 8, progress=None) -> Sensitivity:
+    """Granular-DQ: the damage [1, 3, N] of running every layer at b0 and at b2 instead of b3 on each LR tile, and
+    the GBC's statistic t [1, N]."""
+    from ..quant import plan_for
+
+    gdq = _gdq(model)
+    model.eval()
+    kept = (gdq.gbc.weight.clone(), gdq.gbc.bias.clone(), gdq.thresholds.clone())
+    N, stats = lr.shape[0], []
+    head = model.get_submodule(plan_for(model).head)
+
+    def run(cls):
+        gdq.gbc.weight.zero_()
+        gdq.gbc.bias.zero_()
+        gdq.gbc.bias[cls] = 1.0
+        gdq.thresholds.fill_(-1.0)  # entropy >= 0 > t2: a b3 tile stays b3
+        out = []
+        for i in range(0, N, batch):
+            out.append(model(lr[i:i + batch].float()).float())
+            if progress is not None:
+                progress(1)
+        return torch.cat(out)
+
+    hook = head.register_forward_hook(lambda m, a, out: stats.append(out.float().std(dim=(2, 3)).mean(1)))
+    try:
+        base = run(2)
+        hook.remove()
+        damage = np.zeros((1, 3, N))
+        for c in (0, 1):
+            damage[0, c] = ((run(c) - base) ** 2).mean(dim=(1, 2, 3)).double().numpy()
+    finally:
+        hook.remove()
+        gdq.gbc.weight.copy_(kept[0])
+        gdq.gbc.bias.copy_(kept[1])
+        gdq.thresholds.copy_(kept[2])
+    bits = [int(gdq.bits[k]) for k in GDQ_CLASSES]
+    return Sensitivity(bits, damage, torch.cat(stats)[None].double().numpy(), N)
+
+
+@torch.no_grad()
+def apply_tiles(model: nn.Module, alloc: Allocation, sens: Sensitivity) -> nn.Module:
+    """Write a per-tile allocation (from `measure_tiles`) into the Granular-DQ controller (in place); E2B is switched
+    off (b3 tiles stay b3). Returns the model."""
+    gdq = _gdq(model)
+    bits = [int(gdq.bits[k]) for k in GDQ_CLASSES]
+    if len(alloc.cuts) != 1 or list(alloc.bits) != bits:
+        raise CadyqError(f"the allocation is not a per-tile one for this model's controller (bits {tuple(bits)}); "
+                         "measure this model (another --sensitivity file)")
+    _write_selector(gdq.gbc.weight, gdq.gbc.bias, alloc.cuts[0], sens.stat[0], offset=0,
+                    channels=gdq.gbc.weight.shape[1] // 3)
+    gdq.thresholds.fill_(-1.0)
+    return model
+
+
+__all__ = ["Sensitivity", "Allocation", "measure", "allocate", "apply", "measure_tiles", "apply_tiles"]

@@ -86,10 +86,14 @@ def _allocate(model, args) -> dict:
 
     from ..quant import dynamic_quantizers
     from . import random_tiles
-    from .allocate import Sensitivity, allocate, apply, measure
+    from .allocate import Sensitivity, allocate, apply, apply_tiles, measure, measure_tiles
 
-    if args.target != "cadyq":
-        raise CadyqError(f"--fqr allocates CADyQ's per-layer selectors; --target is {args.target}")
+    if args.target not in ("cadyq", "gdq"):
+        raise CadyqError(f"--fqr allocates the bit selectors of cadyq or gdq; --target is {args.target}")
+    per_tile = args.target == "gdq"  # one bit-width per tile: the Granular-DQ controller
+    if per_tile and args.static:
+        raise CadyqError("--static gives one bit-width per layer, which Granular-DQ cannot express (one per tile); "
+                         "make the static baseline from a cadyq model")
     if args.sensitivity_tiles < 2:
         raise CadyqError("--sensitivity-tiles must be at least 2")
     path = Path(args.sensitivity) if args.sensitivity else None
@@ -101,18 +105,22 @@ def _allocate(model, args) -> dict:
         print(f"sensitivity: read {path} ({sens.tiles} tiles)", file=sys.stderr)
     else:
         lr = random_tiles(args.data, model.config.scale, args.sensitivity_tiles, args.tile, lr=args.lr)
-        sel = dynamic_quantizers(model)
-        n_layers, n_bits = len(sel), len(sel[0].bits)
-        passes = (1 + n_layers * (n_bits - 1)) * -(-lr.shape[0] // 8)
+        if per_tile:
+            passes = 3 * -(-lr.shape[0] // 8)
+        else:
+            sel = dynamic_quantizers(model)
+            passes = (1 + len(sel) * (len(sel[0].bits) - 1)) * -(-lr.shape[0] // 8)
         with tqdm(total=passes, desc="sensitivity", unit="batch", file=sys.stderr, disable=None) as bar:
-            sens = measure(model.to(memory_format=torch.channels_last), lr.contiguous(memory_format=torch.channels_last),
-                           batch=8, progress=bar.update)
+            sens = (measure_tiles if per_tile else measure)(model.to(memory_format=torch.channels_last),
+                                                            lr.contiguous(memory_format=torch.channels_last),
+                                                            batch=8, progress=bar.update)
         model.to(memory_format=torch.contiguous_format)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(sens.to_dict()))
     alloc = allocate(sens, args.fqr, dynamic=not args.static)
-    apply(model, alloc, sens)
-    kind = "static (one bit-width per layer)" if args.static else "dynamic (per tile and layer)"
+    (apply_tiles if per_tile else apply)(model, alloc, sens)
+    kind = ("per tile (Granular-DQ: one bit-width per tile for every layer)" if per_tile else
+            "static (one bit-width per layer)" if args.static else "dynamic (per tile and layer)")
     print(f"allocation: {kind}, FQR {alloc.fqr:.2f} on the {sens.tiles} measured tiles", file=sys.stderr)
     return {**alloc.to_dict(), "tiles": sens.tiles}
