@@ -127,6 +127,22 @@ def test_cli_upscale_through_a_server_and_a_dead_one(servers, model, image, tmp_
     assert "--backend torch is for local runs" in capsys.readouterr().err
 
 
+def test_video_through_a_server_equals_a_local_run(servers, photo, tmp_path):
+    pytest.importorskip("av")
+    from test_video import make_clip, streams
+
+    from cadyq.cli import main
+
+    a, _ = servers
+    clip = make_clip(tmp_path / "clip.mp4", photo, n=4, w=64, h=48, audio=False)
+    assert main(["upscale", str(clip), "-o", str(tmp_path / "remote.mkv"), "--server", a.grpc_url, "--codec", "ffv1"]) == 0
+    assert main(["upscale", str(clip), "-o", str(tmp_path / "local.mkv"), "-m", MODEL, "--backend", "native",
+                 "--codec", "ffv1"]) == 0
+    (_, size, _, remote), (_, _, _, local) = streams(tmp_path / "remote.mkv"), streams(tmp_path / "local.mkv")
+    assert size == (256, 192) and len(remote) == 4
+    assert all(np.array_equal(r, l) for r, l in zip(remote, local))  # ffv1: lossless, so equal frames stay equal
+
+
 def _infer(url, array, datatype="FP32", timeout=None):
     import tritonclient.grpc as grpcclient
 
