@@ -198,9 +198,23 @@ def test_export_repository_configs_parse_as_triton_model_configs(tmp_path, model
     dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim[1:]] for v in list(graph.input) + list(graph.output)}
     assert dims == {"lr": list(ox.input[0].dims), "sr": list(ox.output[0].dims), "bits": list(ox.output[1].dims)}
     assert dims["sr"] == [3, 192, 192] and dims["bits"] == [info.n_layers]
-    # an existing repository model is not replaced without --overwrite; a TensorRT-RTX engine is refused
+    # an existing repository model is not replaced without --overwrite
     assert main(["export", "-m", MODEL, "--triton-repo", str(repo)]) == 2
-    assert main(["export", "-m", MODEL, "--triton-repo", str(repo), "--overwrite"]) == 0
+    # a plan: its config from the engine's sidecar; one built by TensorRT-RTX is refused (Triton runs full TensorRT)
+    from cadyq.export.engine import SIDECAR_FORMAT
+
+    plan = tmp_path / "m.engine"
+    plan.write_bytes(b"plan")
+    side = {"format": SIDECAR_FORMAT, "builder": "tensorrt", "plugin": False, "model": info.to_dict(), "tile": 96,
+            "batch": [1, 16, 32]}
+    (tmp_path / "m.engine.json").write_text(json.dumps(side))
+    assert main(["export", "-m", MODEL, "--triton-repo", str(repo), "--overwrite", "--plan", str(plan)]) == 0
+    trt = read_config(repo / f"{MODEL}-trt" / "config.pbtxt")
+    assert trt.platform == "tensorrt_plan" and trt.max_batch_size == 32 and list(trt.output[0].dims) == [3, 384, 384]
+    (tmp_path / "m.engine.json").write_text(json.dumps({**side, "builder": "tensorrt-rtx"}))
+    before = (repo / MODEL / "config.pbtxt").stat().st_mtime_ns
+    assert main(["export", "-m", MODEL, "--triton-repo", str(repo), "--overwrite", "--plan", str(plan)]) == 2
+    assert (repo / MODEL / "config.pbtxt").stat().st_mtime_ns == before  # refused before anything was written
 
 
 def test_server_start_failures_are_one_line(tmp_path, model):

@@ -129,11 +129,13 @@ def run_export(args) -> int:
 def _export_triton_repo(args, model) -> int:
     from .. import zoo
     from ..serve.cli import serve_config
-    from ..serve.repository import model_name, write_onnx_model, write_plan_model, write_python_model
+    from ..serve.repository import model_name, plan_config, write_onnx_model, write_plan_model, write_python_model
 
     if args.output or args.routed or args.format == "aoti":
         raise CadyqError("--triton-repo writes a model repository: leave out -o, --routed and --format")
     cfg = serve_config(args)
+    if args.plan:
+        plan_config(args.plan)  # refused before anything is written
     name = args.name or model_name(str(args.model) if args.model else zoo.default_name())
     repo = Path(args.triton_repo)
     folders = [write_python_model(repo, name, model, cfg, overwrite=args.overwrite),

@@ -125,9 +125,10 @@ def write_onnx_model(repo: str | os.PathLike, name: str, model: nn.Module, tile:
     return folder
 
 
-def write_plan_model(repo: str | os.PathLike, name: str, plan: str | os.PathLike, overwrite: bool = False) -> Path:
-    """<repo>/<name>: a TensorRT engine (`cadyq engine`) and its config from the engine's sidecar. Only engines built
-    by full TensorRT load in Triton's TensorRT backend (of the same TensorRT version); TensorRT-RTX engines do not."""
+def plan_config(plan: str | os.PathLike) -> tuple[ModelInfo, int, int]:
+    """(model info, tile, maximum batch) of a TensorRT engine that Triton's TensorRT backend can load, from its
+    sidecar. Only engines built by full TensorRT load there (of the same TensorRT version); TensorRT-RTX engines and
+    engines with cadyq's Python plugin layers do not."""
     from ..export.engine import read_sidecar
 
     side = read_sidecar(plan)
@@ -137,12 +138,16 @@ def write_plan_model(repo: str | os.PathLike, name: str, plan: str | os.PathLike
     if side.get("plugin"):
         raise CadyqError(f"{plan}: an engine with cadyq's Python plugin layers; Triton cannot load those: build it "
                          "without --plugin")
-    info = ModelInfo.from_dict(side["model"])
+    return ModelInfo.from_dict(side["model"]), int(side["tile"]), int(side["batch"][2])
+
+
+def write_plan_model(repo: str | os.PathLike, name: str, plan: str | os.PathLike, overwrite: bool = False) -> Path:
+    """<repo>/<name>: a TensorRT engine (`cadyq engine`) and its config (see `plan_config`)."""
+    info, tile, max_batch = plan_config(plan)
     folder = Path(repo) / name
     _fresh_folder(folder, overwrite)
     shutil.copy2(plan, folder / "1" / "model.plan")
-    (folder / "config.pbtxt").write_text(
-        _fixed_model_config(name, "tensorrt_plan", info, int(side["tile"]), int(side["batch"][2]), 1, "KIND_GPU"))
+    (folder / "config.pbtxt").write_text(_fixed_model_config(name, "tensorrt_plan", info, tile, max_batch, 1, "KIND_GPU"))
     return folder
 
 
