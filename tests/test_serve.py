@@ -238,9 +238,16 @@ def test_server_start_failures_are_one_line(tmp_path, model):
         _start(tmp_path / "repo")
 
 
-def test_cadyq_serve_stops_on_sigterm_with_requests_in_flight(tmp_path, image):
+def _inference_count(client) -> int:
+    stats = client.get_inference_statistics(MODEL, as_json=True)["model_stats"]
+    return int(stats[0].get("inference_count", 0)) if stats else 0
+
+
+def test_cadyq_serve_stops_on_sigterm_with_requests_in_flight(tmp_path, photo):
     """SIGTERM: the requests in flight are answered (Triton's graceful shutdown), later ones fail cleanly, and a
     client run that fails writes nothing."""
+    import tritonclient.grpc as grpcclient
+
     from cadyq.runtime import Upscaler
     from cadyq.serve import TritonBackend
     from cadyq.serve.server import free_ports
@@ -249,7 +256,7 @@ def test_cadyq_serve_stops_on_sigterm_with_requests_in_flight(tmp_path, image):
     http, grpc, metrics = free_ports(3)
     proc = subprocess.Popen([sys.executable, "-m", "cadyq", "serve", "-m", MODEL, "--host", "127.0.0.1",
                              "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-                             "--serve-backend", "native", "--max-batch", "2", "--threads", "1", "--exit-timeout", "20"],
+                             "--serve-backend", "native", "--max-batch", "3", "--threads", "1", "--exit-timeout", "20"],
                             stderr=subprocess.PIPE, text=True)
     try:
         line = ""
@@ -257,19 +264,23 @@ def test_cadyq_serve_stops_on_sigterm_with_requests_in_flight(tmp_path, image):
             line = proc.stderr.readline()
             assert line or proc.poll() is None, "cadyq serve exited before serving"
         url = f"127.0.0.1:{grpc}"
-        expected = Upscaler(TritonBackend(url), batch=64).upscale(image).image.rgb
+        big = np.ascontiguousarray(photo[:300, :400])  # 4x5 = 20 tiles
+        expected = Upscaler(TritonBackend(url), batch=64).upscale(big).image.rgb
+        stats = grpcclient.InferenceServerClient(url)
+        done_before = _inference_count(stats)
         results, errors = [], []
 
         def client():
-            try:
-                results.append(Upscaler(TritonBackend(url, request_tiles=1), batch=64).upscale(image).image.rgb)
+            try:  # 7 requests of at most 3 tiles, all sent at once (the client keeps 8 in flight)
+                results.append(Upscaler(TritonBackend(url, request_tiles=3), batch=64).upscale(big).image.rgb)
             except BackendError as e:
                 errors.append(str(e))
 
         threads = [threading.Thread(target=client) for _ in range(4)]
         for t in threads:
             t.start()
-        time.sleep(0.3)  # 24 tiles queued in requests of one tile
+        while _inference_count(stats) == done_before:  # the server has started on the 80 tiles
+            time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
         in_flight = 4 - len(results) - len(errors)
         late = threading.Thread(target=client)  # sent while the server stops: answered or refused in one line
