@@ -93,12 +93,7 @@ def measure(model: nn.Module, lr: torch.Tensor, batch: int = 8, progress=None) -
     hooks = []
 
     def run():
-        out = []
-        for i in range(0, N, batch):
-            out.append(model(lr[i:i + batch].float()).float())
-            if progress is not None:
-                progress(1)
-        return torch.cat(out)
+        return _sr(model, lr, batch, progress)
 
     try:
         force([K - 1] * L)
@@ -121,6 +116,16 @@ def measure(model: nn.Module, lr: torch.Tensor, batch: int = 8, progress=None) -
             q.net.bias.copy_(b)
     stat = torch.stack([torch.cat(s) for s in stats]).double().numpy()
     return Sensitivity(bits, damage, stat, N)
+
+
+def _sr(model: nn.Module, lr: torch.Tensor, batch: int, progress) -> torch.Tensor:
+    """The model's SR tiles of `lr`, `batch` at a time; `progress(1)` after each batch."""
+    out = []
+    for i in range(0, lr.shape[0], batch):
+        out.append(model(lr[i:i + batch].float()).float())
+        if progress is not None:
+            progress(1)
+    return torch.cat(out)
 
 
 def _cut_layer(d: np.ndarray, t: np.ndarray, cost: np.ndarray, dynamic: bool) -> np.ndarray:
@@ -265,12 +270,7 @@ def measure_tiles(model: nn.Module, lr: torch.Tensor, batch: int = 8, progress=N
         gdq.gbc.bias.zero_()
         gdq.gbc.bias[cls] = 1.0
         gdq.thresholds.fill_(-1.0)  # entropy >= 0 > t2: a b3 tile stays b3
-        out = []
-        for i in range(0, N, batch):
-            out.append(model(lr[i:i + batch].float()).float())
-            if progress is not None:
-                progress(1)
-        return torch.cat(out)
+        return _sr(model, lr, batch, progress)
 
     hook = head.register_forward_hook(lambda m, a, out: stats.append(out.float().std(dim=(2, 3)).mean(1)))
     try:
