@@ -8,7 +8,7 @@ import torch
 from conftest import photo_crops, tiny
 
 from cadyq.calib import calibrate
-from cadyq.calib.allocate import _cut_layer, _cuts, allocate, apply, measure
+from cadyq.calib.allocate import _cut_layer, _cuts, _three_runs_within, allocate, apply, measure
 from cadyq.quant import dynamic_quantizers, selected_bits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -33,6 +33,17 @@ def test_dynamic_cut_is_the_best_monotone_assignment_and_the_cut_points_reproduc
         assert [sum(ti > c for c in cuts) for ti in t] == ks.tolist()
         static = _cut_layer(d, t, cost, False)
         assert len(set(static.tolist())) == 1
+        # one decision per tile: the exact optimum under the bit budget
+        bits, fqr = np.array([4.0, 6.0, 8.0]), 4 + 4 * rng.random()
+        ks = _three_runs_within(d, t, bits, fqr)
+        assert bits[ks].mean() <= fqr + 1e-9
+        best = np.inf
+        for a in itertools.combinations_with_replacement(range(K), N):
+            kk = np.empty(N, int)
+            kk[order] = a
+            if bits[kk].mean() <= fqr + 1e-9:
+                best = min(best, d[kk, np.arange(N)].sum())
+        assert abs(d[ks, np.arange(N)].sum() - best) < 1e-9
 
 
 def _model_and_tiles():

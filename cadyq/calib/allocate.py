@@ -175,12 +175,33 @@ def _cuts(ks: np.ndarray, t: np.ndarray, K: int) -> list[float]:
     return cuts
 
 
+def _three_runs_within(d: np.ndarray, t: np.ndarray, bits: np.ndarray, fqr: float) -> np.ndarray:
+    """Candidate per tile [N] minimising sum_i d[k_i, i] over assignments non-decreasing in t (three runs) whose mean
+    bits are at most `fqr`: every pair of cut positions, O(N^2). (The Lagrangian path of `allocate` can jump over a
+    budget: here a single decision per tile makes the exact search cheap.)"""
+    K, N = d.shape
+    order = np.argsort(t, kind="stable")
+    c = np.concatenate([np.zeros((K, 1)), np.cumsum(d[:, order], 1)], 1)  # [3, N+1]
+    a, b = np.triu_indices(N + 1)  # a <= b: tiles [0, a) at k0, [a, b) at k1, [b, N) at k2
+    cost = c[0, a] + c[1, b] - c[1, a] + c[2, N] - c[2, b]
+    total_bits = a * bits[0] + (b - a) * bits[1] + (N - b) * bits[2]
+    cost[total_bits > fqr * N + 1e-9] = np.inf
+    best = int(np.argmin(cost))
+    ks = np.empty(N, dtype=int)
+    ks[order[:a[best]]], ks[order[a[best]:b[best]]], ks[order[b[best]:]] = 0, 1, 2
+    return ks
+
+
 def allocate(sens: Sensitivity, fqr: float, dynamic: bool = True) -> Allocation:
     """Bits for every layer (and tile, if dynamic) at an FQR of at most `fqr` on the calibration tiles."""
     bits = np.asarray(sens.bits, np.float64)
     if not bits[0] <= fqr:
         raise CadyqError(f"--fqr {fqr} is below the lowest candidate ({sens.bits[0]} bits)")
     L, K, N = sens.damage.shape
+    if L == 1 and K == 3 and dynamic:  # one decision per tile (Granular-DQ): the exact optimum within the budget
+        ks = _three_runs_within(sens.damage[0], sens.stat[0], bits, fqr)[None]
+        dmg = float(sens.damage[0, ks[0], np.arange(N)].sum() / N)
+        return Allocation(list(sens.bits), [_cuts(ks[0], sens.stat[0], K)], True, float("nan"), float(bits[ks].mean()), dmg)
 
     def solve(lam):
         ks = np.stack([_cut_layer(sens.damage[j], sens.stat[j], lam * bits, dynamic) for j in range(L)])
