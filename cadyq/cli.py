@@ -109,9 +109,9 @@ def _resolve_model(args):
 def _upscaler(args):
     from .runtime import Upscaler
 
+    options, model = {}, None
     if getattr(args, "server", None):
-        return _remote_upscaler(args)
-    options = {}
+        model = _remote_backend(args)
     if getattr(args, "float_precision", None):
         if args.backend not in ("native", "auto"):
             raise CadyqError("--float-precision is an option of --backend native")
@@ -120,18 +120,18 @@ def _upscaler(args):
         if args.backend not in ("native", "auto"):
             raise CadyqError("--int8-upsampler is an option of --backend native")
         options["int8_upsampler"] = True
-    up = Upscaler(_resolve_model(args), backend=args.backend, device=args.device, tile=args.tile,
+    up = Upscaler(model or _resolve_model(args), backend=args.backend, device=args.device, tile=args.tile,
                   overlap=args.overlap, batch=args.batch, protocol=args.protocol, backend_options=options)
     if args.scale and args.scale != up.scale:
-        raise OptionError(f"{args.model} is a x{up.scale} model, but --scale asks for x{args.scale}; drop --scale")
+        raise OptionError(f"{args.model or 'the model'} is a x{up.scale} model, but --scale asks for x{args.scale}; drop --scale")
     _say(f"backend: {backend_line(up.backend)}")
     for w in getattr(up.backend, "warnings", []):
         _say(f"warning: {w}")
     return up
 
 
-def _remote_upscaler(args):
-    from .runtime import Upscaler
+def _remote_backend(args):
+    """The Triton client backend of --server; options that only a local run has are refused."""
     from .serve import TritonBackend
 
     local = [f"--{k.replace('_', '-')}" for k in ("backbone", "method", "float_precision") if getattr(args, k, None)]
@@ -141,20 +141,13 @@ def _remote_upscaler(args):
     if local:
         raise OptionError(f"{', '.join(local)} {'is' if len(local) == 1 else 'are'} for local runs; with --server the "
                           "server's settings apply (cadyq serve --serve-backend/--device)")
-    backend = TritonBackend(args.server.split(","), model=args.model)
-    up = Upscaler(backend, tile=args.tile, overlap=args.overlap, batch=args.batch, protocol=args.protocol)
-    if args.scale and args.scale != up.scale:
-        raise OptionError(f"the served model is x{up.scale}, but --scale asks for x{args.scale}; drop --scale")
-    _say(f"backend: triton at {', '.join(backend.urls)} (model {backend.model}, x{up.scale} {backend.info.method})")
-    for w in backend.warnings:
-        _say(f"warning: {w}")
-    return up
+    return TritonBackend(args.server.split(","), model=args.model)
 
 
 def backend_line(backend) -> str:
     """`native on cpu (auto: why)`: the backend that runs, and why when it was chosen automatically."""
     choice = getattr(backend, "choice", None)
-    return f"{backend.name} on {backend.device}" + (f" (auto: {choice.why})" if choice is not None else "")
+    return f"{backend.name} {backend.where}" + (f" (auto: {choice.why})" if choice is not None else "")
 
 
 class _TileFit:

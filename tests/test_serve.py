@@ -16,23 +16,20 @@ from cadyq.errors import BackendError
 
 MODEL = "edsr-tiny-cadyq-x4-cpu"  # a shipped zoo model: small, quantized, bits vary
 
-pytest.importorskip("tritonclient.grpc", reason="pip install 'cadyq[serve]'")
 
 
-def _server_or_skip():
+def _server():
+    """The Triton server `make install` installs; without it these tests fail with the install hint."""
     from cadyq.serve import find_tritonserver
 
-    try:
-        return find_tritonserver()
-    except BackendError as e:  # `make install` installs it; a bare `pip install cadyq` does not
-        pytest.skip(str(e))
+    return find_tritonserver()
 
 
 def _start(repo, models=(), exit_timeout=10):
     from cadyq.serve import ServerOptions, TritonServer
     from cadyq.serve.server import free_ports
 
-    _server_or_skip()
+    _server()
     http, grpc, metrics = free_ports(3)
     return TritonServer(repo, ServerOptions("127.0.0.1", http, grpc, metrics, exit_timeout, models=tuple(models))).start()
 
@@ -224,7 +221,7 @@ def test_server_start_failures_are_one_line(tmp_path, model):
     from cadyq.serve import ServeConfig, ServerOptions, TritonServer, write_python_model
     from cadyq.serve.server import free_ports
 
-    _server_or_skip()
+    _server()
     http, grpc, metrics = free_ports(3)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", grpc))
@@ -252,7 +249,7 @@ def test_cadyq_serve_stops_on_sigterm_with_requests_in_flight(tmp_path, photo):
     from cadyq.serve import TritonBackend
     from cadyq.serve.server import free_ports
 
-    _server_or_skip()
+    _server()
     http, grpc, metrics = free_ports(3)
     proc = subprocess.Popen([sys.executable, "-m", "cadyq", "serve", "-m", MODEL, "--host", "127.0.0.1",
                              "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),

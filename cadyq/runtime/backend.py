@@ -23,6 +23,11 @@ class Backend(abc.ABC):
     choice: "Choice | None" = None  # set when backend="auto" chose this backend: what and why
     tile_sizes: tuple[int, int] | None = None  # the (h, w) the model accepts; None: any
 
+    @property
+    def where(self) -> str:
+        """Where it runs, for report lines: `on cpu`."""
+        return f"on {self.device}"
+
     @abc.abstractmethod
     def run(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 [N,3,h,w] in [0,255] on self.device -> (sr [N,3,h*s,w*s] float32, bits [N,L] float32)."""

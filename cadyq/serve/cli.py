@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import site
 import sys
 import tempfile
 import threading
@@ -96,7 +95,7 @@ def run_serve(args) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="cadyq-repo-")
         repo = Path(tmp.name)
     try:
-        write_python_model(repo, name, model, cfg, site_dirs=tuple(site.getsitepackages()))
+        write_python_model(repo, name, model, cfg)
         server = TritonServer(repo, options, args.log)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

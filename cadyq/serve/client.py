@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -68,8 +67,11 @@ class TritonBackend(Backend):
         self.output_dtype = {o["name"]: o["data_type"] for o in cfg["output"]}["sr"]
         self.device = torch.device("cpu")
         self._next = itertools.count()
-        self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8 * len(self.urls), thread_name_prefix="cadyq-triton")
+
+    @property
+    def where(self) -> str:
+        return f"at {', '.join(self.urls)} (model {self.model}, x{self.info.scale} {self.info.method})"
 
     def _drop_unreachable(self) -> None:
         """Servers that do not answer are left out with a warning; none answering is an error."""
@@ -130,8 +132,7 @@ class TritonBackend(Backend):
 
     def run(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         arr = np.ascontiguousarray(tiles.detach().float().cpu().numpy())
-        with self._lock:
-            first = next(self._next)
+        first = next(self._next)  # atomic: runs from several threads spread over the servers too
         chunks = range(0, len(arr), self.request_tiles)
         futures = [self._pool.submit(self._infer, first + j, arr[i:i + self.request_tiles]) for j, i in enumerate(chunks)]
         results = [f.result() for f in futures]

@@ -27,12 +27,7 @@ from ..quant import ModelInfo
 
 MODEL_PY = '''\
 """Triton Python-backend model for cadyq (written by cadyq.serve.repository; the code is cadyq.serve.triton_model)."""
-import site
-
-for folder in {site_dirs!r}:  # the launching interpreter's package folders (a virtual environment's), if any
-    site.addsitedir(folder)
-
-from cadyq.serve.triton_model import TritonPythonModel  # noqa: E402,F401
+from cadyq.serve.triton_model import TritonPythonModel  # noqa: F401
 '''
 
 
@@ -49,16 +44,9 @@ class ServeConfig:
     max_tile: int = 512  # the largest LR tile side a request may send
 
 
-def model_info(model: nn.Module) -> ModelInfo:
-    return ModelInfo.from_model(model)
-
-
-def _pbtxt_string(s: str) -> str:
-    return json.dumps(s)  # a JSON string literal is a valid protobuf text-format string
-
-
 def _parameters(params: dict) -> str:
-    return "".join(f'parameters {{ key: "{k}" value {{ string_value: {_pbtxt_string(str(v))} }} }}\n'
+    # a JSON string literal is a valid protobuf text-format string
+    return "".join(f'parameters {{ key: "{k}" value {{ string_value: {json.dumps(str(v))} }} }}\n'
                    for k, v in params.items())
 
 
@@ -97,17 +85,17 @@ def _fresh_folder(path: Path, overwrite: bool) -> None:
 
 
 def write_python_model(repo: str | os.PathLike, name: str, model: nn.Module, cfg: ServeConfig | None = None,
-                       site_dirs: tuple[str, ...] = (), overwrite: bool = False) -> Path:
-    """<repo>/<name>: the model's weights, config.pbtxt and a model.py that runs it with cadyq. `site_dirs`: package
-    folders the server's Python must add (the launching virtual environment's, for `cadyq serve`)."""
+                       overwrite: bool = False) -> Path:
+    """<repo>/<name>: the model's weights, config.pbtxt and a model.py that runs it with cadyq (installed in the
+    server's Python: `cadyq serve` runs the server with this interpreter's)."""
     from ..checkpoint import save
 
     cfg = cfg or ServeConfig()
     folder = Path(repo) / name
     _fresh_folder(folder, overwrite)
     save(model, folder / "1" / "model.safetensors")
-    (folder / "1" / "model.py").write_text(MODEL_PY.format(site_dirs=list(site_dirs)))
-    (folder / "config.pbtxt").write_text(python_model_config(name, model_info(model), cfg))
+    (folder / "1" / "model.py").write_text(MODEL_PY)
+    (folder / "config.pbtxt").write_text(python_model_config(name, ModelInfo.from_model(model), cfg))
     return folder
 
 
@@ -121,7 +109,7 @@ def write_onnx_model(repo: str | os.PathLike, name: str, model: nn.Module, tile:
     _fresh_folder(folder, overwrite)
     export_onnx(model, folder / "1" / "model.onnx", tile=tile)
     (folder / "config.pbtxt").write_text(
-        _fixed_model_config(name, "onnxruntime_onnx", model_info(model), tile, max_batch, instances, "KIND_CPU"))
+        _fixed_model_config(name, "onnxruntime_onnx", ModelInfo.from_model(model), tile, max_batch, instances, "KIND_CPU"))
     return folder
 
 

@@ -7,6 +7,8 @@ runs a stub process that embeds this interpreter's libpython; two facts make it 
 - the stub must load the libpython of *this* interpreter (its standard library must match): LD_LIBRARY_PATH
   gets this interpreter's LIBDIR first (without it, a pyenv 3.11.7 stdlib met Debian's 3.11.2 libpython and
   failed with "'_thread.RLock' object has no attribute '_recursion_count'");
+- the stub's embedded Python finds this interpreter's packages (a virtual environment's too) by looking up
+  `python3` on PATH, so PATH gets this interpreter's folder first;
 - the stub's pybind11 numpy interop predates numpy 2 (arrays it builds come back empty), so cadyq's model
   exchanges tensors by DLPack, never through numpy.
 """

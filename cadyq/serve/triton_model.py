@@ -37,11 +37,11 @@ def check_tiles(lr: torch.Tensor, max_tile: int) -> str | None:
 class TileRunner:
     """What the Triton model does, without Triton: run request tensors on a cadyq backend. Also used by tests."""
 
-    def __init__(self, model, backend: str = "auto", device: str = "cpu", max_tile: int = 512, max_batch: int = 64):
+    def __init__(self, model, backend: str = "auto", device: str = "cpu", max_tile: int = 512):
         from ..runtime.backend import create_backend
 
         self.backend = create_backend(backend, model, device)
-        self.max_tile, self.max_batch = max_tile, max_batch
+        self.max_tile = max_tile
 
     def run(self, batches: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor] | str]:
         """Each request's lr [n,3,h,w] -> (sr uint8 [n,3,hs,ws], bits float32 [n,L]) or the error message."""
@@ -50,15 +50,11 @@ class TileRunner:
         for k, lr in enumerate(batches):
             if out[k] is None:
                 by_shape.setdefault(tuple(lr.shape[2:]), []).append(k)
-        for ks in by_shape.values():
+        for ks in by_shape.values():  # at most max_batch_size tiles in all: the dynamic batcher's bound
             tiles = torch.cat([batches[k].float() for k in ks])
             try:
-                srs, bits = [], []
-                for i in range(0, len(tiles), self.max_batch):
-                    sr, b = self.backend.run(tiles[i:i + self.max_batch].to(self.backend.device))
-                    srs.append(sr.clamp(0, 255).round().to(torch.uint8).cpu())
-                    bits.append(b.float().cpu())
-                sr, b = torch.cat(srs), torch.cat(bits)
+                sr, b = self.backend.run(tiles.to(self.backend.device))
+                sr, b = sr.clamp(0, 255).round().to(torch.uint8).cpu(), b.float().cpu()
             except Exception as e:  # answered as this batch's error; the server keeps serving
                 for k in ks:
                     out[k] = f"{type(e).__name__}: {e}"
@@ -83,8 +79,7 @@ class TritonPythonModel:
         from ..checkpoint import load
 
         self.runner = TileRunner(load(weights), _param(config, "cadyq_backend", "auto"),
-                                 _param(config, "cadyq_device", "cpu"), int(_param(config, "cadyq_max_tile", 512)),
-                                 int(config.get("max_batch_size") or 64))
+                                 _param(config, "cadyq_device", "cpu"), int(_param(config, "cadyq_max_tile", 512)))
 
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
