@@ -502,40 +502,15 @@ class Trainer:
     # ---- validation ----------------------------------------------------------------------------
     def _load_val(self) -> list:
         if self._val_images is None:
-            pairs = find_pairs(self.cfg.val, self.cfg.scale)
-            if self.cfg.val_max:
-                pairs = pairs[: self.cfg.val_max]
-            imgs = []
-            for p in pairs:
-                lr, hr = (np.array(a) for a in load_pair(p, self.cfg.scale))  # writable copies
-                bic = bicubic_upscale(lr, self.cfg.scale)
-                imgs.append((p.name, lr, hr, psnr(bic, hr, self.cfg.scale), ssim(bic, hr, self.cfg.scale)))
-            self._val_images = imgs
+            self._val_images = validation_images(self.cfg.val, self.cfg.scale, self.cfg.val_max)
         return self._val_images
 
-    @torch.no_grad()
     def validate(self) -> dict:
-        """PSNR/SSIM (Y, shave = scale) and FQR on the validation images, through the Upscaler with
-        the test protocol (96-px tiles, 6 px overlap), and the bicubic baseline."""
-        from ..runtime import Upscaler
-
-        t0 = time.perf_counter()
-        images = self._load_val()
-        up = Upscaler(self.model, backend="torch", device=str(self.device), tile=self.cfg.val_tile,
-                      overlap=self.cfg.val_overlap, batch=self.cfg.val_batch)
-        ps, ss, fq = [], [], []
         try:
-            for _, lr, hr, _, _ in images:
-                r = up.upscale(lr)
-                ps.append(psnr(r.image.rgb, hr, self.cfg.scale))
-                ss.append(ssim(r.image.rgb, hr, self.cfg.scale))
-                fq.append(r.fqr)
+            return validate(self.model, self._load_val(), self.cfg.scale, str(self.device), self.cfg.val_tile,
+                            self.cfg.val_overlap, self.cfg.val_batch)
         finally:
             self.model.train()
-        return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "fqr": float(np.mean(fq)),
-                "bicubic_psnr": float(np.mean([i[3] for i in images])),
-                "bicubic_ssim": float(np.mean([i[4] for i in images])), "images": len(images),
-                "sec": time.perf_counter() - t0}
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -598,3 +573,35 @@ def distributed():
         yield info
     finally:
         ddp.cleanup(info)
+
+
+def validation_images(folder, scale: int, limit: int | None = None) -> list:
+    """(name, lr, hr, bicubic PSNR, bicubic SSIM) of each validation pair in `folder`."""
+    pairs = find_pairs(folder, scale)[:limit] if limit else find_pairs(folder, scale)
+    imgs = []
+    for p in pairs:
+        lr, hr = (np.array(a) for a in load_pair(p, scale))  # writable copies
+        bic = bicubic_upscale(lr, scale)
+        imgs.append((p.name, lr, hr, psnr(bic, hr, scale), ssim(bic, hr, scale)))
+    return imgs
+
+
+@torch.no_grad()
+def validate(model: nn.Module, images: list, scale: int, device: str = "cpu", tile: int = 96, overlap: int = 6,
+             batch: int = 16) -> dict:
+    """PSNR/SSIM (Y, shave = scale) and FQR of `model` on `validation_images`, through the Upscaler with the test
+    protocol (96-px tiles, 6 px overlap, the torch reference), and the bicubic baseline."""
+    from ..runtime import Upscaler
+
+    t0 = time.perf_counter()
+    up = Upscaler(model, backend="torch", device=device, tile=tile, overlap=overlap, batch=batch)
+    ps, ss, fq = [], [], []
+    for _, lr, hr, _, _ in images:
+        r = up.upscale(lr)
+        ps.append(psnr(r.image.rgb, hr, scale))
+        ss.append(ssim(r.image.rgb, hr, scale))
+        fq.append(r.fqr)
+    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "fqr": float(np.mean(fq)),
+            "bicubic_psnr": float(np.mean([i[3] for i in images])),
+            "bicubic_ssim": float(np.mean([i[4] for i in images])), "images": len(images),
+            "sec": time.perf_counter() - t0}
