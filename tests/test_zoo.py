@@ -1,5 +1,7 @@
 """The shipped full-size models load by name and reproduce what their files record (cadyq/zoo/check.py)."""
+import numpy as np
 import pytest
+import torch
 
 from cadyq import checkpoint, zoo
 from cadyq.zoo.check import crop_psnr
@@ -28,10 +30,27 @@ def test_fp32_zoo_models_meet_the_held_out_target(name):
     assert val["psnr"] - val["bicubic_psnr"] >= GAIN_TARGET[meta["scale"]]
 
 
-def test_the_full_size_models_are_shipped_and_cadyq_x4_is_the_default():
-    assert {"edsr-fp32-x4", "edsr-pams8-x4", "edsr-cadyq-x4", "edsr-fp32-x2", "edsr-pams8-x2",
+def test_the_full_size_models_are_shipped_and_the_content_aware_cadyq_x4_is_the_default():
+    assert {"edsr-fp32-x4", "edsr-pams8-x4", "edsr-cadyq-x4", "edsr-cadyq-alloc-x4", "edsr-fp32-x2", "edsr-pams8-x2",
             "edsr-cadyq-x2"} <= set(FULL_SIZE)
-    assert zoo.default_name() == zoo.DEFAULT_MODEL == "edsr-cadyq-x4"
+    assert zoo.default_name() == zoo.DEFAULT_MODEL == "edsr-cadyq-alloc-x4"
+
+
+@torch.no_grad()
+def test_the_default_model_gives_a_flat_tile_fewer_bits_than_a_detailed_one():
+    """Issue 21: the default's selectors choose per tile, not per layer. The check crop's LR (foliage and rock) and
+    the same tile flattened to its mean colour (sky-like) must get different bits, fewer for the flat one."""
+    from cadyq.data.io import read_image
+    from cadyq.data.resize import bicubic_downscale
+    from cadyq.quant import selected_bits
+    from cadyq.zoo.check import CROP
+
+    model = checkpoint.load_model(zoo.DEFAULT_MODEL).eval()
+    lr = torch.from_numpy(bicubic_downscale(np.ascontiguousarray(read_image(CROP).rgb), 4)).permute(2, 0, 1).float()
+    flat = lr.mean(dim=(1, 2), keepdim=True).expand_as(lr) + torch.randn(lr.shape, generator=torch.Generator().manual_seed(0))
+    model(torch.stack([lr, flat]))
+    detailed_bits, flat_bits = selected_bits(model).mean(dim=1).tolist()
+    assert flat_bits <= detailed_bits - 1.0, (flat_bits, detailed_bits)
 
 
 @pytest.mark.parametrize("scale", sorted({checkpoint.read_metadata(zoo.path_of(n))["scale"] for n in FULL_SIZE}))

@@ -8,7 +8,7 @@ import torch.nn as nn
 from ..errors import ModelError
 
 ZOO_DIR = Path(__file__).parent
-DEFAULT_MODEL = "edsr-cadyq-x4"  # full-size EDSR-baseline CADyQ x4 (MODEL_CARD.md)
+DEFAULT_MODEL = "edsr-cadyq-alloc-x4"  # full-size EDSR-baseline CADyQ x4 whose bits follow content (MODEL_CARD.md)
 CPU_DEMO_MODELS = ("edsr-tiny-cadyq-x4-cpu", "edsr-tiny-cadyq-x2-cpu")  # trained on a CPU in minutes
 
 

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The shipped content-aware CADyQ model, edsr-cadyq-alloc-x$S: selectors set from the measured per-tile sensitivity
+# (benchmarks/allocation.md), then the weights and clip values fine-tuned with the selectors frozen (L1 +
+# distillation from edsr-pams8-x$S, no bit loss), then validated on the zoo's held-out photos and copied into
+# cadyq/zoo. Two runs, the second from the first with another seed and a fresh optimizer (221 + 231 iterations: how
+# the shipped x4 file was made), about 10 s per iteration each on one core of the development CPU.
+#   S=4 F=5.35 bash benchmarks/allocation/ship_alloc.sh [WORK_DIR]      (run from the repository root)
+#   S=2 F=5.5 RUNS="0:221" bash benchmarks/allocation/ship_alloc.sh     (x2)
+set -euo pipefail
+S=${S:-4}; F=${F:-5.35}; W=${1:-/work/alloc/ship-x$S}; DATA=${DATA:-/work/data/zoo}
+PAMS8=cadyq/zoo/edsr-pams8-x$S.safetensors
+mkdir -p "$W"
+python -m cadyq calibrate --model "$PAMS8" --data "$DATA/train" --target cadyq --tiles 64 --fqr "$F" \
+  --sensitivity benchmarks/allocation/sensitivity_x$S.json -o "$W/dyn-$F.safetensors"
+init="$W/dyn-$F.safetensors"
+for run in ${RUNS:-0:221 7:231}; do  # SEED:ITERATIONS of each run, each from the last
+  seed=${run%:*}
+  python -m cadyq train --method cadyq --init "$init" --teacher "$PAMS8" --data "$DATA/train" --batch 16 --patch 48 \
+    --lr 2e-5 --selector-lr 0 --w-bit 0 --w-bit-step 0 --iters ${run#*:} --seed $seed --val-every 100000 --no-progress \
+    --out "$W/ft-seed$seed"
+  init="$W/ft-seed$seed/last.safetensors"
+done
+python benchmarks/zoo_ship.py "$init" edsr-cadyq-alloc-x$S --val "$DATA/val" \
+  --recipe "benchmarks/allocation/ship_alloc.sh (S=$S F=$F): calibrate --target cadyq --fqr $F, fine-tuned (seed:iterations) ${RUNS:-0:221 7:231}."
