@@ -12,7 +12,8 @@ mkdir -p "$OUT"
 lscpu > "$OUT/lscpu.txt"
 grep -o -w -E 'avx2|avx512f|avx512_vnni|avx_vnni|avx512_bf16|amx_int8|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ' > "$OUT/flags.txt"
 echo "flags: $(cat "$OUT/flags.txt")"
-python -m cadyq bench --model edsr-cadyq-x4 --compare peers,edsr-pams8-x4@native,edsr-cadyq-x4@onnxruntime \
+MODEL=${MODEL:-edsr-cadyq-alloc-x4}  # the default model; the other shipped x4 CADyQ and PAMS models beside it
+python -m cadyq bench --model "$MODEL" --compare peers,edsr-cadyq-x4@native,edsr-pams8-x4@native,$MODEL@onnxruntime \
   --batch 16 --iterations "$ITER" --warmup 1 --threads 2 --image "$PHOTO" --json "$OUT/bench_x4.json" | tee "$OUT/bench_x4.txt"
 python - "$PHOTO" "$OUT/photo1080.png" <<'PY'
 import sys

@@ -19,6 +19,7 @@ from scipy.stats import spearmanr
 
 import cadyq
 from cadyq.calib import calibrate, photo_tiles
+from cadyq.calib.allocate import force_candidates
 from cadyq.checkpoint import load_model
 from cadyq.cli import main as cli
 from cadyq.data.io import list_images, read_image
@@ -46,10 +47,7 @@ def tile_sensitivity(ref, tiles, batch=8):
     sel = dynamic_quantizers(ref)
 
     def run(k):
-        for q in sel:
-            q.net.weight.zero_()
-            q.net.bias.zero_()
-            q.net.bias[k] = 1.0
+        force_candidates(sel, [k] * len(sel))
         return torch.cat([ref(tiles[i:i + batch]) for i in range(0, len(tiles), batch)])
     return ((run(0) - run(-1)) ** 2).mean(dim=(1, 2, 3)).numpy()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from cadyq import save
+from cadyq.calib.allocate import force_candidates
 from cadyq.checkpoint import load_model
 from cadyq.quant.transform import dynamic_quantizers, quant_config
 
@@ -35,12 +36,9 @@ def gdq_uniform(src: str, out: Path) -> None:
 def cadyq_uniform(src: str, out: Path) -> None:
     for k in range(3):
         m = load_model(src)
-        with torch.no_grad():
-            for q in dynamic_quantizers(m):
-                q.net.weight.zero_()
-                q.net.bias.zero_()
-                q.net.bias[k] = 1.0
-        bits = int(dynamic_quantizers(m)[0].bits[k])
+        sel = dynamic_quantizers(m)
+        force_candidates(sel, [k] * len(sel))
+        bits = int(sel[0].bits[k])
         path = out / f"x{m.config.scale}-cadyq-uniform-{bits}.safetensors"
         save(m, path)
         print(path)

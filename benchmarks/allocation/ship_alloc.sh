@@ -6,8 +6,10 @@
 # the shipped x4 file was made), about 10 s per iteration each on one core of the development CPU.
 #   S=4 F=5.35 bash benchmarks/allocation/ship_alloc.sh [WORK_DIR]      (run from the repository root)
 #   S=2 F=5.5 RUNS="0:221" bash benchmarks/allocation/ship_alloc.sh     (x2)
+#   NAME=trial-cadyq-x4 RUNS="0:2 7:2" bash benchmarks/allocation/ship_alloc.sh /tmp/trial   (a quick trial; delete
+#   cadyq/zoo/trial-cadyq-x4.safetensors afterwards)
 set -euo pipefail
-S=${S:-4}; F=${F:-5.35}; W=${1:-/work/alloc/ship-x$S}; DATA=${DATA:-/work/data/zoo}
+S=${S:-4}; F=${F:-5.35}; W=${1:-/work/alloc/ship-x$S}; DATA=${DATA:-/work/data/zoo}; NAME=${NAME:-edsr-cadyq-alloc-x$S}
 PAMS8=cadyq/zoo/edsr-pams8-x$S.safetensors
 mkdir -p "$W"
 python -m cadyq calibrate --model "$PAMS8" --data "$DATA/train" --target cadyq --tiles 64 --fqr "$F" \
@@ -20,5 +22,5 @@ for run in ${RUNS:-0:221 7:231}; do  # SEED:ITERATIONS of each run, each from th
     --out "$W/ft-seed$seed"
   init="$W/ft-seed$seed/last.safetensors"
 done
-python benchmarks/zoo_ship.py "$init" edsr-cadyq-alloc-x$S --val "$DATA/val" \
+python benchmarks/zoo_ship.py "$init" "$NAME" --val "$DATA/val" \
   --recipe "benchmarks/allocation/ship_alloc.sh (S=$S F=$F): calibrate --target cadyq --fqr $F, fine-tuned (seed:iterations) ${RUNS:-0:221 7:231}."

@@ -75,6 +75,16 @@ def _selectors(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
+def force_candidates(selectors: list[nn.Module], ks) -> None:
+    """Fix each CADyQ selector on one candidate for every tile: `ks[j]` is the index into the candidates of
+    selector j (constant logits; the measurement's forced runs and the uniform-bit baselines)."""
+    for q, k in zip(selectors, ks, strict=True):
+        q.net.weight.zero_()
+        q.net.bias.zero_()
+        q.net.bias[k] = 1.0
+
+
+@torch.no_grad()
 def measure(model: nn.Module, lr: torch.Tensor, batch: int = 8, progress=None) -> Sensitivity:
     """The damage of each layer's drop to each lower candidate on each LR tile [N,3,h,w] (0..255)."""
     sel = _selectors(model)
@@ -83,12 +93,6 @@ def measure(model: nn.Module, lr: torch.Tensor, batch: int = 8, progress=None) -
     kept = [(q.net.weight.clone(), q.net.bias.clone()) for q in sel]
     L, K, N = len(sel), len(bits), lr.shape[0]
 
-    def force(ks):
-        for q, k in zip(sel, ks):
-            q.net.weight.zero_()
-            q.net.bias.zero_()
-            q.net.bias[k] = 1.0
-
     stats: list[list[torch.Tensor]] = [[] for _ in sel]
     hooks = []
 
@@ -96,7 +100,7 @@ def measure(model: nn.Module, lr: torch.Tensor, batch: int = 8, progress=None) -
         return _sr(model, lr, batch, progress)
 
     try:
-        force([K - 1] * L)
+        force_candidates(sel, [K - 1] * L)
         hooks = [q.register_forward_pre_hook(lambda m, a, j=j: stats[j].append(a[0].float().std(dim=(2, 3)).mean(1)))
                  for j, q in enumerate(sel)]
         base = run()
@@ -106,7 +110,7 @@ def measure(model: nn.Module, lr: torch.Tensor, batch: int = 8, progress=None) -
         damage = np.zeros((L, K, N))
         for j in range(L):
             for k in range(K - 1):
-                force([k if i == j else K - 1 for i in range(L)])
+                force_candidates(sel, [k if i == j else K - 1 for i in range(L)])
                 damage[j, k] = ((run() - base) ** 2).mean(dim=(1, 2, 3)).double().numpy()
     finally:
         for h in hooks:

@@ -577,9 +577,8 @@ def distributed():
 
 def validation_images(folder, scale: int, limit: int | None = None) -> list:
     """(name, lr, hr, bicubic PSNR, bicubic SSIM) of each validation pair in `folder`."""
-    pairs = find_pairs(folder, scale)[:limit] if limit else find_pairs(folder, scale)
     imgs = []
-    for p in pairs:
+    for p in find_pairs(folder, scale)[: limit or None]:
         lr, hr = (np.array(a) for a in load_pair(p, scale))  # writable copies
         bic = bicubic_upscale(lr, scale)
         imgs.append((p.name, lr, hr, psnr(bic, hr, scale), ssim(bic, hr, scale)))
