@@ -195,3 +195,29 @@ def test_warm_start_leaves_batchnorm_statistics(runs, tmp_path):
     assert stats
     for k in stats:
         assert torch.equal(fp.state_dict()[k], own[k]), k
+
+
+def test_frozen_gdq_controller_decides_as_at_inference(runs, tmp_path):
+    """selector_lr 0 fine-tunes an allocation: the controller stays as written and its training-mode decisions are
+    the argmax (no Gumbel sampling), so the weights learn the bits that inference will choose."""
+    init = str(runs["root"] / "pams8" / "last.safetensors")
+    t = Trainer(cfg(runs, tmp_path / "g", method="gdq", bits=(4, 5, 6, 8), mode="tile", init=init, selector_lr=0.0,
+                    iters=2, val=None))
+    with torch.no_grad():  # a controller whose three logits are close for every tile: Gumbel noise would flip them
+        t.model.gdq.gbc.weight.normal_(0, 1e-3)
+        t.model.gdq.gbc.bias.copy_(torch.tensor([0.0, 0.01, 0.02]))
+    before = {k: v.clone() for k, v in t.model.gdq.state_dict().items()}
+    optimized = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
+    assert not optimized & {id(p) for p in t.model.gdq.parameters()}
+    head = torch.randn(16, 8, 12, 12)
+    entropy = torch.full((16,), 9.0)
+    t.model.train()
+    k_train = [t.model.gdq.decide(head, entropy)[1] for _ in range(5)]
+    t.model.eval()
+    k_eval = t.model.gdq.decide(head, entropy)[1]
+    assert all(torch.equal(k, k_eval) for k in k_train)
+    t.train()
+    assert all(torch.equal(v, t.model.gdq.state_dict()[k]) for k, v in before.items())
+    t.model.gdq.gbc.requires_grad_(True)  # a trained controller samples
+    t.model.train()
+    assert any(not torch.equal(t.model.gdq.decide(head, entropy)[1], k_eval) for _ in range(5))

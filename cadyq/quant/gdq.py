@@ -99,7 +99,9 @@ class GranularDQ(nn.Module):
 
     def decide(self, head: torch.Tensor, entropy: torch.Tensor):
         logits = self.gbc(granularity_features(head))
-        y = _gumbel_hard(logits) if self.training else F.one_hot(logits.argmax(1), 3).to(logits.dtype)
+        # Gumbel sampling trains the controller; a frozen one (an allocation being fine-tuned) decides as at inference
+        noisy = self.training and self.gbc.weight.requires_grad
+        y = _gumbel_hard(logits) if noisy else F.one_hot(logits.argmax(1), 3).to(logits.dtype)
         refine = F.one_hot(self.e2b(entropy), 4).to(y.dtype)  # where the b3 class goes
         gbc_to = torch.zeros(3, 4, dtype=y.dtype, device=y.device)
         gbc_to[0, 0] = gbc_to[1, 2] = 1.0  # classes b0, b2 map to themselves

@@ -320,6 +320,8 @@ class Trainer:
             # clip values come from the init checkpoint when it has them (pams8 -> cadyq): no reset
             self._needs_warm_start = c.method != "fp32" and quant_config(src).method == "fp32"
             self.log(f"initialised from {c.init} ({quant_config(src).method})")
+        if c.selector_lr == 0 and c.method == "gdq":  # frozen controller: no Gumbel noise on its decisions
+            model.gdq.gbc.requires_grad_(False)
         return model
 
     @torch.no_grad()
