@@ -63,7 +63,7 @@ def _dims(vi):
     return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
 
 
-@pytest.mark.parametrize("form", ("int8", "fakequant"))
+@pytest.mark.parametrize("form", ("int8", "ort", "fakequant"))
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", BACKBONES)
 def test_graph_structure(exported, name, method, form):
@@ -92,6 +92,9 @@ def test_graph_structure(exported, name, method, form):
     assert json.loads(meta["cadyq.export"])["form"] == ("fakequant" if method == "fp32" else form)
     if form == "int8" and method != "fp32":
         _check_int8_form(g, qconvs, L, method)
+        return
+    if form == "ort" and method != "fp32":
+        _check_ort_form(g, qconvs, L, method)
         return
     assert ops.count("DequantizeLinear") == len(qconvs)
     for c in qconvs:
@@ -153,7 +156,37 @@ def test_fused_dq_weights_within_two_ulp(tmp_path):
     assert max(errs.values()) <= 2, errs
 
 
-@pytest.mark.parametrize("form,version", [("fakequant", 1), ("int8", 2)])
+def _check_ort_form(g, qconvs, n_layers, method):
+    """Every quantized conv: Conv(Mul(integers, per-tile scale), float weights, bias) and nothing after it but its
+    activation; the integers come from CADyQSelect-2 or a Round; no Quantize/DequantizeLinear anywhere."""
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    consumers = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    assert not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in g.node}
+    scaled = []
+    for conv in (n for n in g.node if n.op_type == "Conv"):
+        mul = producer.get(conv.input[0])
+        src = producer.get(mul.input[0]) if mul is not None and mul.op_type == "Mul" else None
+        if src is None or src.op_type not in ("CADyQSelect", "Round"):
+            continue
+        scaled.append(conv)
+        assert src.op_type == "Round" or list(src.output).index(mul.input[0]) == 0  # CADyQSelect's q
+        assert len(conv.input) == 3 and inits[conv.input[1]].data_type == onnx.TensorProto.FLOAT
+        assert inits[conv.input[2]].data_type == onnx.TensorProto.FLOAT
+        assert {n.op_type for n in consumers[conv.output[0]]} <= {"Relu", "LeakyRelu", "Add", "Concat", "Conv",
+                                                                   "DepthToSpace", "Mul", "Cast", "Min", "Max"}
+        nxt = consumers[conv.output[0]]
+        assert not (len(nxt) == 1 and nxt[0].op_type == "Mul" and
+                    [n.op_type for n in consumers.get(nxt[0].output[0], [])] == ["Add"])  # no scale + bias after it
+    assert len(scaled) == len(qconvs)
+    sel = [n for n in g.node if n.op_type == "CADyQSelect"]
+    assert all(len(n.output) == 3 for n in sel) and len(sel) == (n_layers if method == "cadyq" else 0)
+
+
+@pytest.mark.parametrize("form,version", [("fakequant", 1), ("int8", 2), ("ort", 2)])
 def test_cadyq_select_nodes_and_function(exported, form, version):
     m, path = exported("srresnet", "cadyq", form=form)
     proto = onnx.load(str(path))
@@ -306,6 +339,32 @@ def test_compare_names_the_first_diverging_layer(exported, photo_tiles, tmp_path
     assert rep.first_local_mismatch is not None and rep.first_local_mismatch.startswith(target), str(rep)
     assert rep.first_divergent is not None and rep.first_divergent.startswith((target, nxt)), str(rep)
     assert "FAIL" in str(rep)
+
+
+def _ort_optimized_ops(path, tmp_path):
+    import collections
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp_path / f"opt-{os.path.basename(path)}")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return collections.Counter(f"{n.domain or 'ai.onnx'}:{n.op_type}"
+                               for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_ort_form_runs_like_the_float_model_in_onnxruntime(exported, name, tmp_path):
+    """ONNX Runtime's optimized graph: the ort form has no Quantize/DequantizeLinear pass and no convolution left in
+    the plain (unfused, unblocked) form beyond the fp32 model's (the int8 form keeps some: its scale and bias follow
+    the conv; benchmarks/integer_cpu.md)."""
+    fp32 = _ort_optimized_ops(exported(name, "fp32")[1], tmp_path)
+    ort_form = _ort_optimized_ops(exported(name, "cadyq", form="ort")[1], tmp_path)
+    assert ort_form["ai.onnx:QuantizeLinear"] == ort_form["ai.onnx:DequantizeLinear"] == 0, ort_form
+    assert ort_form["ai.onnx:Conv"] <= fp32["ai.onnx:Conv"], (ort_form, fp32)
+    assert sum(v for k, v in ort_form.items() if k.endswith("Conv")) >= sum(
+        v for k, v in fp32.items() if k.endswith("Conv"))  # every conv is there, in some form
 
 
 # --- the onnxruntime backend ------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from cadyq.export.check import Tolerances, compare
 from cadyq.quant import ModelInfo, selected_bits
 
 BACKBONES = ("edsr", "srresnet", "carn", "idn")
-METHODS = ("fp32", "pams8", "cadyq")
 
 # SR tolerances in [0,255] units, over tiles whose decisions all agree. fp32 models: float noise only.
 # Quantized models: ORT's and torch's convolutions round differently (~1e-7 relative), which flips the
@@ -48,11 +47,11 @@ TOL_FULL = {"fp32": Tolerances(sr_mean=1e-3, sr_max=1e-2),
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-def _parity(model, method, tiles, tmp_path, tol, calib):
+def _parity(model, method, tiles, tmp_path, tol, calib, form="int8"):
     model = quantize(model, method).eval()
     if method != "fp32":
         randomize_selectors(model, calib)
-    path = export_onnx(model, tmp_path / "m.onnx", tile=tiles.shape[-1])
+    path = export_onnx(model, tmp_path / "m.onnx", tile=tiles.shape[-1], form=form)
     rep = compare(path, model, tiles, tolerances=tol, bisect="always", max_bisect_tiles=2)
     print(f"\n{rep}")
     if method == "cadyq":
@@ -69,21 +68,25 @@ def _parity(model, method, tiles, tmp_path, tol, calib):
     return rep
 
 
-@pytest.mark.parametrize("method", METHODS)
+# the integer forms: "int8" (TensorRT's Q/DQ convolutions) and "ort" (the scale before a float convolution)
+METHOD_FORMS = [("fp32", "int8"), ("pams8", "int8"), ("pams8", "ort"), ("cadyq", "int8"), ("cadyq", "ort")]
+
+
+@pytest.mark.parametrize("method,form", METHOD_FORMS)
 @pytest.mark.parametrize("name", BACKBONES)
-def test_ort_matches_torch(name, method, tmp_path):
+def test_ort_matches_torch(name, method, form, tmp_path):
     model = tiny(name)
     n_layers = ModelInfo.from_model(quantize(tiny(name), "cadyq")).n_layers
     tiles = photo_tiles(max(48, math.ceil(1000 / n_layers)) if method == "cadyq" else 48, 24)
-    _parity(model, method, tiles, tmp_path, TOL_TINY[method], photo_tiles(16, 24, seed=7))
+    _parity(model, method, tiles, tmp_path, TOL_TINY[method], photo_tiles(16, 24, seed=7), form)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method,form", METHOD_FORMS)
 @pytest.mark.parametrize("name", BACKBONES)
-def test_ort_matches_torch_full_size(name, method, tmp_path):
+def test_ort_matches_torch_full_size(name, method, form, tmp_path):
     torch.manual_seed(0)
     model = create_model(name, scale=4)
     n_layers = ModelInfo.from_model(quantize(create_model(name, scale=4), "cadyq")).n_layers
     tiles = photo_tiles(max(16, math.ceil(1000 / n_layers)) if method == "cadyq" else 16, 32)
-    _parity(model, method, tiles, tmp_path, TOL_FULL[method], photo_tiles(16, 32, seed=7))
+    _parity(model, method, tiles, tmp_path, TOL_FULL[method], photo_tiles(16, 32, seed=7), form)

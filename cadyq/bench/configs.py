@@ -162,7 +162,7 @@ def _backend_for(model, backend: str, device: str, tile: int, tmpdir: str, threa
         from ..export import export_onnx
 
         path = Path(tempfile.mkdtemp(prefix="onnx-", dir=tmpdir)) / "model.onnx"
-        model = export_onnx(model, path, tile=tile)
+        model = export_onnx(model, path, tile=tile, form="ort")
     if name == "onnxruntime" and threads:
         from ..runtime.onnxruntime_backend import OnnxRuntimeBackend
 

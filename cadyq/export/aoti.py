@@ -303,6 +303,9 @@ def run_export_aoti(args, model) -> int:
     if args.dtype != "fp32":
         raise ExportError("--dtype fp16 is an ONNX option; an AOTInductor package computes in fp32 (the integer program's "
                           "convolutions are exact in fp32 only)")
+    if args.form == "ort":
+        raise ExportError("--form ort is an ONNX graph form (for ONNX Runtime); an AOTInductor package takes --form int8 "
+                          "(the integer program) or fakequant")
     program = {"int8": "integer", "fakequant": "fakequant", None: "auto"}[args.form]
     result = export_aoti(model, args.output, device=args.device, program=program,
                          max_batch=1 if args.static_batch else DEFAULT_MAX_BATCH, example_tile=args.tile)

@@ -37,7 +37,7 @@ from ..errors import CadyqError
 from ..quant import ActQuant, BitSelector, ModelInfo, dynamic_quantizers, quant_config
 from ..quant.ops import fake_quant, levels, tile_gradient
 from . import op as cadyq_op
-from .onnx_export import INPUT, META_EXPORT, META_INFO, META_TAPS, OUTPUTS, TILE_GRADIENT, attach_taps
+from .onnx_export import INPUT, INTEGER_FORMS, META_EXPORT, META_INFO, META_TAPS, OUTPUTS, TILE_GRADIENT, attach_taps
 from .onnx_file import load_onnx
 
 __all__ = ["GraphReport", "check_graph", "Report", "Disagreement", "LayerError", "compare", "Tolerances",
@@ -462,7 +462,7 @@ def compare(onnx_path: str | Path, model, tiles, *, tolerances: Tolerances | Non
             bad_tiles = sorted(set(bad_tiles) | set(worst))
         rep.bisected_tiles = bad_tiles
         _bisect(rep, proto, providers, model, x_all, taps, bad_tiles, pending, sel_names, tol, device, static_batch, batch,
-                integer=exp.get("form") == "int8")
+                integer=exp.get("form") in INTEGER_FORMS)
     else:
         for t, j, bt, bo, gap, scale in pending:
             tie = gap <= tol.tie_rtol * scale

@@ -61,9 +61,15 @@ def _describe_onnx(path: Path) -> list[str]:
             f"  outputs  {', '.join(shape(v) for v in proto.graph.output)}",
             f"  graph    {len(proto.graph.node)} nodes, {n_sel} CADyQSelect nodes "
             f"(model-local function{'' if proto.functions else ' MISSING'}), opset {opset}, {exp.get('dtype', 'fp32')}",
-            f"  form     {exp.get('form', 'fakequant')}"
-            + (": int8 values and per-tile scales feed INT8 convolutions (4- and 6-bit tiles are int8 values)"
-               if exp.get("form") == "int8" else "")]
+            f"  form     {exp.get('form', 'fakequant')}" + _FORM_NOTES.get(exp.get("form"), "")]
+
+
+_FORM_NOTES = {
+    "int8": ": int8 values and per-tile scales feed INT8 convolutions (4- and 6-bit tiles are int8 values; for "
+            "TensorRT; for ONNX Runtime export --form ort)",
+    "ort": ": the integers times their per-tile scale feed float convolutions with fused bias and activation "
+           "(ONNX Runtime)",
+}
 
 
 # ---- export ---------------------------------------------------------------------------------------------
@@ -75,10 +81,11 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", help="the .onnx file to write")
     p.add_argument("--tile", type=int, default=96, help="LR tile size of the graph input (default 96)")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="compute dtype of the graph (default fp32)")
-    p.add_argument("--form", choices=("int8", "fakequant"), default=None,
+    p.add_argument("--form", choices=("int8", "ort", "fakequant"), default=None,
                    help="int8 (default for fp32 graphs): CADyQSelect gives int8 values and a per-tile scale that feed "
-                        "INT8 convolutions; fakequant: float convolutions of fake-quantized values (the default "
-                        "with --dtype fp16)")
+                        "INT8 convolutions (TensorRT); ort: the same integers times their scale feed float "
+                        "convolutions with fused bias and activation (ONNX Runtime, faster there); fakequant: float "
+                        "convolutions of fake-quantized values (the default with --dtype fp16)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--static-batch", action="store_true", help="batch fixed to 1 instead of dynamic")
     p.add_argument("--format", choices=("onnx", "aoti"), default=None,

@@ -7,9 +7,21 @@ Per quantized conv the graph holds
     y         = Conv(DequantizeLinear(q, 1), DequantizeLinear(w_int8, w_scale, axis 0))   (no bias)
     y         = Mul(y, scale [N,1,1,1]);  y = Add(y, bias [1,C,1,1]);  then Relu / LeakyRelu if folded
 
-so TensorRT builds the convolution as an INT8 layer with the per-tile scale in a following kernel,
-and ONNX Runtime runs the same arithmetic. Where the quantized tensor is also used in float (EDSR's
-skip), it is DequantizeLinear(q, 1) * scale. 4- and 6-bit tiles are int8 values with fewer levels.
+so TensorRT builds the convolution as an INT8 layer with the per-tile scale in a following kernel.
+Where the quantized tensor is also used in float (EDSR's skip), it is DequantizeLinear(q, 1) * scale.
+4- and 6-bit tiles are int8 values with fewer levels.
+
+The ONNX Runtime form (`ScaledKernels`, `cadyq export --form ort`) holds the same integers, scales and
+bits, and moves the per-tile scale before the convolution:
+
+    q         = CADyQSelect-2(x, g, W, b, a)          (float integers; no QuantizeLinear)
+    y         = Conv(q * scale [N,1,1,1], w_int8 * w_scale (float), bias)   then Relu
+
+ONNX Runtime's CPU provider runs no integer convolution faster than its float one on most CPUs and
+folds the int8 form's DequantizeLinear into a float Conv anyway, whose scale, bias and activation then
+come after it as separate passes; in this form it fuses bias and activation into the Conv, keeps its
+blocked layout across them, and needs no Quantize/DequantizeLinear pass per layer
+(`benchmarks/integer_cpu.md`). TensorRT needs the int8 form's Q/DQ convolutions.
 """
 from __future__ import annotations
 
@@ -32,24 +44,30 @@ def _unsqueeze_nchw(g, t):
     return g.op("Unsqueeze", t, _const(g, torch.tensor([1, 2, 3], dtype=torch.int64)))
 
 
+def _to_int8(g, qf, like):
+    """QuantizeLinear(qf, 1, 0): float integers as int8 (the TensorRT INT8 input)."""
+    q = g.op("QuantizeLinear", qf, _const(g, torch.tensor(1.0)), _const(g, torch.tensor(0, dtype=torch.int8)))
+    q.setType(like.type().with_dtype(torch.int8))
+    return q
+
+
 class _SelectInt(torch.autograd.Function):
-    """CADyQSelect v2: (x, g, W, b, a) -> (q int8, scale [N], bits [N])."""
+    """CADyQSelect v2: (x, g, W, b, a) -> (q, scale [N], bits [N]); q int8, or the float integers if not `int8`."""
 
     @staticmethod
-    def forward(ctx, x, grad, w, b, a, bits):
+    def forward(ctx, x, grad, w, b, a, bits, int8):
         bits_t = torch.tensor(bits, dtype=torch.float32)
         levels = 2.0 ** (bits_t - 1) - 1
         k = F.linear(torch.cat([grad, x.std(dim=(2, 3))], 1), w, b).argmax(1)
         a4, s4 = a[k].view(-1, 1, 1, 1), levels[k].view(-1, 1, 1, 1)
         q = torch.round(torch.maximum(torch.minimum(x, a4), -a4) / a4 * s4)
-        return q.to(torch.int8), a[k] / levels[k], bits_t[k]
+        return q.to(torch.int8) if int8 else q, a[k] / levels[k], bits_t[k]
 
     @staticmethod
-    def symbolic(g, x, grad, w, b, a, bits):
+    def symbolic(g, x, grad, w, b, a, bits, int8):
         qf, scale, bo = g.op(f"{cadyq_op.DOMAIN}::{cadyq_op.OP_TYPE}", x, grad, w, b, a, bits_i=list(bits), outputs=3)
         qf.setType(x.type())
-        q = g.op("QuantizeLinear", qf, _const(g, torch.tensor(1.0)), _const(g, torch.tensor(0, dtype=torch.int8)))
-        q.setType(x.type().with_dtype(torch.int8))
+        q = _to_int8(g, qf, x) if int8 else qf
         sizes = x.type().sizes()
         vec = x.type().with_dtype(torch.float32).with_sizes([sizes[0] if sizes else None])
         scale.setType(vec)
@@ -58,21 +76,20 @@ class _SelectInt(torch.autograd.Function):
 
 
 class _QuantizeInt(torch.autograd.Function):
-    """round(clamp(x, -a, a) / a * s) as int8, with per-tile a, s [N] (fixed, tile and layer selection)."""
+    """round(clamp(x, -a, a) / a * s) with per-tile a, s [N] (fixed, tile and layer selection); int8 if `int8`."""
 
     @staticmethod
-    def forward(ctx, x, a, s):
+    def forward(ctx, x, a, s, int8):
         a4, s4 = a.view(-1, 1, 1, 1), s.view(-1, 1, 1, 1)
-        return torch.round(torch.maximum(torch.minimum(x, a4), -a4) / a4 * s4).to(torch.int8)
+        q = torch.round(torch.maximum(torch.minimum(x, a4), -a4) / a4 * s4)
+        return q.to(torch.int8) if int8 else q
 
     @staticmethod
-    def symbolic(g, x, a, s):
+    def symbolic(g, x, a, s, int8):
         a4, s4 = _unsqueeze_nchw(g, a), _unsqueeze_nchw(g, s)
         c = g.op("Max", g.op("Min", x, a4), g.op("Neg", a4))
         r = g.op("Round", g.op("Mul", g.op("Div", c, a4), s4))
-        q = g.op("QuantizeLinear", r, _const(g, torch.tensor(1.0)), _const(g, torch.tensor(0, dtype=torch.int8)))
-        q.setType(x.type().with_dtype(torch.int8))
-        return q
+        return _to_int8(g, r, x) if int8 else r
 
 
 class _Dequant(torch.autograd.Function):
@@ -117,10 +134,35 @@ class _IntConv(torch.autograd.Function):
         return y
 
 
+class _ScaledConv(torch.autograd.Function):
+    """Conv(xs, w_int8 * w_scale, bias) and its activation: the ONNX Runtime form. The weights are a float initializer
+    (folded at export): a DequantizeLinear weight is folded by ONNX Runtime only after its layout transformer has passed
+    the conv by, which then runs unblocked (1.4x slower on the EDSR body)."""
+
+    @staticmethod
+    def forward(ctx, xs, w_q, w_scale, bias, stride, padding, dilation, groups, act, slope):
+        w = w_q.float() * w_scale.view(-1, 1, 1, 1)
+        y = F.conv2d(xs, w, bias, stride, padding, dilation, groups)
+        return torch.relu(y) if act == "relu" else (F.leaky_relu(y, slope) if act == "leaky" else y)
+
+    @staticmethod
+    def symbolic(g, xs, w_q, w_scale, bias, stride, padding, dilation, groups, act, slope):
+        w_f = g.op("Cast", w_q, to_i=1)  # FLOAT
+        w = g.op("Mul", w_f, g.op("Reshape", w_scale, _const(g, torch.tensor([-1, 1, 1, 1], dtype=torch.int64))))
+        y = g.op("Conv", xs, w, bias, strides_i=list(stride), pads_i=list(padding) * 2, dilations_i=list(dilation),
+                 group_i=int(groups), kernel_shape_i=list(w_q.type().sizes()[2:]))
+        if act == "relu":
+            y = g.op("Relu", y)
+        elif act == "leaky":
+            y = g.op("LeakyRelu", y, alpha_f=float(slope))
+        return y
+
+
 class SymbolicKernels(Kernels):
     """Kernels whose calls trace to the INT8 graph form; `emit(key, tensor)` taps a tensor (or is None)."""
 
     name = "onnx-int8"
+    int8 = True  # q as int8 through QuantizeLinear (TensorRT's INT8 convolution input)
 
     def __init__(self, emit=None):
         self.emit = emit or (lambda key, t: t)
@@ -135,14 +177,14 @@ class SymbolicKernels(Kernels):
             x = self.emit(key + ":in", x)
         if quant.mode == "full":
             q, scale, bits = _SelectInt.apply(x, ctx.grad, quant.weight, quant.bias, quant.alpha,
-                                              tuple(int(b) for b in quant.bits.tolist()))
+                                              tuple(int(b) for b in quant.bits.tolist()), self.int8)
             k = None
         else:
             n = x.shape[0]
             const = quant.constant_k()
             k = ctx.tile_logits.argmax(1) if const is None else torch.full((n,), const, dtype=torch.long)
             a, s = quant.alpha[k], quant.levels[k]
-            q, scale, bits = _QuantizeInt.apply(x, a, s), a / s, quant.bits[k]
+            q, scale, bits = _QuantizeInt.apply(x, a, s, self.int8), a / s, quant.bits[k]
         if key:
             bits = self.emit(key + ":bits", bits)
         return QAct(q, scale, bits, k)
@@ -153,6 +195,23 @@ class SymbolicKernels(Kernels):
     def conv(self, qa, conv: IntConv2d):
         y = _IntConv.apply(qa.q, qa.scale, conv.weight_q, conv.weight_scale, conv.bias, conv.stride, conv.padding,
                            conv.dilation, conv.groups, conv.act, conv.slope)
+        return self.emit(conv.name + INT_CONV_TAP, y)
+
+
+class ScaledKernels(SymbolicKernels):
+    """The ONNX Runtime form (module docstring): the per-tile scale before a float convolution with a fused epilogue."""
+
+    name = "onnx-ort"
+    int8 = False
+
+    def dequantize(self, qa):  # q * scale, once per activation (the conv and EDSR's skip share it)
+        if "xs" not in qa.extra:
+            qa.extra["xs"] = qa.q * qa.scale.view(-1, 1, 1, 1)
+        return qa.extra["xs"]
+
+    def conv(self, qa, conv: IntConv2d):
+        y = _ScaledConv.apply(self.dequantize(qa), conv.weight_q, conv.weight_scale, conv.bias, conv.stride,
+                              conv.padding, conv.dilation, conv.groups, conv.act, conv.slope)
         return self.emit(conv.name + INT_CONV_TAP, y)
 
 
@@ -205,6 +264,7 @@ class ExportedProgram(nn.Module):
         return sr.float(), bits.float()
 
 
-def prepare(model: nn.Module, tap) -> ExportedProgram:
-    """The traceable integer program of `model` (a copy; the model is not changed)."""
-    return ExportedProgram(lower(model), tap)
+def prepare(model: nn.Module, tap, kernels=SymbolicKernels) -> ExportedProgram:
+    """The traceable integer program of `model` (a copy; the model is not changed); `kernels`: SymbolicKernels (the
+    int8 form) or ScaledKernels (the ONNX Runtime form)."""
+    return ExportedProgram(lower(model), tap, kernels)

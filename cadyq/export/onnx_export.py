@@ -64,11 +64,12 @@ from ..quant import ActQuant, BitSelector, ModelInfo, QConv2d, dynamic_quantizer
 from ..quant.ops import levels
 from . import op as cadyq_op
 
-__all__ = ["export_onnx", "export_model_proto", "weight_dequant_error", "DTYPES", "FORMS", "INPUT", "OUTPUTS",
-           "META_INFO", "META_EXPORT", "META_TAPS", "META_MODEL", "EXPORT_FORMAT"]
+__all__ = ["export_onnx", "export_model_proto", "weight_dequant_error", "DTYPES", "FORMS", "INTEGER_FORMS", "INPUT",
+           "OUTPUTS", "META_INFO", "META_EXPORT", "META_TAPS", "META_MODEL", "EXPORT_FORMAT"]
 
 DTYPES = ("fp32", "fp16")
-FORMS = ("int8", "fakequant")  # and "static" (one graph of a tile-routed set: cadyq.export.routed)
+FORMS = ("int8", "ort", "fakequant")  # and "static" (one graph of a tile-routed set: cadyq.export.routed)
+INTEGER_FORMS = ("int8", "ort")  # the integer program's graphs: TensorRT's Q/DQ form, ONNX Runtime's scaled form
 INPUT = "lr"
 OUTPUTS = ("sr", "bits")
 META_INFO = "cadyq"
@@ -379,8 +380,9 @@ def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 
     """The exported graph as a ModelProto (see the module docstring); `export_onnx` writes it.
 
     form "int8" (default): the integer graph form of quantized models (cadyq.export.int_graph):
-    CADyQSelect-2 gives int8 values and a per-tile scale that feed INT8 convolutions. "fakequant":
-    the fake-quant form (CADyQSelect-1, float convolutions). fp32 models have one form."""
+    CADyQSelect-2 gives int8 values and a per-tile scale that feed INT8 convolutions (TensorRT). "ort": the same
+    integers and scales, the scale applied before a float convolution with a fused epilogue (ONNX Runtime).
+    "fakequant": the fake-quant form (CADyQSelect-1, float convolutions). fp32 models have one form."""
     model = _as_model(model)
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -395,10 +397,10 @@ def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 
     cfg = quant_config(model)
     info = ModelInfo.from_model(model)
     scale, n_layers = model.config.scale, info.n_layers
-    integer = form == "int8" and cfg.method != "fp32"
+    integer = form in INTEGER_FORMS and cfg.method != "fp32"
     if integer and dtype != "fp32":
-        raise ExportError("the int8 graph form is exported in fp32 (its convolutions are INT8); for an fp16 graph "
-                          "pass form='fakequant' (`cadyq export --form fakequant --dtype fp16`)")
+        raise ExportError(f"the {form} graph form is exported in fp32 (its convolutions are exact on integers); for an "
+                          "fp16 graph pass form='fakequant' (`cadyq export --form fakequant --dtype fp16`)")
     device = next(model.parameters()).device
     if form == "static":  # (program with fixed quantizers, conv output scales) from cadyq.export.routed
         from . import int_graph
@@ -411,7 +413,8 @@ def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 
     elif integer:
         from . import int_graph
 
-        wrapper = int_graph.prepare(model.cpu().eval(), lambda key, t: _Tap.apply(t, key))
+        kernels = int_graph.ScaledKernels if form == "ort" else int_graph.SymbolicKernels
+        wrapper = int_graph.prepare(model.cpu().eval(), lambda key, t: _Tap.apply(t, key), kernels)
         traced, keys, device = wrapper.program, wrapper.order, torch.device("cpu")
     else:
         traced, keys, _handles = _prepare(model, dtype)
@@ -461,10 +464,14 @@ def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 
         META_EXPORT: json.dumps({"format": EXPORT_FORMAT, "form": form if integer else "fakequant", "dtype": dtype,
                                  "tile": tile, "opset": opset,
                                  "dynamic_batch": dynamic_batch, "exact_weights": exact_weights and not integer,
-                                 "weights": ("float32" if cfg.method == "fp32" else "int8+DequantizeLinear(per-channel scale)"
-                                             if integer else "int8+DequantizeLinear"),
-                                 "activations": ("int8 values (4/6/8-bit grids) with a per-tile scale" if integer
-                                                 else "fake-quantized float"),
+                                 "weights": ("float32" if cfg.method == "fp32" else
+                                             "float32 (the int8 weights times their per-channel scale)" if form == "ort"
+                                             else "int8+DequantizeLinear(per-channel scale)" if integer
+                                             else "int8+DequantizeLinear"),
+                                 "activations": ({"ort": "integers (4/6/8-bit grids) times a per-tile scale, before "
+                                                          "a float convolution"}.get(form, "int8 values (4/6/8-bit "
+                                                                                           "grids) with a per-tile scale")
+                                                 if integer else "fake-quantized float"),
                                  "bits_output": {"fp32": "constant 32"}.get(cfg.method, "chosen bits")}),
         META_TAPS: json.dumps([{"key": k, "tensor": taps[k]} for k in keys if k in taps]),
     }

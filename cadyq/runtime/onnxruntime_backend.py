@@ -47,7 +47,7 @@ class OnnxRuntimeBackend(Backend):
             from ..export import export_onnx
 
             self._tmp = tempfile.TemporaryDirectory(prefix="cadyq-ort-")
-            path = export_onnx(path, Path(self._tmp.name) / "model.onnx", tile=tile)
+            path = export_onnx(path, Path(self._tmp.name) / "model.onnx", tile=tile, form="ort")
         self.path = Path(path)
         self.device = resolve_device(device)
         proto = load_onnx(self.path, BackendError)

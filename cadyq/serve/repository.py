@@ -101,13 +101,13 @@ def write_python_model(repo: str | os.PathLike, name: str, model: nn.Module, cfg
 
 def write_onnx_model(repo: str | os.PathLike, name: str, model: nn.Module, tile: int = 96, max_batch: int = 16,
                      instances: int = 1, overwrite: bool = False) -> Path:
-    """<repo>/<name>: the ONNX export (integer form; CADyQSelect as a model-local function, so a stock ONNX Runtime
-    backend runs it with no plugin) and its config."""
+    """<repo>/<name>: the ONNX export (form "ort", the integer form for ONNX Runtime; CADyQSelect as a model-local
+    function, so a stock ONNX Runtime backend runs it with no plugin) and its config."""
     from ..export.onnx_export import export_onnx
 
     folder = Path(repo) / name
     _fresh_folder(folder, overwrite)
-    export_onnx(model, folder / "1" / "model.onnx", tile=tile)
+    export_onnx(model, folder / "1" / "model.onnx", tile=tile, form="ort")
     (folder / "config.pbtxt").write_text(
         _fixed_model_config(name, "onnxruntime_onnx", ModelInfo.from_model(model), tile, max_batch, instances, "KIND_CPU"))
     return folder
