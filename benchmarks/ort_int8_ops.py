@@ -5,8 +5,10 @@
    ConvInteger (int32 out: what serves per-tile scales) with u8 or s8 weights, and QLinearConv (requantized
    8-bit out, static scales only: what the routed graphs use).
 2. `--profile A.onnx B.onnx`: ORT's profiler over one batch of photo tiles per model, ms per tile by op type.
+3. `--time A.onnx B.onnx ...`: the same batch, the graphs timed in interleaved rounds (no profiler): median ms per
+   tile and the ratio to the first graph (e.g. the fp32 export, and the int8 and ort forms of a quantized model).
 
-    python benchmarks/ort_int8_ops.py [--threads 2] [--profile fp32.onnx cadyq.onnx]
+    python benchmarks/ort_int8_ops.py [--threads 2] [--profile fp32.onnx cadyq.onnx] [--time fp32.onnx int8.onnx ort.onnx]
 """
 import argparse
 import collections
@@ -87,11 +89,33 @@ def conv_table(threads):
         print(f"{kind:<22} {ms:8.2f}  {'yes' if ok else 'NO (u8 x s8 pairs saturate in int16 without VNNI)'}")
 
 
-def profile(paths, threads):
+def photo_tiles():
     from skimage import data
 
     img = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float()
-    x = torch.stack([img[:, 96 * i:96 * i + 96, 96 * j:96 * j + 96] for i in range(4) for j in range(4)]).numpy()
+    return torch.stack([img[:, 96 * i:96 * i + 96, 96 * j:96 * j + 96] for i in range(4) for j in range(4)]).numpy()
+
+
+def time_graphs(paths, threads, rounds):
+    x = photo_tiles()
+    sessions = [session(p, threads) for p in paths]
+    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
+    for s, f in zip(sessions, feeds):
+        s.run(None, f)
+    ms = [[] for _ in paths]
+    for _ in range(rounds):
+        for k, (s, f) in enumerate(zip(sessions, feeds)):
+            t = time.perf_counter()
+            s.run(None, f)
+            ms[k].append((time.perf_counter() - t) / N * 1e3)
+    base = float(np.median(ms[0]))
+    print(f"\n{N} tiles of 96 px, {threads} threads, {rounds} interleaved rounds, ORT {ort.__version__}")
+    for p, m in zip(paths, ms):
+        print(f"  {p:<40} {np.median(m):8.1f} ms/tile  {base / np.median(m):5.2f}x the first")
+
+
+def profile(paths, threads):
+    x = photo_tiles()
     for path in paths:
         s = session(path, threads, profile=True)
         feed = {s.get_inputs()[0].name: x}
@@ -110,6 +134,11 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--profile", nargs="*", default=[])
+    p.add_argument("--time", nargs="*", default=[])
+    p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args()
-    conv_table(a.threads)
+    if not a.time:
+        conv_table(a.threads)
     profile(a.profile, a.threads)
+    if a.time:
+        time_graphs(a.time, a.threads, a.rounds)
