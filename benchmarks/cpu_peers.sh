@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 20's CPU benchmark in one run: the shipped EDSR-baseline x4 models on the native integer kernels against
 # every peer a CPU user would pick (torch fp32 / channels_last / bf16, ONNX Runtime, OpenVINO fp32, OpenVINO INT8
-# from NNCF), the int8 ONNX export in ONNX Runtime, then `cadyq upscale` of a 1920x1080 photo with no options
+# from NNCF), the ONNX export in ONNX Runtime (form ort), then `cadyq upscale` of a 1920x1080 photo with no options
 # (backend auto) against the old default (--backend torch). Needs `make install` (the peers extra) and
 # `apt-get install mate-backgrounds`. Writes OUT/ (default /tmp/cpu_peers): lscpu, bench JSON and text, timings.
 set -euo pipefail
