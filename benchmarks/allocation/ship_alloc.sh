@@ -6,21 +6,29 @@
 # the shipped x4 file was made), about 10 s per iteration each on one core of the development CPU.
 #   S=4 F=5.35 bash benchmarks/allocation/ship_alloc.sh [WORK_DIR]      (run from the repository root)
 #   S=2 F=5.5 RUNS="0:221" bash benchmarks/allocation/ship_alloc.sh     (x2)
+#   TARGET=gdq S=4 F=5.0 RUNS="0:450" bash benchmarks/allocation/ship_alloc.sh   (Granular-DQ: one bit-width per tile,
+#   edsr-gdq-alloc-x4; its controller is frozen the same way and decides by argmax in training)
 #   NAME=trial-cadyq-x4 RUNS="0:2 7:2" bash benchmarks/allocation/ship_alloc.sh /tmp/trial   (a quick trial; delete
 #   cadyq/zoo/trial-cadyq-x4.safetensors afterwards)
 set -euo pipefail
-S=${S:-4}; F=${F:-5.35}; W=${1:-/work/alloc/ship-x$S}; DATA=${DATA:-/work/data/zoo}; NAME=${NAME:-edsr-cadyq-alloc-x$S}
+S=${S:-4}; F=${F:-5.35}; TARGET=${TARGET:-cadyq}; W=${1:-/work/alloc/ship-$TARGET-x$S}; DATA=${DATA:-/work/data/zoo}
+NAME=${NAME:-edsr-$TARGET-alloc-x$S}
 PAMS8=cadyq/zoo/edsr-pams8-x$S.safetensors
 mkdir -p "$W"
-python -m cadyq calibrate --model "$PAMS8" --data "$DATA/train" --target cadyq --tiles 64 --fqr "$F" \
-  --sensitivity benchmarks/allocation/sensitivity_x$S.json -o "$W/dyn-$F.safetensors"
-init="$W/dyn-$F.safetensors"
+if [ "$TARGET" = gdq ]; then  # the joint per-tile measurement (every layer at 4 and at 6 bits), 192 training tiles
+  sens=(--sensitivity benchmarks/allocation/sensitivity_gdq_x$S.json --sensitivity-tiles 192)
+else
+  sens=(--sensitivity benchmarks/allocation/sensitivity_x$S.json)
+fi
+python -m cadyq calibrate --model "$PAMS8" --data "$DATA/train" --target "$TARGET" --tiles 64 --fqr "$F" "${sens[@]}" \
+  -o "$W/alloc-$F.safetensors"
+init="$W/alloc-$F.safetensors"
 for run in ${RUNS:-0:221 7:231}; do  # SEED:ITERATIONS of each run, each from the last
   seed=${run%:*}
-  python -m cadyq train --method cadyq --init "$init" --teacher "$PAMS8" --data "$DATA/train" --batch 16 --patch 48 \
+  python -m cadyq train --method "$TARGET" --init "$init" --teacher "$PAMS8" --data "$DATA/train" --batch 16 --patch 48 \
     --lr 2e-5 --selector-lr 0 --w-bit 0 --w-bit-step 0 --iters ${run#*:} --seed $seed --val-every 100000 --no-progress \
     --out "$W/ft-seed$seed"
   init="$W/ft-seed$seed/last.safetensors"
 done
 python benchmarks/zoo_ship.py "$init" "$NAME" --val "$DATA/val" \
-  --recipe "benchmarks/allocation/ship_alloc.sh (S=$S F=$F): calibrate --target cadyq --fqr $F, fine-tuned (seed:iterations) ${RUNS:-0:221 7:231}."
+  --recipe "benchmarks/allocation/ship_alloc.sh (TARGET=$TARGET S=$S F=$F): calibrate --target $TARGET --fqr $F, fine-tuned (seed:iterations) ${RUNS:-0:221 7:231}."
