@@ -65,7 +65,8 @@ def main(argv=None):
         row = rows[it]
     val = {k: round(float(row[k]), 4) for k in ("psnr", "ssim", "fqr", "bicubic_psnr", "bicubic_ssim")}
     val["images"] = int(row["images"])
-    config = json.loads((run / "config.json").read_text())
+    cfg_path = run / "config.json"  # absent for calibrated weights that were not trained (the recipe says so)
+    config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     train = {k: config[k] for k in ("method", "batch", "patch", "lr", "decay", "iters", "w_bit", "w_bit_step",
                                     "w_bit_every", "precision", "seed") if config.get(k) is not None}
     check = crop_psnr(model)
