@@ -240,6 +240,15 @@ def _inference_count(client) -> int:
     return int(stats[0].get("inference_count", 0)) if stats else 0
 
 
+def _metric(port: int, name: str) -> float:
+    """A Triton metric of MODEL from the server's Prometheus endpoint."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and f'model="{MODEL}"' in line)
+
+
 def test_cadyq_serve_stops_on_sigterm_with_requests_in_flight(tmp_path, photo):
     """SIGTERM: the requests in flight are answered (Triton's graceful shutdown), later ones fail cleanly, and a
     client run that fails writes nothing."""
@@ -265,6 +274,7 @@ def test_cadyq_serve_stops_on_sigterm_with_requests_in_flight(tmp_path, photo):
         expected = Upscaler(TritonBackend(url), batch=64).upscale(big).image.rgb
         stats = grpcclient.InferenceServerClient(url)
         done_before = _inference_count(stats)
+        ok_before = _metric(metrics, "nv_inference_request_success")
         results, errors = [], []
 
         def client():
@@ -276,10 +286,13 @@ def test_cadyq_serve_stops_on_sigterm_with_requests_in_flight(tmp_path, photo):
         threads = [threading.Thread(target=client) for _ in range(4)]
         for t in threads:
             t.start()
-        while _inference_count(stats) == done_before:  # the server has started on the 80 tiles
+        while True:  # every request of the 4 runs (4 x 7) has reached the server: queued, done, or the one executing
+            done = _metric(metrics, "nv_inference_request_success") - ok_before
+            if _inference_count(stats) > done_before and _metric(metrics, "nv_inference_pending_request_count") + done >= 27:
+                break
             time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
-        in_flight = 4 - len(results) - len(errors)
+        in_flight = 28 - done  # requests not finished when SIGTERM was sent
         late = threading.Thread(target=client)  # sent while the server stops: answered or refused in one line
         late.start()
         for t in threads + [late]:
