@@ -288,7 +288,8 @@ def test_cadyq_serve_stops_on_sigterm_with_requests_in_flight(tmp_path, photo):
             t.start()
         while True:  # every request of the 4 runs (4 x 7) has reached the server: queued, done, or the one executing
             done = _metric(metrics, "nv_inference_request_success") - ok_before
-            if _inference_count(stats) > done_before and _metric(metrics, "nv_inference_pending_request_count") + done >= 27:
+            pending = _metric(metrics, "nv_inference_pending_request_count")
+            if _inference_count(stats) > done_before and pending + done >= 27:
                 break
             time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)

@@ -468,9 +468,9 @@ def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 
                                              "float32 (the int8 weights times their per-channel scale)" if form == "ort"
                                              else "int8+DequantizeLinear(per-channel scale)" if integer
                                              else "int8+DequantizeLinear"),
-                                 "activations": ({"ort": "integers (4/6/8-bit grids) times a per-tile scale, before "
-                                                          "a float convolution"}.get(form, "int8 values (4/6/8-bit "
-                                                                                           "grids) with a per-tile scale")
+                                 "activations": (("integers (4/6/8-bit grids) times a per-tile scale, before a float "
+                                                  "convolution" if form == "ort" else
+                                                  "int8 values (4/6/8-bit grids) with a per-tile scale")
                                                  if integer else "fake-quantized float"),
                                  "bits_output": {"fp32": "constant 32"}.get(cfg.method, "chosen bits")}),
         META_TAPS: json.dumps([{"key": k, "tensor": taps[k]} for k in keys if k in taps]),
