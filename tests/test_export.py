@@ -104,15 +104,19 @@ def test_graph_structure(exported, name, method, form):
         assert {"Round", "Min", "Max"} <= set(ops)
 
 
-def _check_int8_form(g, qconvs, n_layers, method):
-    """Every quantized conv: Conv(DequantizeLinear(int8 q, 1), DequantizeLinear(int8 w, scale, axis 0)) with no
-    bias, then Mul by the per-tile scale and Add of the bias; q comes from CADyQSelect-2 or QuantizeLinear."""
-    producer = {o: n for n in g.node for o in n.output}
-    inits = {t.name: t for t in g.initializer}
+def _graph_maps(g):
+    """(tensor -> producing node, initializer name -> tensor, tensor -> consuming nodes)."""
     consumers = {}
     for n in g.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
+    return {o: n for n in g.node for o in n.output}, {t.name: t for t in g.initializer}, consumers
+
+
+def _check_int8_form(g, qconvs, n_layers, method):
+    """Every quantized conv: Conv(DequantizeLinear(int8 q, 1), DequantizeLinear(int8 w, scale, axis 0)) with no
+    bias, then Mul by the per-tile scale and Add of the bias; q comes from CADyQSelect-2 or QuantizeLinear."""
+    producer, inits, consumers = _graph_maps(g)
     int_convs = []
     for conv in (n for n in g.node if n.op_type == "Conv"):
         x_dq, w_dq = producer.get(conv.input[0]), producer.get(conv.input[1])
@@ -159,12 +163,7 @@ def test_fused_dq_weights_within_two_ulp(tmp_path):
 def _check_ort_form(g, qconvs, n_layers, method):
     """Every quantized conv: Conv(Mul(integers, per-tile scale), float weights, bias) and nothing after it but its
     activation; the integers come from CADyQSelect-2 or a Round; no Quantize/DequantizeLinear anywhere."""
-    producer = {o: n for n in g.node for o in n.output}
-    inits = {t.name: t for t in g.initializer}
-    consumers = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, inits, consumers = _graph_maps(g)
     assert not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in g.node}
     scaled = []
     for conv in (n for n in g.node if n.op_type == "Conv"):

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..quant.lowering import IntConv2d, IntegerProgram, Kernels, QAct, lower
+from ..quant.lowering import IntConv2d, IntegerProgram, Kernels, QAct, _epilogue, lower
 from . import op as cadyq_op
 
 TILE_GRADIENT = "tile_gradient"
@@ -134,30 +134,6 @@ class _IntConv(torch.autograd.Function):
         return y
 
 
-class _ScaledConv(torch.autograd.Function):
-    """Conv(xs, w_int8 * w_scale, bias) and its activation: the ONNX Runtime form. The weights are a float initializer
-    (folded at export): a DequantizeLinear weight is folded by ONNX Runtime only after its layout transformer has passed
-    the conv by, which then runs unblocked (1.4x slower on the EDSR body)."""
-
-    @staticmethod
-    def forward(ctx, xs, w_q, w_scale, bias, stride, padding, dilation, groups, act, slope):
-        w = w_q.float() * w_scale.view(-1, 1, 1, 1)
-        y = F.conv2d(xs, w, bias, stride, padding, dilation, groups)
-        return torch.relu(y) if act == "relu" else (F.leaky_relu(y, slope) if act == "leaky" else y)
-
-    @staticmethod
-    def symbolic(g, xs, w_q, w_scale, bias, stride, padding, dilation, groups, act, slope):
-        w_f = g.op("Cast", w_q, to_i=1)  # FLOAT
-        w = g.op("Mul", w_f, g.op("Reshape", w_scale, _const(g, torch.tensor([-1, 1, 1, 1], dtype=torch.int64))))
-        y = g.op("Conv", xs, w, bias, strides_i=list(stride), pads_i=list(padding) * 2, dilations_i=list(dilation),
-                 group_i=int(groups), kernel_shape_i=list(w_q.type().sizes()[2:]))
-        if act == "relu":
-            y = g.op("Relu", y)
-        elif act == "leaky":
-            y = g.op("LeakyRelu", y, alpha_f=float(slope))
-        return y
-
-
 class SymbolicKernels(Kernels):
     """Kernels whose calls trace to the INT8 graph form; `emit(key, tensor)` taps a tensor (or is None)."""
 
@@ -210,9 +186,11 @@ class ScaledKernels(SymbolicKernels):
         return qa.extra["xs"]
 
     def conv(self, qa, conv: IntConv2d):
-        y = _ScaledConv.apply(self.dequantize(qa), conv.weight_q, conv.weight_scale, conv.bias, conv.stride,
-                              conv.padding, conv.dilation, conv.groups, conv.act, conv.slope)
-        return self.emit(conv.name + INT_CONV_TAP, y)
+        # plain ops: the exporter folds the weights into one float initializer. A DequantizeLinear weight would be
+        # folded by ONNX Runtime only after its layout transformer has passed the conv by (unblocked, 1.4x slower).
+        w = conv.weight_q.float() * conv.weight_scale.view(-1, 1, 1, 1)
+        y = F.conv2d(self.dequantize(qa), w, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return self.emit(conv.name + INT_CONV_TAP, _epilogue(y, conv))
 
 
 class ExportedProgram(nn.Module):
