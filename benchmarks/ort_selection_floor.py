@@ -53,16 +53,19 @@ def _layer(i, x, stat, quant):
                      n("Mul", [p("d"), p("d")], [p("d2")]), n("ReduceSum", [p("d2"), "hw"], [p("ss")], keepdims=0)]
         else:
             nodes = [n("ReduceMean", [x, "hw"], [p("mean")], keepdims=0),
-                     n("ReduceSumSquare", [x, "hw"], [p("sq")], keepdims=0), n("Mul", [p("mean"), p("mean")], [p("m2")]),
-                     n("Mul", [p("m2"), "n"], [p("nm2")]), n("Sub", [p("sq"), p("nm2")], [p("ss")])]
+                     n("ReduceSumSquare", [x, "hw"], [p("sq")], keepdims=0),
+                     n("Mul", [p("mean"), p("mean")], [p("m2")]), n("Mul", [p("m2"), "n"], [p("nm2")]),
+                     n("Sub", [p("sq"), p("nm2")], [p("ss")])]
         nodes += [n("Div", [p("ss"), "n1"], [p("var")]), n("Sqrt", [p("var")], [p("sig")]),
                   n("Concat", ["g", p("sig")], [p("f")], axis=1), n("Gemm", [p("f"), "Ws", "bs"], [p("lg")], transB=1),
                   n("ArgMax", [p("lg")], [p("k")], axis=1, keepdims=0)]
         for v in ("a", "lev", "scl", "ilev"):
-            nodes += [n("Gather", [v, p("k")], [p(v + "_n")], axis=0), n("Unsqueeze", [p(v + "_n"), "tail"], [p(v + "4")])]
+            nodes += [n("Gather", [v, p("k")], [p(v + "_n")], axis=0),
+                      n("Unsqueeze", [p(v + "_n"), "tail"], [p(v + "4")])]
         if quant == "cur":
-            nodes += [n("Neg", [p("a4")], [p("na")]), n("Max", [x, p("na")], [p("lo")]), n("Min", [p("lo"), p("a4")], [p("c")]),
-                      n("Div", [p("c"), p("a4")], [p("u")]), n("Mul", [p("u"), p("lev4")], [p("t")]),
+            nodes += [n("Neg", [p("a4")], [p("na")]), n("Max", [x, p("na")], [p("lo")]),
+                      n("Min", [p("lo"), p("a4")], [p("c")]), n("Div", [p("c"), p("a4")], [p("u")]),
+                      n("Mul", [p("u"), p("lev4")], [p("t")]),
                       n("Round", [p("t")], [p("qf")]), n("Mul", [p("qf"), p("scl4")], [p("xs")])]
         elif quant == "clip":
             nodes += [n("Div", [x, p("a4")], [p("u")]), n("Clip", [p("u"), "m1", "p1"], [p("c")]),
@@ -84,8 +87,9 @@ def build(variant: str, rng) -> onnx.ModelProto:
         layer, x = _layer(i, x, stat, quant)
         nodes += layer
     nodes.append(helper.make_node("Identity", [x], ["y"]))
-    graph = helper.make_graph(nodes, variant, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [N, C, H, H]),
-                                               helper.make_tensor_value_info("g", TensorProto.FLOAT, [N, 2])],
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [N, C, H, H]),
+              helper.make_tensor_value_info("g", TensorProto.FLOAT, [N, 2])]
+    graph = helper.make_graph(nodes, variant, inputs,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], _initializers(rng))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
