@@ -32,7 +32,7 @@ def test_fp32_zoo_models_meet_the_held_out_target(name):
 
 def test_the_full_size_models_are_shipped_and_the_content_aware_cadyq_x4_is_the_default():
     assert {"edsr-fp32-x4", "edsr-pams8-x4", "edsr-cadyq-x4", "edsr-cadyq-alloc-x4", "edsr-gdq-alloc-x4", "edsr-fp32-x2",
-            "edsr-pams8-x2", "edsr-cadyq-x2", "edsr-cadyq-alloc-x2"} <= set(FULL_SIZE)
+            "edsr-pams8-x2", "edsr-cadyq-x2", "edsr-cadyq-alloc-x2", "edsr-gdq-alloc-x2"} <= set(FULL_SIZE)
     assert zoo.default_name() == zoo.DEFAULT_MODEL == "edsr-cadyq-alloc-x4"
 
 
