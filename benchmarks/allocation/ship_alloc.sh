@@ -2,9 +2,9 @@
 # The shipped content-aware CADyQ model, edsr-cadyq-alloc-x$S: selectors set from the measured per-tile sensitivity
 # (benchmarks/allocation.md), then the weights and clip values fine-tuned with the selectors frozen (L1 +
 # distillation from edsr-pams8-x$S, no bit loss), then validated on the zoo's held-out photos and copied into
-# cadyq/zoo. Runs one after another, each from the last with another seed and a fresh optimizer (221 + 231 + 698
-# iterations: how the shipped x4 file was made; the third run was stopped at 698), about 10 s per iteration on one core
-# of the development CPU.
+# cadyq/zoo. Runs one after another, each from the last with another seed and a fresh optimizer (221 + 231 + 1000
+# iterations: how the shipped x4 file was made; the third run was interrupted and resumed with --resume at 283 and
+# 698), about 10 s per iteration on one core of the development CPU.
 #   S=4 F=5.35 bash benchmarks/allocation/ship_alloc.sh [WORK_DIR]      (run from the repository root)
 #   S=2 F=5.5 RUNS="0:221 7:231" bash benchmarks/allocation/ship_alloc.sh     (x2)
 #   TARGET=gdq S=2 F=5.0 RUNS="" bash benchmarks/allocation/ship_alloc.sh       (edsr-gdq-alloc-x2)
@@ -26,7 +26,7 @@ fi
 python -m cadyq calibrate --model "$PAMS8" --data "$DATA/train" --target "$TARGET" --tiles 64 --fqr "$F" "${sens[@]}" \
   -o "$W/alloc-$F.safetensors"
 init="$W/alloc-$F.safetensors"
-for run in ${RUNS-0:221 7:231 11:698}; do  # SEED:ITERATIONS of each run, each from the last; RUNS="": none
+for run in ${RUNS-0:221 7:231 11:1000}; do  # SEED:ITERATIONS of each run, each from the last; RUNS="": none
   seed=${run%:*}
   python -m cadyq train --method "$TARGET" --init "$init" --teacher "$PAMS8" --data "$DATA/train" --batch 16 --patch 48 \
     --lr 2e-5 --selector-lr 0 --w-bit 0 --w-bit-step 0 --iters ${run#*:} --seed $seed --val-every 100000 --no-progress \
@@ -34,4 +34,4 @@ for run in ${RUNS-0:221 7:231 11:698}; do  # SEED:ITERATIONS of each run, each f
   init="$W/ft-seed$seed/last.safetensors"
 done
 python benchmarks/zoo_ship.py "$init" "$NAME" --val "$DATA/val" \
-  --recipe "benchmarks/allocation/ship_alloc.sh (TARGET=$TARGET S=$S F=$F): calibrate --target $TARGET --fqr $F, fine-tuned (seed:iterations) ${RUNS-0:221 7:231 11:698}."
+  --recipe "benchmarks/allocation/ship_alloc.sh (TARGET=$TARGET S=$S F=$F): calibrate --target $TARGET --fqr $F, fine-tuned (seed:iterations) ${RUNS-0:221 7:231 11:1000}."
