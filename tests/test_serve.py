@@ -249,6 +249,32 @@ def _metric(port: int, name: str) -> float:
                if line.startswith(name + "{") and f'model="{MODEL}"' in line)
 
 
+def test_a_server_that_stops_after_answering_ready_is_a_one_line_backend_error(monkeypatch):
+    """The race the SIGTERM test below hits under load: ready at the first call, gone at the next."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from cadyq.serve import TritonBackend
+
+    class StoppingServer:
+        def __init__(self, url):
+            pass
+
+        def is_server_ready(self, client_timeout=None):
+            return True
+
+        def get_model_repository_index(self, as_json=False):
+            raise InferenceServerException("[StatusCode.UNAVAILABLE] Server not ready")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(grpcclient, "InferenceServerClient", StoppingServer)
+    with pytest.raises(BackendError, match="127.0.0.1:1: cannot list its models: .*Server not ready") as e:
+        TritonBackend("127.0.0.1:1")
+    assert "\n" not in str(e.value)
+
+
 def test_cadyq_serve_stops_on_sigterm_with_requests_in_flight(tmp_path, photo):
     """SIGTERM: the requests in flight are answered (Triton's graceful shutdown), later ones fail cleanly, and a
     client run that fails writes nothing."""

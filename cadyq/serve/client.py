@@ -95,7 +95,10 @@ class TritonBackend(Backend):
         self.urls, self.clients = [u for u, _ in live], [c for _, c in live]
 
     def _only_model(self) -> str:
-        index = self.clients[0].get_model_repository_index(as_json=True).get("models", [])
+        try:  # the server can stop between the readiness check and this call
+            index = self.clients[0].get_model_repository_index(as_json=True).get("models", [])
+        except Exception as e:
+            raise BackendError(f"server {self.urls[0]}: cannot list its models: {_short(e)}") from e
         ready = [m["name"] for m in index if m.get("state") == "READY"]
         if len(ready) != 1:
             raise BackendError(f"the server at {self.urls[0]} serves {len(ready)} ready models "
