@@ -6,7 +6,7 @@
 # iterations: how the shipped x4 file was made; the third run was interrupted and resumed with --resume at 283 and
 # 698), about 10 s per iteration on one core of the development CPU.
 #   S=4 F=5.35 bash benchmarks/allocation/ship_alloc.sh [WORK_DIR]      (run from the repository root)
-#   S=2 F=5.5 RUNS="0:221 7:231" bash benchmarks/allocation/ship_alloc.sh     (x2)
+#   S=2 F=5.5 RUNS="0:221 7:231 11:698" bash benchmarks/allocation/ship_alloc.sh   (x2)
 #   TARGET=gdq S=2 F=5.0 RUNS="" bash benchmarks/allocation/ship_alloc.sh       (edsr-gdq-alloc-x2)
 #   TARGET=gdq S=4 F=5.0 RUNS="" bash benchmarks/allocation/ship_alloc.sh   (Granular-DQ, one bit-width per tile:
 #   edsr-gdq-alloc-x4, the calibrated allocation as shipped; RUNS="0:451" fine-tunes it with the controller frozen, which
