@@ -4,15 +4,16 @@ Each of L layers: the CADyQSelect statistics and selection, a quantization of th
 a 64->64 3x3 conv (+ ReLU, or the block's skip Add). Variants (STAT/QUANT):
 
     none/none   the conv chain alone (the float model's cost)
-    two/cur     the `ort` export's body: two-pass std; Max, Min, Div, Mul, Round, then Mul(scale)
-    one/cur     one-pass variance (ReduceMean + ReduceSumSquare), same quantization
+    op/cur      the `ort` export itself: the CADyQSelect-2 function of cadyq.export.op (two-pass std; Max, Min,
+                Div, Mul, Round), then Mul(q, scale) as ScaledKernels writes it
+    one/cur     one-pass variance (ReduceMean + ReduceSumSquare), the same quantization
     two/clip    Div(x, a), Clip(-1, 1), Mul(s), Round, Mul(scale): bit-identical to `cur`, one pass fewer
     one/qdq     Div(x, a), Clip(-1, 1), QuantizeLinear(1/s per tile), DequantizeLinear(a/s per tile): int8 in
                 between; rounds x/a/(1/s) instead of x/a*s, so the odd element on a rounding boundary moves
 
     python benchmarks/ort_selection_floor.py [--threads 1] [--rounds 5]
 
-Prints per variant the optimized graph's op counts, the largest difference from `two/cur`, and ms per tile per
+Prints per variant the optimized graph's op counts, the largest difference from `op/cur`, and ms per tile per
 layer (batch of 16 tiles of 96 px, interleaved rounds, median).
 """
 from __future__ import annotations
@@ -26,8 +27,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from cadyq.export import op as cadyq_op
+
 N, C, H, L = 16, 64, 96, 6
-VARIANTS = ["none/none", "two/cur", "one/cur", "two/clip", "one/qdq"]
+VARIANTS = ["none/none", "op/cur", "one/cur", "two/clip", "one/qdq"]
 
 
 def _initializers(rng):
@@ -47,6 +50,9 @@ def _layer(i, x, stat, quant):
     n = helper.make_node
     if quant == "none":
         nodes = [n("Identity", [x], [p("xs")])]
+    elif stat == "op":
+        nodes = [cadyq_op.make_select_node([x, "g", "Ws", "bs", "a"], [p("q"), p("scale"), p("bits")], [4, 6, 8]),
+                 n("Unsqueeze", [p("scale"), "tail"], [p("scale4")]), n("Mul", [p("q"), p("scale4")], [p("xs")])]
     else:
         if stat == "two":
             nodes = [n("ReduceMean", [x, "hw"], [p("mean")], keepdims=1), n("Sub", [x, p("mean")], [p("d")]),
@@ -91,7 +97,9 @@ def build(variant: str, rng) -> onnx.ModelProto:
               helper.make_tensor_value_info("g", TensorProto.FLOAT, [N, 2])]
     graph = helper.make_graph(nodes, variant, inputs,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], _initializers(rng))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    cadyq_op.add_functions(model)
+    return model
 
 
 def main():
@@ -111,7 +119,7 @@ def main():
         sessions[v] = ort.InferenceSession(build(v, np.random.default_rng(1)).SerializeToString(), so)
         ops = Counter(node.op_type for node in onnx.load(so.optimized_model_filepath).graph.node)
         print(f"{v:10s} optimized graph: {dict(ops)}")
-    ref = sessions["two/cur"].run(None, feeds)[0]
+    ref = sessions["op/cur"].run(None, feeds)[0]
     times = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
         for v in VARIANTS:
@@ -121,7 +129,7 @@ def main():
             if v != "none/none":
                 times[v + ":diff"] = float(np.abs(y - ref).max())
     base = np.median(times["none/none"]) * 1e3 / N / L
-    print(f"\n{'variant':10s} {'ms/tile/layer':>13s} {'selection':>10s} {'max |y - two/cur|':>18s}  "
+    print(f"\n{'variant':10s} {'ms/tile/layer':>13s} {'selection':>10s} {'max |y - op/cur|':>18s}  "
           f"(threads {args.threads}, batch {N}, {C} ch, {H} px, {L} layers)")
     for v in VARIANTS:
         ms = np.median(times[v]) * 1e3 / N / L
