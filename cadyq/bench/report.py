@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..hardware import usable_cores
 from .configs import make_configs
 from .settings import BenchError, BenchSettings, PERCENTILES
 from .timing import bench_tiles, image_figures, load_hr, make_pair, time_configs
@@ -183,13 +184,6 @@ def _add_ratios(rows: list[dict]) -> None:
         }
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _load1() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
@@ -212,7 +206,7 @@ def _warnings(rows: list[dict], dev: torch.device, threads: int | None = None, l
                        "(larger batches or CUDA graphs may help)")
         if r["batch"] != rows[0]["batch"]:
             out.append(f"{r['label']}: runs batches of {r['batch']} (its model's limit), not {rows[0]['batch']}")
-    cores = _cores()
+    cores = usable_cores()
     if dev.type == "cpu" and (threads or torch.get_num_threads()) > 1 and load is not None and load >= cores:
         out.append(f"the CPU is busy (load average {load:.1f} on {cores} cores) and the runtimes use several threads: "
                    "their thread pools (torch's OpenMP, ONNX Runtime's spinning workers) then wait for each other "

@@ -8,11 +8,12 @@ its own error while the others are answered.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch.utils.dlpack import from_dlpack, to_dlpack
+
+from ..hardware import usable_cores
 
 
 def _param(config: dict, key: str, default=None):
@@ -73,7 +74,7 @@ class TritonPythonModel:
         threads = int(_param(config, "cadyq_threads", 0) or 0)
         if threads <= 0:  # the cores shared among the instances
             instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
-            threads = max(1, (os.cpu_count() or 1) // instances)
+            threads = max(1, usable_cores() // instances)
         torch.set_num_threads(threads)
         weights = Path(args["model_repository"]) / args["model_version"] / "model.safetensors"
         from ..checkpoint import load

@@ -46,7 +46,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    "folder of HR images (LR made by MATLAB bicubic)")
     g.add_argument("--patch", type=int, default=None, help="LR patch size (default 48)")
     g.add_argument("--batch", type=int, default=None, help="global batch, split across processes (default 16)")
-    g.add_argument("--workers", type=int, default=4, help="data loader processes (default 4)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="data loader processes (default: the usable cores, at most 4)")
     g.add_argument("--cache", choices=("memory", "npy", "none"), default="memory",
                    help="decoded-image cache (default memory)")
     g.add_argument("--cache-dir", default=None, help="folder of the npy cache (default DATA/.cadyq_cache)")

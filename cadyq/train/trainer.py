@@ -37,6 +37,7 @@ from ..data.layouts import find_pairs, load_pair
 from ..data.resize import imresize
 from ..data.train_dataset import SRTrainDataset, TrainDataConfig, make_loader
 from ..errors import CadyqError, CheckpointError, ModelError
+from ..hardware import usable_cores
 from ..hardware import cpu_has_bf16
 from ..metrics import psnr, ssim
 from ..models import canonical_name, create_model
@@ -97,7 +98,7 @@ class TrainConfig:
     out: str | None = None
     resume: bool = False
     seed: int = 0
-    workers: int = 4
+    workers: int | None = None  # data loader processes; None: the usable cores, at most 4
     cache: str = "memory"
     cache_dir: str | None = None
     device: str = "auto"
@@ -390,7 +391,8 @@ class Trainer:
         c, main = self.cfg, self.dist.is_main
         start = self.iteration
         writers = self._open_logs(start) if main else None
-        loader = make_loader(self.dataset, c.batch, start, c.iters, self.dist.rank, self.dist.world, c.workers,
+        workers = min(4, usable_cores()) if c.workers is None else c.workers
+        loader = make_loader(self.dataset, c.batch, start, c.iters, self.dist.rank, self.dist.world, workers,
                              pin_memory=self.device.type == "cuda")
         bar = None
         if main and c.progress:
