@@ -118,20 +118,28 @@ class _IntConv(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, q, scale, w_q, w_scale, bias, stride, padding, dilation, groups, act, slope):
-        one, zero = _const(g, torch.tensor(1.0)), _const(g, torch.tensor(0, dtype=torch.int8))
-        xq = g.op("DequantizeLinear", q, one, zero)
+        xq = g.op("DequantizeLinear", q, _const(g, torch.tensor(1.0)), _const(g, torch.tensor(0, dtype=torch.int8)))
         out_c = w_q.type().sizes()[0]
-        w = g.op("DequantizeLinear", w_q, w_scale, _const(g, torch.zeros(out_c, dtype=torch.int8)), axis_i=0)
-        k = w_q.type().sizes()[2:]
-        y = g.op("Conv", xq, w, strides_i=list(stride), pads_i=list(padding) * 2, dilations_i=list(dilation),
-                 group_i=int(groups), kernel_shape_i=list(k))
-        y = g.op("Mul", y, _unsqueeze_nchw(g, scale))
-        y = g.op("Add", y, g.op("Reshape", bias, _const(g, torch.tensor([1, -1, 1, 1], dtype=torch.int64))))
-        if act == "relu":
-            y = g.op("Relu", y)
-        elif act == "leaky":
-            y = g.op("LeakyRelu", y, alpha_f=float(slope))
-        return y
+        y = dq_conv(g, xq, w_q, w_scale, _const(g, torch.zeros(out_c, dtype=torch.int8)), stride, padding, dilation,
+                    groups)
+        return bias_act(g, g.op("Mul", y, _unsqueeze_nchw(g, scale)), bias, act, slope)
+
+
+def dq_conv(g, x, w_q, w_scale, w_zero, stride, padding, dilation, groups):
+    """Conv(x, DequantizeLinear(w_q) per output channel), no bias."""
+    w = g.op("DequantizeLinear", w_q, w_scale, w_zero, axis_i=0)
+    return g.op("Conv", x, w, strides_i=list(stride), pads_i=list(padding) * 2, dilations_i=list(dilation),
+                group_i=int(groups), kernel_shape_i=list(w_q.type().sizes()[2:]))
+
+
+def bias_act(g, y, bias, act, slope):
+    """y + bias (per channel), then the layer's activation."""
+    y = g.op("Add", y, g.op("Reshape", bias, _const(g, torch.tensor([1, -1, 1, 1], dtype=torch.int64))))
+    if act == "relu":
+        return g.op("Relu", y)
+    if act == "leaky":
+        return g.op("LeakyRelu", y, alpha_f=float(slope))
+    return y
 
 
 class SymbolicKernels(Kernels):

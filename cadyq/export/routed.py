@@ -31,7 +31,7 @@ import torch.nn as nn
 from ..errors import ExportError
 from ..quant import ModelInfo, quant_config
 from ..quant.lowering import IntQuantizer, QAct, ReferenceKernels, lower
-from .int_graph import SymbolicKernels, _const
+from .int_graph import SymbolicKernels, _const, bias_act, dq_conv
 
 MANIFEST = "routed.json"
 ROUTED_FORMAT = 1
@@ -85,18 +85,10 @@ class _StaticConv(torch.autograd.Function):
             w_zp = _const(g, torch.full((out_c,), 128, dtype=torch.uint8))
         else:
             w_zp = _const(g, torch.zeros(out_c, dtype=torch.int8))
-        wd = g.op("DequantizeLinear", w_q, w_scale, w_zp, axis_i=0)
-        k = w_q.type().sizes()[2:]
-        y = g.op("Conv", xd, wd, strides_i=list(stride), pads_i=list(padding) * 2, dilations_i=list(dilation),
-                 group_i=int(groups), kernel_shape_i=list(k))
+        y = dq_conv(g, xd, w_q, w_scale, w_zp, stride, padding, dilation, groups)
         ys = _const(g, torch.tensor(y_scale))
         y = g.op("DequantizeLinear", g.op("QuantizeLinear", y, ys, zero8), ys, zero8)
-        y = g.op("Add", y, g.op("Reshape", bias, _const(g, torch.tensor([1, -1, 1, 1], dtype=torch.int64))))
-        if act == "relu":
-            y = g.op("Relu", y)
-        elif act == "leaky":
-            y = g.op("LeakyRelu", y, alpha_f=float(slope))
-        return y
+        return bias_act(g, y, bias, act, slope)
 
 
 class StaticKernels(SymbolicKernels):
