@@ -23,8 +23,7 @@ import math
 import numpy as np
 
 import cadyq
-from cadyq.data.io import list_images, read_image
-from cadyq.data.resize import bicubic_downscale, mod_crop
+from cadyq.data.layouts import find_pairs, load_pair
 from cadyq.tiling import plan_tiles
 
 BUCKETS = ((0.0, 0.0), (0.0, 0.5), (0.5, 1.0), (1.0, 99.0))  # |delta bits|: equal, then (lo, hi]
@@ -70,8 +69,7 @@ def main(argv=None):
                    "at the seams of the first --overlap: the metric's no-seam level on these photos")
     p.add_argument("--json")
     a = p.parse_args(argv)
-    photos = [path for v in a.val for path in list_images([v])]
-    rows = []
+    pairs, rows = {}, []  # scale -> [(LR, HR)] of every photo, made once (cadyq eval's pairs: bicubic LR)
     print("| model | overlap | seams | seam / near error, all | by abs(delta bits): 0 | (0, 0.5] | (0.5, 1] | > 1 |"
           " excess at the seam (levels) |\n|---|---|---|---|---|---|---|---|---|")
     for m in a.models:
@@ -79,9 +77,9 @@ def main(argv=None):
             untiled = ov == "untiled"
             up = cadyq.Upscaler(m, backend=a.backend, device="cpu", overlap=a.overlap[0] if untiled else ov)
             s, found = up.scale, []
-            for path in photos:
-                hr = mod_crop(read_image(path).rgb, s)
-                lr = bicubic_downscale(np.ascontiguousarray(hr), s)
+            if s not in pairs:
+                pairs[s] = [load_pair(pr, s) for v in a.val for pr in find_pairs(v, s)]
+            for lr, hr in pairs[s]:
                 grid = plan_tiles(lr.shape[0], lr.shape[1], up.tile, up.overlap)
                 if untiled:  # one tile for the whole image, measured where the tiled run has its seams
                     whole = cadyq.Upscaler(up.backend, tile=max(lr.shape[:2]), overlap=0)
@@ -101,14 +99,13 @@ def main(argv=None):
                 by_bits[key] = {"seams": int(sel.sum()), "ratio": float(ratio[sel].mean()) if sel.any() else None}
                 cells.append(f"{ratio[sel].mean():.3f} ({sel.sum()})" if sel.any() else "-")
             row = {"model": m, "overlap": ov, "seams": len(d), "ratio": float(ratio.mean()),
-                   "excess_levels": float((e - n).mean()), "by_delta_bits": by_bits,
-                   "photos": [str(x) for x in photos]}
+                   "excess_levels": float((e - n).mean()), "by_delta_bits": by_bits}
             rows.append(row)
             print(f"| {m} | {ov} | {len(d)} | {row['ratio']:.3f} | " + " | ".join(cells)
                   + f" | {row['excess_levels']:+.3f} |", flush=True)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"near_px": near(up.scale), "rows": rows}, f, indent=1)
+            json.dump({"val": a.val, "near_px": near(up.scale), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,11 @@ if [ "$TARGET" = gdq ]; then  # the joint per-tile measurement (every layer at 4
 else
   sens=(--sensitivity benchmarks/allocation/sensitivity_x$S.json)
 fi
-python -m cadyq calibrate --model "$PAMS8" --data "$DATA/train" --target "$TARGET" --tiles 64 --fqr "$F" "${sens[@]}" \
-  -o "$W/alloc-$F.safetensors"
+calibrate() {  # the selectors cut at --fqr $1 of the stored measurement -> $W/alloc-$1.safetensors
+  python -m cadyq calibrate --model "$PAMS8" --data "$DATA/train" --target "$TARGET" --tiles 64 --fqr "$1" "${sens[@]}" \
+    -o "$W/alloc-$1.safetensors"
+}
+calibrate "$F"
 init="$W/alloc-$F.safetensors"
 # Each run SEED:ITERATIONS[:DECAY[:FQR]] starts from the last (RUNS="": none): DECAY halves the lr every DECAY
 # iterations (an anneal; empty: none), FQR first re-cuts the selectors at that --fqr of the same measurement
@@ -35,8 +38,7 @@ RUNS=${RUNS-0:221 7:231 11:1000 13:400:100 13:0::5.38}
 for run in $RUNS; do
   IFS=: read -r seed iters decay fqr <<< "$run"
   if [ -n "${fqr:-}" ]; then
-    python -m cadyq calibrate --model "$PAMS8" --data "$DATA/train" --target "$TARGET" --tiles 64 --fqr "$fqr" \
-      "${sens[@]}" -o "$W/alloc-$fqr.safetensors"
+    calibrate "$fqr"
     python benchmarks/allocation/graft_selectors.py "$init" "$W/alloc-$fqr.safetensors" "$W/graft-seed$seed.safetensors"
     init="$W/graft-seed$seed.safetensors"
   fi

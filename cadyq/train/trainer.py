@@ -37,8 +37,7 @@ from ..data.layouts import find_pairs, load_pair
 from ..data.resize import imresize
 from ..data.train_dataset import SRTrainDataset, TrainDataConfig, make_loader
 from ..errors import CadyqError, CheckpointError, ModelError
-from ..hardware import usable_cores
-from ..hardware import cpu_has_bf16
+from ..hardware import cpu_has_bf16, usable_cores
 from ..metrics import psnr, ssim
 from ..models import canonical_name, create_model
 from ..quant import METHODS, observe, quant_config, quantize, selected_bits
