@@ -12,8 +12,7 @@ import torch
 
 import cadyq
 from cadyq.checkpoint import load_model
-from cadyq.data.io import list_images, read_image
-from cadyq.data.resize import bicubic_downscale, mod_crop
+from cadyq.data.layouts import find_pairs, load_pair
 from cadyq.metrics import psnr
 from cadyq.quant.ops import fake_quant
 from cadyq.quant.quantizers import BitSelector
@@ -25,10 +24,7 @@ def unsigned_levels(bits):
 
 def unsigned_forward(self, x):
     """BitSelector's inference forward with unsigned levels (modes "full" and "tile")."""
-    if self.mode == "tile":
-        k = self.state.tile_choice
-    else:
-        k = self.net(torch.cat([self.state.grad, x.std(dim=(2, 3))], 1)).argmax(1)
+    k = self.state.tile_choice if self.mode == "tile" else self.logits(x).argmax(1)
     y = fake_quant(x, self.alpha[k].view(-1, 1, 1, 1), unsigned_levels(self.bits)[k].view(-1, 1, 1, 1))
     self.last_bits = self.last_bits_ste = self.bits[k]
     self.last_weighted = None
@@ -38,9 +34,8 @@ def unsigned_forward(self, x):
 def evaluate(model, val):
     up = cadyq.Upscaler(model, backend="torch", device="cpu")
     psnrs, fqrs = [], []
-    for path in list_images([val]):
-        hr = np.ascontiguousarray(mod_crop(read_image(path).rgb, up.scale))
-        r = up.upscale(bicubic_downscale(hr, up.scale))
+    for lr, hr in (load_pair(pair, up.scale) for pair in find_pairs(val, up.scale)):
+        r = up.upscale(lr)
         psnrs.append(psnr(r.array, hr, up.scale))
         fqrs.append(r.fqr)
     return float(np.mean(psnrs)), float(np.mean(fqrs))
