@@ -65,3 +65,29 @@ def test_each_quantization_step_keeps_the_held_out_psnr(scale):
         assert held["pams8"]["psnr"] >= held["fp32"]["psnr"] - 0.1 and held["pams8"]["fqr"] == 8
     if "cadyq" in held:
         assert held["cadyq"]["psnr"] >= held["pams8"]["psnr"] - 0.1 and held["cadyq"]["fqr"] <= 6.5
+
+
+def test_issue_21_summary_table_shows_what_the_shipped_files_record():
+    """benchmarks/allocation/summary.py assembles issue 21's table from stored measurements; every shipped model in
+    it must read what its zoo file records on the same held-out photos (a re-shipped file without a re-measured
+    row fails here)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "allocation" / "summary.py"
+    spec = importlib.util.spec_from_file_location("allocation_summary", path)
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    shown = set()
+    for rows in summary.ROWS.values():
+        for label, _, val, _ in rows:
+            name = re.search(r"`(edsr-[a-z0-9-]+)`", label)
+            if name is None:
+                continue
+            row = summary.measured(val)
+            held = checkpoint.read_metadata(zoo.path_of(name[1]))["extra"]["held_out"]
+            assert row["psnr"] == pytest.approx(held["psnr"], abs=0.005), name[1]  # native vs the torch reference
+            assert row["fqr"] == pytest.approx(held["fqr"], abs=0.01), name[1]
+            shown.add(name[1])
+    assert shown == set(FULL_SIZE)
