@@ -72,7 +72,6 @@ def test_issue_21_summary_table_shows_what_the_shipped_files_record():
     it must read what its zoo file records on the same held-out photos (a re-shipped file without a re-measured
     row fails here)."""
     import importlib.util
-    import re
     from pathlib import Path
 
     path = Path(__file__).parents[1] / "benchmarks" / "allocation" / "summary.py"
@@ -80,14 +79,11 @@ def test_issue_21_summary_table_shows_what_the_shipped_files_record():
     summary = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(summary)
     shown = set()
-    for rows in summary.ROWS.values():
-        for label, _, val, _ in rows:
-            name = re.search(r"`(edsr-[a-z0-9-]+)`", label)
-            if name is None:
-                continue
-            row = summary.measured(val)
-            held = checkpoint.read_metadata(zoo.path_of(name[1]))["extra"]["held_out"]
-            assert row["psnr"] == pytest.approx(held["psnr"], abs=0.005), name[1]  # native vs the torch reference
-            assert row["fqr"] == pytest.approx(held["fqr"], abs=0.01), name[1]
-            shown.add(name[1])
+    for name, row in summary.shipped():
+        held = checkpoint.read_metadata(zoo.path_of(name))["extra"]["held_out"]
+        assert row["psnr"] == pytest.approx(held["psnr"], abs=0.005), name  # native vs the torch reference
+        assert row["fqr"] == pytest.approx(held["fqr"], abs=0.01), name
+        shown.add(name)
     assert shown == set(FULL_SIZE)
+    for scale in summary.ROWS:
+        summary.table(scale)  # every measurement the table names is there

@@ -7,11 +7,13 @@ the zoo's held-out photos and for KDE's, and the model's name in it. A cell with
 """
 import argparse
 import json
+import re
 from pathlib import Path
 
 HERE = Path(__file__).parent
 
-# (label, iterations of fine-tuning, (zoo val JSON, model), (KDE JSON, model)); the model is matched by name suffix
+# (label, iterations of fine-tuning, (zoo val JSON, model), (KDE JSON, model)); the model is matched by name suffix,
+# (None, None) where nothing was measured; a label naming a zoo file in backticks is a shipped model
 ROWS = {
     4: [
         ("`edsr-fp32-x4`", "", ("eval_fp32_x4_val.json", None), ("eval_fp32_x4_kde.json", None)),
@@ -43,7 +45,7 @@ ROWS = {
         ("cadyq allocated 5.5 (like for like)", "452", ("dvs_ft3_x2_val.json", "ft3-x2-dyn-452.safetensors"),
          ("dvs_x2_kde.json", "ft3-x2-dyn-452.safetensors")),
         ("static 6.00 (sensitivity-guided)", "1,150", ("dvs_ft4s_x2_val.json", "ft4-x2-static6.safetensors"),
-         ("dvs_ft4s_x2_kde.json", "ft4-x2-static6.safetensors")),
+         (None, None)),
         ("cadyq allocated 5.5 (like for like)", "1,150", ("dvs_ft4_x2_val.json", "ft4-x2-dyn-1150.safetensors"),
          ("dvs_ft4_x2_kde.json", "ft4-x2-dyn-1150.safetensors")),
         ("**`edsr-cadyq-alloc-x2`**", "3,550", ("dvs_ft10_x2_val.json", "ft10-x2-anneal.safetensors"),
@@ -61,8 +63,10 @@ ROWS = {
 def measured(source):
     """The row of `model` in a stored JSON (a cadyq eval JSON: its mean), or None where nothing was measured."""
     name, model = source
-    if name is None or not (HERE / name).is_file():
+    if name is None:
         return None
+    if not (HERE / name).is_file():
+        raise SystemExit(f"{HERE / name}: no such measurement")
     d = json.loads((HERE / name).read_text())
     if "rows" not in d:
         return d["mean"]
@@ -70,6 +74,14 @@ def measured(source):
     if len(hits) != 1:
         raise SystemExit(f"{name}: {len(hits)} rows named *{model}")
     return hits[0]
+
+
+def shipped():
+    """(zoo name, its zoo val row) for every row of a shipped model."""
+    for rows in ROWS.values():
+        for label, _, val, _ in rows:
+            if name := re.search(r"`(edsr-[a-z0-9-]+)`", label):
+                yield name[1], measured(val)
 
 
 def cells(r):
