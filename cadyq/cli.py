@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import sys
 import time
@@ -570,22 +571,33 @@ def check_outputs(args) -> None:
 
 def main(argv=None) -> int:
     """The `cadyq` command. Exit codes: 0 done, 1 some inputs failed (or a check failed), 2 a mistake
-    in the command or its inputs (one line), 3 a bug in cadyq, 130 interrupted."""
+    in the command or its inputs (one line), 3 a bug in cadyq, 130 interrupted (SIGINT), 143 stopped by SIGTERM."""
+    from . import interrupt
+
     args_list = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args_list
-    try:
-        with _warnings_as_lines(debug):
-            return _main(args_list, debug)
-    except KeyboardInterrupt:  # from the first instruction: imports, parsing, work, cleanup
-        if debug:
-            traceback.print_exc()
-        print("cadyq: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    with interrupt.handle_signals():
+        try:
+            with _warnings_as_lines(debug):
+                return _main(args_list, debug)
+        except KeyboardInterrupt as e:  # SIGINT or SIGTERM, from the first instruction: imports, parsing, work, cleanup
+            if debug:
+                traceback.print_exc()
+            code = interrupt.exit_code(e)
+            print("cadyq: interrupted" if code == EXIT_INTERRUPTED else f"cadyq: stopped by {e}", file=sys.stderr)
+            if not interrupt.settle(0.5):  # a native call that does not return soon: leave without it
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+            return code
 
 
 def _main(argv: list[str], debug: bool) -> int:
+    from .interrupt import check
+
     try:
         args = build_parser().parse_args(argv)
+        check()  # a signal that arrived while torch loaded (torch swallows the KeyboardInterrupt)
     except UsageError as e:
         print(_one_line(e), file=sys.stderr)
         return EXIT_USER_ERROR

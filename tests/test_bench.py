@@ -196,6 +196,7 @@ def test_openvino_peers_and_accuracy_beside_speed(hr, tmp_path):
     """`--compare peers` on the CPU times OpenVINO's fp32 model and NNCF's static INT8 model of the same
     weights; each row carries its PSNR against the fp32 model on the timed tiles, and what OpenVINO ran.
     In a process of its own: OpenVINO loaded into the test worker makes a later test's SIGINT crash it."""
+    import os
     import subprocess
     import sys
 
@@ -205,7 +206,8 @@ def test_openvino_peers_and_accuracy_beside_speed(hr, tmp_path):
     cmd = [sys.executable, "-m", "cadyq", "bench", "--model", ZOO, "--backend", "torch", "--compare",
            "native,openvino,openvino-int8", "--tile", "24", "--overlap", "4", "--batch", "2", "--warmup", "1",
            "--iterations", "2", "--threads", "1", "--image", str(img), "--json", str(rep_path)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "CADYQ_HARDWARE": "bf16=0"}  # OpenVINO's fp32 model in f32 on every CPU (bf16: the next test)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "vs fp32" in run.stdout
     rep = json.loads(rep_path.read_text())
@@ -221,6 +223,29 @@ def test_openvino_peers_and_accuracy_beside_speed(hr, tmp_path):
     assert 25 < rows["native"]["psnr_vs_fp32_tiles_db"] < 80
     assert rows[ZOO]["psnr_vs_fp32_tiles_db"] == pytest.approx(rows["native"]["psnr_vs_fp32_tiles_db"], abs=1.0)
     assert rep["fastest_float_peer"] == "openvino"  # the INT8 model is no float peer
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_openvino_precision_follows_cadyq_hardware(bf16):
+    """OpenVINO's float peer runs bf16 where cadyq.hardware says the CPU computes in it, f32 elsewhere; the row's
+    note says what really ran (the compiled model's precision: f32 where the CPU cannot do what was asked)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino", reason="the peers extra (make install installs it)")
+    code = ("from cadyq.zoo import load_pretrained\n"
+            "from cadyq.bench.openvino_peer import OpenVINOBackend\n"
+            "b = OpenVINOBackend(load_pretrained('edsr-tiny-fp32-x4-cpu'), 24, 'fp32')\n"
+            "print(b.notes[-1]); print(b.compiled.get_property('INFERENCE_PRECISION_HINT'))\n")
+    env = {**os.environ, "CADYQ_HARDWARE": f"bf16={int(bf16)}"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    note, ran = run.stdout.strip().splitlines()[-2:]
+    ran = "bf16" if "bfloat16" in ran else "f32" if "float32" in ran else ran
+    assert note.endswith(f"convolutions by runtime precision: 13 {ran}"), note
+    if not bf16:
+        assert ran == "f32"
 
 
 def test_peers_expand_to_openvino_on_the_cpu_only():

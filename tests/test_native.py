@@ -11,7 +11,8 @@ from conftest import boundary_tile_batch, photo_crops, randomize_selectors, tiny
 
 from cadyq import create_model, quantize
 from cadyq.errors import BackendError
-from cadyq.kernels.cpu import OneDNNKernels, available, mode
+from cadyq import hardware
+from cadyq.kernels.cpu import OneDNNKernels, available
 from cadyq.kernels.cpu import build
 from cadyq.quant import ModelInfo, fake_quant, observe
 from cadyq.quant.lowering import IntConv2d, IntQuantizer, QAct, ReferenceKernels, _Context, lower
@@ -28,8 +29,10 @@ def per_tile(program, tiles):
 
 
 def kernel_sets():
+    """The 7-bit forms are exact on every CPU; the full-range form only where u8 x s8 accumulates in 32 bits (its
+    choice logic is tested on every CPU by forcing: test_int8_range_branch_is_decided_in_cadyq_hardware)."""
     sets = [("7bit", True, "float"), ("7bit", True, "halves")]
-    if mode() == "full":  # CPUs with VNNI/AMX: the single full-range convolution
+    if hardware.int8_range() == "full":  # CPUs with VNNI/AMX: the single full-range convolution
         sets.append(("full", True, "float"))
     return sets
 
@@ -138,8 +141,20 @@ def test_tile_at_a_time():
         k.select_quantize(torch.zeros(2, 4, 5, 5), IntQuantizer("fixed", [8], [1.0]), ctx)
 
 
-def test_mode_is_decided_by_an_exact_probe():
-    assert mode() in ("full", "7bit")
+def test_int8_range_branch_is_decided_in_cadyq_hardware():
+    """The probe decides on this CPU; forced, every CPU takes each branch: the kernels' zero points and the notes
+    a user reads follow cadyq.hardware."""
+    from cadyq.runtime.native_backend import NativeBackend
+
+    assert hardware.int8_range() in ("full", "7bit")
+    assert hardware._int8_probe() == ("full" if hardware.has_vnni() or hardware.has_amx() else "7bit")
+    m = quantize(tiny("edsr"), "cadyq").eval()
+    q = lower(m).dynamic[0]
+    for forced, zp, note in [("full", 128, "full 8-bit input range (VNNI/AMX)"), ("7bit", 64, "7-bit inputs")]:
+        with hardware.forced(int8_range=forced):
+            k = OneDNNKernels()
+            assert k.range == forced and k._scheme(q)[3] == [zp] * q.n_candidates
+            assert note in NativeBackend(m, "cpu").notes[0]
 
 
 @pytest.mark.parametrize("name", ["edsr-tiny-cadyq-x4-cpu", "edsr-tiny-cadyq-x2-cpu"])
@@ -256,6 +271,7 @@ def test_installed_wheel_runs_every_backend_from_its_own_files(tmp_path):
     the native, torch and ONNX Runtime backends and every subcommand a CPU serves."""
     import os
     import shutil
+    import site
     import subprocess
     import sys
     import zipfile
@@ -277,6 +293,12 @@ def test_installed_wheel_runs_every_backend_from_its_own_files(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
     py = str(venv / "bin" / "python")
+    # its dependencies: this interpreter's packages, also when it runs in a virtual environment (whose packages a
+    # new venv made from it does not see: --system-site-packages means the base interpreter's)
+    purelib = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    ours = [p for p in site.getsitepackages() if os.path.isdir(p)]
+    Path(purelib, "_test_dependencies.pth").write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in ours))
     subprocess.run([py, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, timeout=300)
     work = tmp_path / "work"
     work.mkdir()

@@ -36,17 +36,27 @@ def test_upscale_real_photo(model, photo):
     assert {"decode", "inference", "stitch", "total"} <= set(r.timings)
 
 
-def test_tiles_match_direct_run_away_from_seams(model, photo):
-    """Each stitched SR pixel equals the model's output on the tile that owns it."""
+@pytest.mark.parametrize("bf16", [False, True])
+def test_tiles_match_direct_run_away_from_seams(model, photo, bf16):
+    """Each stitched SR pixel equals the backend's output on the tile that owns it. The automatic backend (native)
+    runs the float layers in bf16 where the CPU computes in it: forced both ways here (emulated where the CPU has no
+    bf16); in fp32 that output is the fake-quant model's, exactly."""
+    from cadyq import hardware
+
     img = photo[:100, :100]
-    up = Upscaler(model, device="cpu", tile=48, overlap=6, batch=64)
-    r = up.upscale(img)
-    x = torch.from_numpy(img).permute(2, 0, 1).float()
-    with torch.no_grad():
-        first = model(x[None, :, :48, :48])[0].clamp(0, 255).round()
+    x = torch.from_numpy(img).permute(2, 0, 1).float()[None, :, :48, :48]
+    with hardware.forced(bf16=bf16):
+        up = Upscaler(model, device="cpu", tile=48, overlap=6, batch=64)
+        r = up.upscale(img)
+        first = up.backend.run(x)[0][0].clamp(0, 255).round()
+    assert up.backend.float_precision == ("bf16" if bf16 else "fp32")
     own = r.grid.bounds(2)
-    np.testing.assert_array_equal(r.image.rgb[: own[0][1], : own[1][1]],
-                                  first.permute(1, 2, 0)[: own[0][1], : own[1][1]].numpy().astype(np.uint8))
+    want = first.permute(1, 2, 0)[: own[0][1], : own[1][1]].numpy().astype(np.uint8)
+    np.testing.assert_array_equal(r.image.rgb[: own[0][1], : own[1][1]], want)
+    if not bf16:
+        with torch.no_grad():
+            direct = model(x)[0].clamp(0, 255).round().permute(1, 2, 0)[: own[0][1], : own[1][1]]
+        np.testing.assert_array_equal(want, direct.numpy().astype(np.uint8))
 
 
 def test_small_gray_alpha_and_16bit_images(model):
@@ -139,15 +149,17 @@ def test_auto_backend_runs_quantized_models_on_integer_kernels(model, photo):
     assert np.mean(diff <= 1) > 0.99
 
 
-def test_auto_backend_for_fp32_models_and_files(tmp_path):
-    from cadyq.hardware import cpu_has_bf16
+@pytest.mark.parametrize("bf16", [False, True])
+def test_auto_backend_for_fp32_models_and_files(tmp_path, bf16):
+    from cadyq import hardware
     from cadyq.runtime.backend import choose_backend
 
     fp32 = quantize(tiny("edsr"), "fp32")
-    be = cadyq.runtime.create_backend("auto", fp32, "cpu")
+    with hardware.forced(bf16=bf16):
+        be = cadyq.runtime.create_backend("auto", fp32, "cpu")
     assert be.name == "torch" and be.memory_format == torch.channels_last
-    assert be.precision == ("bf16" if cpu_has_bf16() else "fp32")
-    assert be.choice.why.startswith("fp32 model")
+    assert be.precision == ("bf16" if bf16 else "fp32")
+    assert be.choice.why.startswith("fp32 model") and ("bf16 autocast" in be.choice.why) == bf16
     assert choose_backend(tmp_path / "m.onnx").name == "onnxruntime"
     assert choose_backend(tmp_path / "m.engine").name == "tensorrt"
     with pytest.raises(BackendError, match="float_precision is an option of the native backend"):

@@ -334,3 +334,29 @@ def test_cadyq_serve_stops_on_sigterm_with_requests_in_flight(tmp_path, photo):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_client_stops_at_once_while_the_server_works(servers, photo, tmp_path, sig):
+    """`cadyq upscale --server` stopped while its requests are in flight: within the deadline of test_signals, one
+    line, exit 130/143, nothing written."""
+    from PIL import Image as PILImage
+
+    a, _ = servers
+    PILImage.fromarray(photo).resize((2048, 1536)).save(tmp_path / "big.png")
+    proc = subprocess.Popen([sys.executable, "-m", "cadyq", "upscale", "big.png", "-o", "out.png", "--server",
+                             a.grpc_url], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    assert line.startswith("backend: triton"), line + proc.stderr.read()
+    time.sleep(1.5)
+    assert proc.poll() is None, "the run ended before the signal: use a larger image"
+    proc.send_signal(sig)
+    sent = time.monotonic()
+    rest = proc.stderr.read()
+    proc.wait(30)
+    took = time.monotonic() - sent
+    print(f"\n{signal.Signals(sig).name}: exit {proc.returncode} {took:.2f} s after the signal")
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], rest
+    assert rest.strip().splitlines()[-1] in ("cadyq: interrupted", "cadyq: stopped by SIGTERM") and "Traceback" not in rest
+    assert took < 2.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]

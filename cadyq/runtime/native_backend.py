@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn as nn
 
+from .. import interrupt
 from ..errors import BackendError, ModelError
 from ..quant import quant_config
 from ..hardware import cpu_has_bf16
@@ -89,6 +90,7 @@ class NativeBackend(Backend):
     def _shard(self, program, x, indices, sr, bits):
         with torch.inference_mode(), self._autocast():
             for i in indices:
+                interrupt.check()  # Ctrl-C and SIGTERM stop the workers between tiles
                 s, b = program(x[i:i + 1])
                 sr[i] = s[0]
                 bits[i] = b[0]

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import interrupt
 from ..data.io import Image, from_tensor, read_image, to_tensor
 from ..errors import BackendError, ImageError
 from ..quant import fqr as mean_bits
@@ -95,7 +96,7 @@ class Upscaler:
         def run_batch():
             t = time.perf_counter()
             tiles = torch.stack([tile for _, _, tile in batch])
-            sr, b = self.backend.run(tiles.to(dev, non_blocking=True).float())
+            sr, b = interrupt.call(self.backend.run, tiles.to(dev, non_blocking=True).float())  # off the main thread
             if not torch.isfinite(sr).all():
                 raise BackendError(f"the {self.backend.name} backend returned NaN/Inf; the model or engine is broken")
             sr = sr.clamp(0, 255)

@@ -13,7 +13,7 @@ output. The input is uint8 with a zero point (oneDNN's u8 x s8 -> s32 convolutio
   q = hi + lo with hi = clamp(q, -64, 63), two convolutions, the second accumulating into the first
   (oneDNN's sum post-op): exact, but two INT8 convolutions cost more than one float32 one on AVX2.
 
-Which one is used is decided once per process by running a convolution of known integers (`mode()`).
+Which one is used is `cadyq.hardware.int8_range()` (a convolution of known integers, run once).
 Statistics, selection and quantization of a tile are one C call (two passes over the tile, which
 is in cache); LeakyReLU/PReLU, which oneDNN's quantized convolution does not fuse, are one in-place
 pass. 4- and 6-bit tiles are int8 values here: neither AVX2, VNNI nor AMX has 4-bit arithmetic.
@@ -21,12 +21,12 @@ pass. 4- and 6-bit tiles are int8 values here: neither AVX2, VNNI nor AMX has 4-
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import torch
 import torch.nn.functional as F
 
 from ...errors import BackendError
+from ...hardware import int8_range
 from ...quant.lowering import IntConv2d, IntQuantizer, Kernels, QAct, ReferenceKernels
 from . import build
 
@@ -53,24 +53,6 @@ def _conv(u8, t, zp, packed, w_scale, w_zp, bias, c: IntConv2d, attr: str):
                                               attr, [], "")
 
 
-@functools.lru_cache(maxsize=1)
-def mode() -> str:
-    """"full" when u8 inputs up to 255 accumulate exactly on this CPU, else "7bit"."""
-    why = available()
-    if why:
-        raise BackendError(why)
-    gen = torch.Generator().manual_seed(0)
-    q = torch.randint(-127, 128, (1, 64, 12, 12), generator=gen).float()
-    w = torch.randint(-127, 128, (64, 64, 3, 3), generator=gen).float()
-    exact = F.conv2d(q, w, padding=1)
-    ones, zp0 = torch.ones(64), torch.zeros(64, dtype=torch.int64)
-    packed = _prepack(w.to(torch.int8), ones, 128, (1, 1), (1, 1), (1, 1), 1)
-    u8 = (q + 128).to(torch.uint8).contiguous(memory_format=_CL)
-    out = torch.ops.onednn.qconv2d_pointwise(u8, 1.0, 128, packed, ones, zp0, None, [1, 1], [1, 1], [1, 1], 1, 1.0, 0,
-                                             torch.float32, "none", [], "")
-    return "full" if torch.equal(out.round(), exact) else "7bit"
-
-
 class OneDNNKernels(Kernels):
     """The native CPU kernels (see the module docstring). `library=False` uses torch for the
     elementwise work instead of the C kernels (the fallback when no C compiler is present)."""
@@ -83,7 +65,7 @@ class OneDNNKernels(Kernels):
             raise BackendError(why)
         if eight_bit not in ("float", "halves"):
             raise BackendError(f"eight_bit must be 'float' or 'halves', not {eight_bit!r}")
-        self.range = range_mode or mode()
+        self.range = range_mode or int8_range()
         self.eight_bit = eight_bit
         self.lib = build.library() if library else None
         self.notes = []
