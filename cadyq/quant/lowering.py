@@ -1,14 +1,17 @@
 """`lower(model)`: the one integer lowering of a quantized model, and the torch integer reference.
 
-For tile n and quantized conv j with chosen candidate k (bits b_k, clip a_k, s_k = 2^(b_k-1) - 1):
+For tile n and quantized conv j with chosen candidate k (bits b_k, clip a_k, s_k = 2^(b_k-1) - 1) and the top
+candidate T (the most bits: 8):
 
-    q_n = round(clamp(x_n, -a_k, a_k) / a_k * s_k)                  integers in [-s_k, s_k]
-    t_n = a_k / s_k                                                   one float per tile
-    y_n = conv_int32(q_n, w_int8) * (t_n * w_scale) + bias            then the fused activation
+    v_n = round(clamp(x_n, -a_T, a_T) / a_T * s_T)     the input on the top grid: the 8-bit tensor a conv writes
+    k_n from the statistics of v_n                     (CADyQ's selector; Granular-DQ's tile choice; fixed for PAMS)
+    q_n = requantize(v_n, k_n)                         k's levels, expressed on the top grid (ops.on_top_grid)
+    y_n = conv_int32(q_n, w_int8) * (t * w_scale) + bias,   t = a_T / s_T,   then the fused activation
 
-which equals the fake-quant model's conv(fake_quant(x_n), quantize_weight(w)) + bias up to float
-rounding: the per-tile scale factors out of the convolution, so one INT8 convolution with unit input
-scale serves every bit-width. The lowering is a module swap on a copy of the model (the backbone's
+which equals the fake-quant model's conv(quantizer(x_n), quantize_weight(w)) + bias up to float rounding. Every
+bit-width is int8 values on one grid per layer, so one INT8 convolution with one input scale serves a whole batch
+of tiles whatever each tile chose, and a producing convolution can write the 8-bit tensor before the choice.
+The lowering is a module swap on a copy of the model (the backbone's
 forward code runs unchanged): every quantized conv of the plan becomes an `IntConv2d` (int8 weights,
 weight scale, bias, with the plan's BatchNorm and activation folded in), every activation quantizer
 an `IntQuantizer` (selector weights, clip values, bit candidates), the fixed output quantizers an
@@ -78,6 +81,34 @@ class IntQuantizer(nn.Module):
     @property
     def n_candidates(self) -> int:
         return int(self.bits.numel())
+
+    @property
+    def grid(self) -> float:
+        """The step of the top candidate's grid, a_T / s_T: the one input scale of the conv this quantizer feeds."""
+        return float(self.alpha[-1] / self.levels[-1])
+
+    def top_integers(self, x: torch.Tensor) -> torch.Tensor:
+        """x rounded to the top candidate's grid, as integers (float tensor): round(clamp(x, -a_T, a_T) / a_T * s_T)."""
+        a, s = self.alpha[-1], self.levels[-1]
+        return torch.round(torch.maximum(torch.minimum(x, a), -a) / a * s)
+
+    def requantize(self, v: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Integers v on the top grid -> the chosen candidate's levels, on the top grid again (ops.on_top_grid):
+        k is the candidate per tile [N] (v [N, ...]) or one for all (a 0-d tensor)."""
+        a_t, s_t = self.alpha[-1], self.levels[-1]
+        shape = (-1,) + (1,) * (v.dim() - 1) if k.dim() else ()
+        a, s = self.alpha[k].view(shape), self.levels[k].view(shape)
+        x = v / s_t * a_t
+        y = torch.round(torch.maximum(torch.minimum(x, a), -a) / a * s) / s * a
+        return torch.round(torch.maximum(torch.minimum(y, a_t), -a_t) / a_t * s_t)
+
+    def tables(self) -> torch.Tensor:
+        """[K, 256] uint8: u = v + 128 -> requantize(v, k) + 128 for every 8-bit v, per candidate k (the native
+        kernels' re-quantization, built from the reference arithmetic itself)."""
+        if self.levels[-1] > 127:
+            raise ModelError(f"{int(self.bits[-1])}-bit activations do not fit int8; the integer form takes <= 8 bits")
+        v = torch.arange(-128, 128, dtype=torch.float32)
+        return torch.stack([self.requantize(v, torch.tensor(k)) + 128 for k in range(self.n_candidates)]).to(torch.uint8)
 
     def constant_k(self) -> int | None:
         """The candidate when it does not depend on the tile (modes layer and fixed), else None."""
@@ -211,12 +242,11 @@ class ReferenceKernels(Kernels):
     name = "reference"
 
     def select_quantize(self, x, quant, ctx, dequant=False):
-        x = x.float()
-        sigma = x.std(dim=(2, 3)) if quant.mode == "full" else None
+        v = quant.top_integers(x.float())
+        sigma = (v / quant.levels[-1] * quant.alpha[-1]).std(dim=(2, 3)) if quant.mode == "full" else None
         k = quant.choose(sigma, ctx.grad, ctx.tile_logits)
-        a, s = quant.alpha[k].view(-1, 1, 1, 1), quant.levels[k].view(-1, 1, 1, 1)
-        q = torch.round(torch.maximum(torch.minimum(x, a), -a) / a * s)
-        return QAct(q, quant.alpha[k] / quant.levels[k], quant.bits[k], k)
+        t = (quant.alpha[-1] / quant.levels[-1]).expand(k.shape[0])
+        return QAct(quant.requantize(v, k), t, quant.bits[k], k)
 
     def dequantize(self, qa):
         return qa.q * qa.scale.view(-1, 1, 1, 1)

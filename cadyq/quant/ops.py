@@ -37,6 +37,24 @@ def fake_quant(x: torch.Tensor, alpha: torch.Tensor, s) -> torch.Tensor:
     return ste_round(torch.maximum(torch.minimum(x, alpha), -alpha) / alpha * s) / s * alpha
 
 
+def on_top_grid(x: torch.Tensor, alpha: torch.Tensor, s, k: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """A dynamic quantizer at inference, as every executor computes it. Candidates (alpha[j], s[j]) are sorted by
+    bits; the last is the top one (8 bits). The input is first rounded to the top candidate's grid, the 8-bit tensor
+    an integer convolution writes before any choice is made; the chosen candidate re-quantizes that value, and the
+    result is expressed on the top grid again, the one integer grid the next convolution reads whatever the choice:
+
+        x_top = fq(x, a_T, s_T);   y = fq(fq(x_top, a_k, s_k), a_T, s_T)      (fq = fake_quant)
+
+    For the top candidate y = x_top (the paper's 8-bit quantizer, unchanged); the 4- and 6-bit levels move by at
+    most half an 8-bit step. Returns x_top, or with `k` [N] (the choice per tile) also y."""
+    a_t, s_t = alpha[-1], s[-1]
+    x_top = fake_quant(x, a_t, s_t)
+    if k is None:
+        return (x_top,)
+    a_k, s_k = alpha[k].view(-1, 1, 1, 1), s[k].view(-1, 1, 1, 1)
+    return x_top, fake_quant(fake_quant(x_top, a_k, s_k), a_t, s_t)
+
+
 def quantize_weight(w: torch.Tensor, bits: int, per_channel: bool = False) -> torch.Tensor:
     """Symmetric max-abs weight quantization as PAMS/CADyQ: scale = max|w| (+1e-8), no clamp."""
     s = levels(bits)

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops import fake_quant, levels, quantize_weight
+from .ops import fake_quant, levels, on_top_grid, quantize_weight
 from .train_ops import FakeQuantSTE, SelectQuantSTE, channel_std
 
 
@@ -64,6 +64,10 @@ def _default_select(x, grad, weight, bias, alpha, bits):
     return fake_quant(x, a, s), bits[k]
 
 
+def _levels(bits: torch.Tensor) -> torch.Tensor:
+    return 2.0 ** (bits - 1) - 1
+
+
 class _Bias(nn.Module):
     def __init__(self, k: int):
         super().__init__()
@@ -115,14 +119,16 @@ class BitSelector(nn.Module):
                 self.alpha.copy_((self.alpha * n + m) / (n + 1) if n else m.expand_as(self.alpha))
                 self._n_obs = n + 1
             return x
-        if not self.training:
+        if not self.training:  # on the top candidate's grid before and after (ops.on_top_grid)
+            a, s = self.alpha, _levels(self.bits)
+            (x,) = on_top_grid(x, a, s)
             if self.mode == "full":
                 y, b = self.select_fn(x, self.state.grad, self.net.weight, self.net.bias, self.alpha, self.bits)
+                y = fake_quant(y, a[-1], s[-1])
             else:
                 k = self.state.tile_choice if self.mode == "tile" and self.state.tile_choice is not None \
                     else self.logits(x).argmax(1)
-                s = (2.0 ** (self.bits - 1) - 1)[k].view(-1, 1, 1, 1)
-                y, b = fake_quant(x, self.alpha[k].view(-1, 1, 1, 1), s), self.bits[k]
+                y, b = on_top_grid(x, a, s, k)[1], self.bits[k]
             self.last_bits = self.last_bits_ste = b
             self.last_weighted = None
             return y

@@ -1,41 +1,34 @@
-/* cadyq CPU kernels: per-tile bit selection + quantization, fixed fake quantization.
+/* cadyq CPU kernels: the 8-bit activations of the native CPU program (statistics, selection, re-quantization
+ * tables, the residual stream), and the quantizers' training passes.
  *
- * One tile, channels last: x[p * c + j] for pixel p < hw and channel j < c. Built by
- * cadyq/kernels/cpu/build.py with -O3 -march=native -ffp-contract=off (no FMA contraction: the
- * quantization rounds exactly as torch's round(clamp(x, -a, a) / a * s) does, op for op).
+ * Tensors are channels last: x[p * c + j] for pixel p < hw and channel j < c, tiles one after another. Built by
+ * cadyq/kernels/cpu/build.py with -O3 -march=native -ffp-contract=off (no FMA contraction: the quantization
+ * rounds exactly as torch's round(clamp(x, -a, a) / a * s) does, op for op).
  */
 #include <math.h>
 #include <stdint.h>
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#endif
 
 #define BLOCK 64 /* pixels per float partial sum; the block sums go to doubles */
 #define MAXC 1024 /* channels of one quantized layer input, at most */
 
-/* Per-channel unbiased standard deviation over the tile, shifted by the first pixel (no cancellation). */
-static void tile_std(const float *restrict x, long hw, int c, float *restrict sigma) {
-    double s1[MAXC], s2[MAXC];
-    float f1[MAXC], f2[MAXC], x0[MAXC];
-    for (int j = 0; j < c; j++) { s1[j] = s2[j] = 0.0; x0[j] = x[j]; }
-    for (long p0 = 0; p0 < hw; p0 += BLOCK) {
-        long p1 = p0 + BLOCK < hw ? p0 + BLOCK : hw;
-        for (int j = 0; j < c; j++) f1[j] = f2[j] = 0.0f;
-        for (long p = p0; p < p1; p++) {
-            const float *restrict r = x + p * c;
-            for (int j = 0; j < c; j++) {
-                float d = r[j] - x0[j];
-                f1[j] += d;
-                f2[j] += d * d;
-            }
-        }
-        for (int j = 0; j < c; j++) { s1[j] += f1[j]; s2[j] += f2[j]; }
-    }
-    for (int j = 0; j < c; j++) {
-        double var = hw > 1 ? (s2[j] - s1[j] * s1[j] / (double)hw) / (double)(hw - 1) : NAN;
-        sigma[j] = (float)sqrt(var > 0.0 ? var : 0.0);
-    }
-}
+/* ---- inference: 8-bit activations (native CPU program) ------------------------------------------------------
+ * Activations are uint8 u = v + 128, v an integer on a layer's top grid: value = v / s_T * a_T (the top candidate's
+ * 8-bit quantizer, s_T = 127). A dynamic quantizer reads the statistics of v, picks candidate k per tile, and maps
+ * v through its 256-entry table luts[k] (the re-quantization to k's levels, expressed on the top grid again; built
+ * by cadyq.quant.lowering from the reference arithmetic, so every executor agrees). Tiles are NHWC, n pixels x c
+ * channels, stored one after another. */
 
-/* k = argmax(W @ [g, sigma] + b), the first maximum on ties (as torch.argmax). */
-static int select_k(const float *sigma, int c, const float *g, const float *w, const float *b, int k_count) {
+/* sigma of a tile from integer sums, k = argmax(W @ [g, sigma] + b) (first maximum, as torch.argmax). */
+static int select_tile(const int32_t *s1, const int64_t *s2, long hw, int c, float t, const float *g, const float *w,
+                       const float *b, int k_count) {
+    float sigma[MAXC];
+    for (int j = 0; j < c; j++) {
+        double var = hw > 1 ? ((double)s2[j] - (double)s1[j] * (double)s1[j] / (double)hw) / (double)(hw - 1) : NAN;
+        sigma[j] = (float)(sqrt(var > 0.0 ? var : 0.0) * (double)t);
+    }
     int best = 0;
     double best_v = 0.0;
     for (int k = 0; k < k_count; k++) {
@@ -47,61 +40,83 @@ static int select_k(const float *sigma, int c, const float *g, const float *w, c
     return best;
 }
 
+/* x[i] = lut[x[i]] over m bytes. */
+static void apply_lut(uint8_t *restrict x, long m, const uint8_t *restrict lut) {
+    long i = 0;
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+    const __m512i t0 = _mm512_loadu_si512(lut), t1 = _mm512_loadu_si512(lut + 64);
+    const __m512i t2 = _mm512_loadu_si512(lut + 128), t3 = _mm512_loadu_si512(lut + 192);
+    for (; i + 64 <= m; i += 64) {
+        __m512i v = _mm512_loadu_si512(x + i);
+        __m512i lo = _mm512_permutex2var_epi8(t0, v, t1), hi = _mm512_permutex2var_epi8(t2, v, t3);
+        __mmask64 top = _mm512_movepi8_mask(v);  /* bit 7: the upper half of the table */
+        _mm512_storeu_si512(x + i, _mm512_mask_blend_epi8(top, lo, hi));
+    }
+#endif
+    for (; i < m; i++) x[i] = lut[x[i]];
+}
+
+/* The per-tile statistics of a u8 tile: s1[j] = sum v, s2[j] = sum v^2 over the hw pixels (v = u - 128). */
+static void u8_stats(const uint8_t *restrict x, long hw, int c, int32_t *restrict s1, int64_t *restrict s2) {
+    int32_t a1[MAXC], a2[MAXC];
+    for (int j = 0; j < c; j++) { s1[j] = 0; s2[j] = 0; }
+    for (long p0 = 0; p0 < hw; p0 += 1024) {  /* 1024 * 127^2 fits int32 */
+        long p1 = p0 + 1024 < hw ? p0 + 1024 : hw;
+        for (int j = 0; j < c; j++) a1[j] = a2[j] = 0;
+        for (long p = p0; p < p1; p++) {
+            const uint8_t *restrict r = x + p * c;
+            for (int j = 0; j < c; j++) {
+                int32_t v = (int32_t)r[j] - 128;
+                a1[j] += v;
+                a2[j] += v * v;
+            }
+        }
+        for (int j = 0; j < c; j++) { s1[j] += a1[j]; s2[j] += a2[j]; }
+    }
+}
+
+/* Choose k per tile (k_in == NULL: from the statistics; else k_in[n]) and apply luts[k] in place, unless the row is
+ * the identity. Returns 0, or -1 when c > MAXC. */
+static int finish(uint8_t *x, long n_tiles, long hw, int c, const float *g, const float *w, const float *b,
+                  int k_count, const int *k_in, float t, const uint8_t *luts, const int *identity, int *k_out,
+                  const int32_t *s1_all, const int64_t *s2_all) {
+    for (long n = 0; n < n_tiles; n++) {
+        uint8_t *xt = x + n * hw * c;
+        int k;
+        if (k_in) {
+            k = k_in[n];
+        } else {
+            k = select_tile(s1_all + n * c, s2_all + n * c, hw, c, t, g + 2 * n, w, b, k_count);
+        }
+        k_out[n] = k;
+        if (!identity[k]) apply_lut(xt, hw * c, luts + 256L * k);
+    }
+    return 0;
+}
+
+#define SELECT_ARGS const float *g, const float *w, const float *b, int k_count, const int *k_in, float t, \
+                    const uint8_t *luts, const int *identity, int *k_out
+#define SELECT_PASS g, w, b, k_count, k_in, t, luts, identity, k_out
+
+/* A dynamic quantizer on a u8 tensor (a convolution wrote it on the top grid): statistics, choice, table, in place. */
+int cadyq_select_u8(uint8_t *x, long n_tiles, long hw, int c, SELECT_ARGS) {
+    if (c > MAXC) return -1;
+    int32_t s1[MAXC];
+    int64_t s2[MAXC];
+    for (long n = 0; n < n_tiles; n++) {
+        if (!k_in) u8_stats(x + n * hw * c, hw, c, s1, s2);
+        finish(x + n * hw * c, 1, hw, c, g + 2 * n, w, b, k_count, k_in ? k_in + n : NULL, t, luts, identity,
+               k_out + n, s1, s2);
+    }
+    return 0;
+}
+
 /* round(clamp(v, -a, a) / a * s), op for op as torch: minimum, maximum, divide, multiply, round half even */
 static inline float quant1(float v, float a, float s) {
     v = v < a ? v : a;
     v = v > -a ? v : -a;
     return rintf(v / a * s);
 }
-#define QUANT(v) quant1((v), a, s)
-
-/* Select (when k_fixed < 0) and quantize one tile.
- *   q = round(clamp(x, -a, a) / a * s) with a = alpha[k], s = levels[k]
- *   split[k] == 0: q0 = q + zp[k]
- *   split[k] == 1: q0 = clamp(q, -64, 63) + 64, q1 = q - clamp(q, -64, 63) + 63  (two 7-bit halves)
- *   split[k] == 2: no integer output (the caller takes deq)
- *   deq (optional; required for split 2): q * (a / s)
- * Returns k. */
-int cadyq_select_quant(const float *restrict x, long hw, int c, int k_fixed, const float *g, const float *w,
-                       const float *b, int k_count, const float *alpha, const float *levels, const int *zp,
-                       const int *split, uint8_t *restrict q0, uint8_t *restrict q1, float *restrict deq) {
-    int k = k_fixed;
-    if (k < 0) {
-        float sigma[MAXC];
-        if (c > MAXC) return -1;
-        tile_std(x, hw, c, sigma);
-        k = select_k(sigma, c, g, w, b, k_count);
-    }
-    const float a = alpha[k], s = levels[k], t = a / s, z = (float)zp[k];
-    const long n = hw * c;
-    if (split[k] == 0) {
-        for (long i = 0; i < n; i++) q0[i] = (uint8_t)(int)(QUANT(x[i]) + z);
-    } else if (split[k] == 1) {
-        for (long i = 0; i < n; i++) {
-            int q = (int)QUANT(x[i]);
-            int hi = q < 63 ? q : 63;
-            hi = hi > -64 ? hi : -64;
-            q0[i] = (uint8_t)(hi + 64);
-            q1[i] = (uint8_t)(q - hi + 63);
-        }
-    }
-    if (deq)
-        for (long i = 0; i < n; i++) deq[i] = QUANT(x[i]) * t;
-    return k;
-}
-
-/* out = round(clamp(x, -a, a) / a * s) / s * a, elementwise (may be in place). */
-void cadyq_fake_quant(const float *x, long n, float a, float s, float *out) {  /* out may be x */
-    for (long i = 0; i < n; i++) out[i] = QUANT(x[i]) / s * a;
-}
-
-/* ---- training: the quantizers' backward pass, one read of x and g, one write of dx ----------------
- * For each tile n (a contiguous block of m elements) and candidate j < k_count (a_j, s_j):
- *   y_j = round(clamp(x, -a_j, a_j) / a_j * s_j) / s_j * a_j           (the forward, op for op)
- *   dx  = g * sum_j p[n, j] * [|x| < a_j]
- *   gp[n, j] = sum g * y_j;   ga[n, j] = sum g * ((y_j - x) / a_j if |x| < a_j else sign(x))
- * x, g and dx are float32 (bf16 == 0) or bfloat16 (bf16 == 1, computed in float32). */
-#define MAXK 8
 
 static inline float bf16_load(const uint16_t *p, long i) {
     union { uint32_t u; float f; } v;
@@ -114,6 +129,114 @@ static inline uint16_t bf16_round(float f) {  /* round to nearest even, as torch
     if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40);  /* NaN stays NaN */
     return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
 }
+
+/* Tile by tile: u = round(clamp(x, -a, a) / a * s) + 128 with the statistics of the same pass, then the choice and
+ * the table. x: float32 (bf16 == 0) or bfloat16, NHWC. */
+int cadyq_quantize_select(const void *x, int bf16, uint8_t *out, long n_tiles, long hw, int c, float a, float s,
+                          SELECT_ARGS) {
+    if (c > MAXC) return -1;
+    int32_t s1[MAXC], a1[MAXC];
+    int64_t s2[MAXC];
+    int32_t a2[MAXC];
+    for (long n = 0; n < n_tiles; n++) {
+        const long base = n * hw * c;
+        for (int j = 0; j < c; j++) { s1[j] = 0; s2[j] = 0; }
+        for (long p0 = 0; p0 < hw; p0 += 1024) {
+            long p1 = p0 + 1024 < hw ? p0 + 1024 : hw;
+            for (int j = 0; j < c; j++) a1[j] = a2[j] = 0;
+            for (long p = p0; p < p1; p++) {
+                const long r = base + p * c;
+                uint8_t *restrict o = out + r;
+                if (bf16) {
+                    for (int j = 0; j < c; j++) {
+                        int32_t v = (int32_t)quant1(bf16_load((const uint16_t *)x, r + j), a, s);
+                        o[j] = (uint8_t)(v + 128); a1[j] += v; a2[j] += v * v;
+                    }
+                } else {
+                    const float *restrict xr = (const float *)x + r;
+                    for (int j = 0; j < c; j++) {
+                        int32_t v = (int32_t)quant1(xr[j], a, s);
+                        o[j] = (uint8_t)(v + 128); a1[j] += v; a2[j] += v * v;
+                    }
+                }
+            }
+            for (int j = 0; j < c; j++) { s1[j] += a1[j]; s2[j] += a2[j]; }
+        }
+        finish(out + base, 1, hw, c, g + 2 * n, w, b, k_count, k_in ? k_in + n : NULL, t, luts, identity, k_out + n,
+               s1, s2);
+    }
+    return 0;
+}
+
+/* The residual stream of EDSR's blocks: r = y / 127 * a_y + skip / 127 * a_skip (y: a block's output on its fixed
+ * 8-bit quantizer, clamped to -127; skip: the block's quantized input), then as cadyq_quantize_select with the next
+ * block's quantizer (a, s). */
+int cadyq_residual_select(const uint8_t *y, float a_y, const uint8_t *skip, float a_skip, uint8_t *out, long n_tiles,
+                          long hw, int c, float a, float s, SELECT_ARGS) {
+    if (c > MAXC) return -1;
+    int32_t s1[MAXC], a1[MAXC], a2[MAXC];
+    int64_t s2[MAXC];
+    const float s8 = 127.0f;
+    for (long n = 0; n < n_tiles; n++) {
+        const long base = n * hw * c;
+        for (int j = 0; j < c; j++) { s1[j] = 0; s2[j] = 0; }
+        for (long p0 = 0; p0 < hw; p0 += 1024) {
+            long p1 = p0 + 1024 < hw ? p0 + 1024 : hw;
+            for (int j = 0; j < c; j++) a1[j] = a2[j] = 0;
+            for (long p = p0; p < p1; p++) {
+                const uint8_t *restrict yr = y + base + p * c, *restrict sr = skip + base + p * c;
+                uint8_t *restrict o = out + base + p * c;
+                for (int j = 0; j < c; j++) {
+                    int32_t yq = (int32_t)yr[j] - 128;
+                    yq = yq > -127 ? yq : -127;
+                    float r = (float)yq / s8 * a_y + (float)((int32_t)sr[j] - 128) / s8 * a_skip;
+                    int32_t v = (int32_t)quant1(r, a, s);
+                    o[j] = (uint8_t)(v + 128); a1[j] += v; a2[j] += v * v;
+                }
+            }
+            for (int j = 0; j < c; j++) { s1[j] += a1[j]; s2[j] += a2[j]; }
+        }
+        finish(out + base, 1, hw, c, g + 2 * n, w, b, k_count, k_in ? k_in + n : NULL, t, luts, identity, k_out + n,
+               s1, s2);
+    }
+    return 0;
+}
+
+/* The last block's residual as float32 (bf16 == 0) or bfloat16, for the float convolution after it. */
+void cadyq_residual_float(const uint8_t *y, float a_y, const uint8_t *skip, float a_skip, long m, void *out, int bf16) {
+    const float s8 = 127.0f;
+    for (long i = 0; i < m; i++) {
+        int32_t yq = (int32_t)y[i] - 128;
+        yq = yq > -127 ? yq : -127;
+        float r = (float)yq / s8 * a_y + (float)((int32_t)skip[i] - 128) / s8 * a_skip;
+        if (bf16) ((uint16_t *)out)[i] = bf16_round(r);
+        else ((float *)out)[i] = r;
+    }
+}
+
+/* u8 = round(clamp(x1 + x2, -a, a) / a * s) + 128, the sum in float32 (inputs float32 or bfloat16). */
+void cadyq_add_quantize(const void *x1, const void *x2, int bf16, long m, float a, float s, uint8_t *out) {
+    if (bf16) {
+        for (long i = 0; i < m; i++)
+            out[i] = (uint8_t)((int32_t)quant1(bf16_load((const uint16_t *)x1, i) + bf16_load((const uint16_t *)x2, i), a, s) + 128);
+    } else {
+        const float *restrict p = (const float *)x1, *restrict q = (const float *)x2;
+        for (long i = 0; i < m; i++) out[i] = (uint8_t)((int32_t)quant1(p[i] + q[i], a, s) + 128);
+    }
+}
+
+/* out = round(clamp(x, -a, a) / a * s) / s * a, elementwise (may be in place). */
+void cadyq_fake_quant(const float *x, long n, float a, float s, float *out) {  /* out may be x */
+    for (long i = 0; i < n; i++) out[i] = quant1(x[i], a, s) / s * a;
+}
+
+/* ---- training: the quantizers' backward pass, one read of x and g, one write of dx ----------------
+ * For each tile n (a contiguous block of m elements) and candidate j < k_count (a_j, s_j):
+ *   y_j = round(clamp(x, -a_j, a_j) / a_j * s_j) / s_j * a_j           (the forward, op for op)
+ *   dx  = g * sum_j p[n, j] * [|x| < a_j]
+ *   gp[n, j] = sum g * y_j;   ga[n, j] = sum g * ((y_j - x) / a_j if |x| < a_j else sign(x))
+ * x, g and dx are float32 (bf16 == 0) or bfloat16 (bf16 == 1, computed in float32). */
+#define MAXK 8
 
 #define QB 256 /* elements per block: loaded once as float32, then one vectorized pass per candidate */
 
