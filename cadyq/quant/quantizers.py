@@ -55,17 +55,18 @@ class ActQuant(nn.Module):
         self.n_observed += 1
 
 
-def _default_select(x, grad, weight, bias, alpha, bits):
-    """The CADyQSelect op in eager torch: per-tile bit choice and fake quantization (inference)."""
-    sigma = x.std(dim=(2, 3))
-    k = F.linear(torch.cat([grad, sigma], 1), weight, bias).argmax(1)
-    s = (2.0 ** (bits - 1) - 1)[k].view(-1, 1, 1, 1)
-    a = alpha[k].view(-1, 1, 1, 1)
-    return fake_quant(x, a, s), bits[k]
-
-
 def _levels(bits: torch.Tensor) -> torch.Tensor:
     return 2.0 ** (bits - 1) - 1
+
+
+def _default_select(x, grad, weight, bias, alpha, bits):
+    """The CADyQSelect op in eager torch (inference): the input on the top candidate's grid, the per-tile choice from
+    its channel statistics, the chosen candidate's levels on the top grid (ops.on_top_grid)."""
+    s = _levels(bits)
+    (x_top,) = on_top_grid(x, alpha, s)
+    sigma = x_top.std(dim=(2, 3))
+    k = F.linear(torch.cat([grad, sigma], 1), weight, bias).argmax(1)
+    return on_top_grid(x, alpha, s, k)[1], bits[k]
 
 
 class _Bias(nn.Module):
@@ -120,15 +121,12 @@ class BitSelector(nn.Module):
                 self._n_obs = n + 1
             return x
         if not self.training:  # on the top candidate's grid before and after (ops.on_top_grid)
-            a, s = self.alpha, _levels(self.bits)
-            (x,) = on_top_grid(x, a, s)
             if self.mode == "full":
                 y, b = self.select_fn(x, self.state.grad, self.net.weight, self.net.bias, self.alpha, self.bits)
-                y = fake_quant(y, a[-1], s[-1])
             else:
                 k = self.state.tile_choice if self.mode == "tile" and self.state.tile_choice is not None \
                     else self.logits(x).argmax(1)
-                y, b = on_top_grid(x, a, s, k)[1], self.bits[k]
+                y, b = on_top_grid(x, self.alpha, _levels(self.bits), k)[1], self.bits[k]
             self.last_bits = self.last_bits_ste = b
             self.last_weighted = None
             return y
