@@ -46,9 +46,10 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                                                      "tensorrt")
     p.add_argument("--float-precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
                    help="native backend: precision of the float layers (auto: bf16 where the CPU has it, fp16 on CUDA)")
-    p.add_argument("--int8-upsampler", action="store_true",
-                   help="native backend: run the upsampler convs in INT8 too (a model calibrated with `cadyq calibrate "
-                        "--upsampler`; not in the paper, see benchmarks/int8_upsampler.md for its PSNR cost)")
+    p.add_argument("--int8-upsampler", nargs="?", const="on", choices=("auto", "on", "off"), default=None,
+                   help="native backend: the upsampler and tail convs in INT8 (clip values calibrated with `cadyq calibrate "
+                        "--upsampler`, shipped in the zoo's quantized models; not in the paper, see MODEL_CARD.md for its "
+                        "PSNR cost). auto (default): on where the model has the clips and the CPU has VNNI or AMX")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when available)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"LR tile size (default {DEFAULT_TILE}; a tile larger "
                                                                   "than an image is clamped to the image)")
@@ -117,10 +118,10 @@ def _upscaler(args):
         if args.backend not in ("native", "auto"):
             raise CadyqError("--float-precision is an option of --backend native")
         options["float_precision"] = args.float_precision
-    if getattr(args, "int8_upsampler", False):
+    if getattr(args, "int8_upsampler", None) not in (None, "auto"):
         if args.backend not in ("native", "auto"):
             raise CadyqError("--int8-upsampler is an option of --backend native")
-        options["int8_upsampler"] = True
+        options["int8_upsampler"] = args.int8_upsampler == "on"
     up = Upscaler(model or _resolve_model(args), backend=args.backend, device=args.device, tile=args.tile,
                   overlap=args.overlap, batch=args.batch, protocol=args.protocol, backend_options=options)
     if args.scale and args.scale != up.scale:
@@ -136,7 +137,7 @@ def _remote_backend(args):
     from .serve import TritonBackend
 
     local = [f"--{k.replace('_', '-')}" for k in ("backbone", "method", "float_precision") if getattr(args, k, None)]
-    local += ["--int8-upsampler"] if getattr(args, "int8_upsampler", False) else []
+    local += ["--int8-upsampler"] if getattr(args, "int8_upsampler", None) not in (None, "auto") else []
     local += [f"--backend {args.backend}"] if args.backend != "auto" else []
     local += [f"--device {args.device}"] if args.device != "auto" else []
     if local:

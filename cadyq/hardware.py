@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 INT8_RANGES = ("full", "7bit")
-_ANSWERS = {"bf16": bool, "int8_range": str, "amx": bool, "vnni": bool}
+_ANSWERS = {"bf16": bool, "int8_range": str, "amx": bool, "vnni": bool, "tiles_per_call": int}
 
 
 def _from_environment() -> dict:
@@ -26,7 +26,8 @@ def _from_environment() -> dict:
         key, value = key.strip(), value.strip()
         if key not in _ANSWERS or (key == "int8_range" and value not in INT8_RANGES):
             raise ValueError(f"CADYQ_HARDWARE: cannot read {item!r}; e.g. bf16=0,int8_range=7bit,amx=0,vnni=1")
-        answers[key] = value if key == "int8_range" else value.lower() in ("1", "true", "yes")
+        answers[key] = (value if key == "int8_range" else int(value) if key == "tiles_per_call"
+                        else value.lower() in ("1", "true", "yes"))
     return answers
 
 
@@ -84,9 +85,21 @@ def has_vnni() -> bool:
     return _forced.get("vnni", bool({"avx512_vnni", "avx_vnni"} & cpu_flags()))
 
 
+def int8_tiles_per_call() -> int:
+    """Tiles per INT8 convolution call of the native CPU program (`benchmarks/integer_cpu.md`): a few tiles fill
+    AMX's and VNNI's pipelines while their 8-bit activations stay in the caches; AVX2 runs float convolutions, whose
+    larger activations want one tile at a time."""
+    if "tiles_per_call" in _forced:
+        return max(1, int(_forced["tiles_per_call"]))
+    if int8_range() != "full":
+        return 1
+    return 4
+
+
 @contextlib.contextmanager
 def forced(**answers):
-    """Answer as the given CPU would for the duration of the block (tests): bf16, int8_range, amx, vnni."""
+    """Answer as the given CPU would for the duration of the block (tests): bf16, int8_range, amx, vnni,
+    tiles_per_call."""
     unknown = set(answers) - set(_ANSWERS)
     if unknown:
         raise TypeError(f"unknown hardware answers: {sorted(unknown)}")

@@ -14,12 +14,14 @@ decision that differs is explained as:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
 import torch
 
 from .lowering import IntegerProgram, IntQuantizer, Kernels
+from .ops import tile_gradient
 from .transform import dynamic_quantizers
 
 
@@ -84,6 +86,25 @@ class _Recorder(Kernels):
         return self.inner.fake_quant(x, alpha, s)
 
 
+@contextlib.contextmanager
+def _recording(program, quants):
+    """{layer: [inputs]} of the program's dynamic quantizers while the block runs: through its kernels (a lowered
+    program) or its own taps (a fused program that computes them in place, `cadyq.runtime.native_cpu`)."""
+    if isinstance(program, IntegerProgram):
+        recorder, inner = _Recorder(program.kernels, quants), program.kernels
+        program.use(recorder)
+        try:
+            yield recorder.inputs
+        finally:
+            program.use(inner)
+        return
+    program.taps = {i: [] for i in range(len(quants))}
+    try:
+        yield program.taps
+    finally:
+        program.taps = None
+
+
 def _model_run(model, tiles):
     qs = dynamic_quantizers(model)
     inputs: dict[int, torch.Tensor] = {}
@@ -100,17 +121,19 @@ def _model_run(model, tiles):
 
 
 def _logits(q: IntQuantizer, x: torch.Tensor, grad: torch.Tensor, tile_logits) -> torch.Tensor | None:
-    """Float64 logits of the candidates for inputs x [N,C,H,W] (None when they do not depend on x)."""
+    """Float64 logits of the candidates for inputs x [N,C,H,W] (None when they do not depend on x): the statistics
+    of x on the top grid, as the quantizer reads them."""
     if q.mode == "full":
-        sigma = x.double().std(dim=(2, 3))
+        sigma = (q.top_integers(x.float()).double() / float(q.levels[-1]) * float(q.alpha[-1])).std(dim=(2, 3))
         return torch.cat([grad.double(), sigma], 1) @ q.weight.double().t() + q.bias.double()
     if q.mode == "tile" and tile_logits is not None:
         return tile_logits.double()
     return None
 
 
-def _scaled(q: IntQuantizer, x: torch.Tensor, k: int) -> torch.Tensor:
-    a, s = q.alpha[k].double(), q.levels[k].double()
+def _scaled(q: IntQuantizer, x: torch.Tensor) -> torch.Tensor:
+    """x before the quantizer's one rounding of a float: onto the top grid (the candidates re-quantize integers)."""
+    a, s = q.alpha[-1].double(), q.levels[-1].double()
     return x.double().clamp(-a, a) / a * s
 
 
@@ -120,18 +143,13 @@ def compare(model, program: IntegerProgram, tiles: torch.Tensor, *, run=None, ti
     `run(program, tiles) -> (sr, bits)` runs the program (default: one call on the whole batch)."""
     quants = program.dynamic
     sr_m, bits_m, in_m = _model_run(model, tiles)
-    recorder = _Recorder(program.kernels, quants)
-    inner = program.kernels
-    program.use(recorder)
-    try:
+    with _recording(program, quants) as inputs:
         with torch.no_grad():
             sr_p, bits_p = run(program, tiles) if run is not None else program(tiles)
-    finally:
-        program.use(inner)
     sr_p, bits_p = sr_p.float().cpu(), bits_p.float().cpu()
-    in_p = {i: torch.cat(v) for i, v in recorder.inputs.items()}
+    in_p = {i: torch.cat(v) for i, v in inputs.items()}
     with torch.no_grad():
-        grad = program.kernels.tile_gradient(tiles).cpu()
+        grad = tile_gradient(tiles.float()).cpu()
         tile_logits = program.net.tile_selector(grad) if hasattr(program.net, "tile_selector") else None
     diff = (sr_p - sr_m).abs()
     mse = float((sr_p.clamp(0, 255).round() - sr_m.clamp(0, 255).round()).double().pow(2).mean())
@@ -156,8 +174,7 @@ def _explain(n, j, quants, bits_m, bits_p, in_m, in_p, grad, tile_logits, tie_rt
             d.cause, d.detail = "tie", f"logit gap {float(top[0] - top[1]):.3g}"
             return d
     for jj in range(j):  # an earlier quantizer of this tile that rounded an element differently
-        k = int((quants[jj].bits == bits_m[n, jj]).nonzero()[0])
-        um, up = _scaled(quants[jj], in_m[jj][n], k), _scaled(quants[jj], in_p[jj][n], k)
+        um, up = _scaled(quants[jj], in_m[jj][n]), _scaled(quants[jj], in_p[jj][n])
         flips = torch.round(um) != torch.round(up)
         if flips.any():
             near = (um[flips] - um[flips].floor() - 0.5).abs().min()

@@ -34,6 +34,7 @@ class QuantPlan:
     fusions: tuple[Fuse, ...] = ()  # epilogues of quantized convs (integer lowering)
     head: str = ""  # the conv whose output feeds Granular-DQ's controller
     upsampler: str = ""  # the module holding the float upsampler convs (the INT8-upsampler option of the lowering)
+    tail: str = ""  # the output conv after the upsampler (INT8 with the upsampler where the plan names it)
 
     @property
     def weight_convs(self) -> tuple[str, ...]:
@@ -52,7 +53,7 @@ def _edsr(model) -> QuantPlan:
         feature="tail:input",
         block_features=tuple(f"body.{i}.body.2" for i in range(n)),
         fusions=tuple(Fuse(f"body.{i}.body.0", act=f"body.{i}.body.1") for i in range(n)),
-        head="head.0", upsampler="tail.0",
+        head="head.0", upsampler="tail.0", tail="tail.1",
     )
 
 
@@ -102,9 +103,11 @@ def plan_for(model: nn.Module) -> QuantPlan:
 
 
 def upsampler_convs(model: nn.Module) -> tuple[str, ...]:
-    """The float convs of the model's upsampler (empty where it has none the lowering can quantize, e.g. IDN's
-    deconvolution)."""
-    at = plan_for(model).upsampler
-    if not at:
+    """The float convs of the model's upsampler, and its output conv where the plan names it (empty where it has no
+    upsampler the lowering can quantize, e.g. IDN's deconvolution)."""
+    plan = plan_for(model)
+    if not plan.upsampler:
         return ()
-    return tuple(f"{at}.{n}" for n, m in model.get_submodule(at).named_modules() if type(m) is nn.Conv2d)
+    up = tuple(f"{plan.upsampler}.{n}" for n, m in model.get_submodule(plan.upsampler).named_modules()
+               if type(m) is nn.Conv2d)
+    return up + ((plan.tail,) if plan.tail else ())

@@ -1,11 +1,12 @@
 """The native backend: the model's integer program (`cadyq.quant.lowering`) on integer kernels.
 
-CPU: oneDNN INT8 convolutions with the per-tile scale in their epilogue, plus cadyq's C kernels for
-statistics, selection and quantization (`cadyq.kernels.cpu`). Tiles run one at a time per worker, so
-a tile's activations stay in cache between layers; with T torch threads there are T workers (one
-program each), each running its share of the batch single-threaded: the C kernels and the Python
-between the kernels then keep every core busy, and no convolution waits on a thread barrier. The float layers (head, upsampler, tail) run channels_last
-in `float_precision`: "auto" is bf16 where the CPU computes in it (AVX512-BF16/AMX), else fp32.
+CPU: EDSR runs `native_cpu.EDSRProgram` (8-bit activations, oneDNN INT8 convolutions over batches of tiles, C passes
+for selection and the residual stream); other backbones run the lowered module graph on the same kernels. A batch is
+cut into groups of `hardware.int8_tiles_per_call()` tiles; with T torch threads, T workers each run their groups
+single-threaded (no convolution waits on a thread barrier, and the C passes keep every core busy). The float layers
+run channels_last in `float_precision`: "auto" is bf16 where the CPU computes in it (AVX512-BF16/AMX), else fp32.
+The upsampler and tail run as INT8 convolutions where the model carries calibrated clip values and the CPU has
+VNNI or AMX (`int8_upsampler="auto"`).
 """
 from __future__ import annotations
 
@@ -15,24 +16,38 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn as nn
 
-from .. import interrupt
+from .. import hardware, interrupt
 from ..errors import BackendError, ModelError
 from ..quant import quant_config
-from ..hardware import cpu_has_bf16
 from ..quant.lowering import lower
+from ..quant.plans import upsampler_convs
 from .backend import Backend, load_module, register_backend, resolve_device
 from .nhwc import nhwc_pixel_shuffles
 
 FLOAT_PRECISIONS = ("auto", "fp32", "bf16")
+UPSAMPLER_OPTIONS = ("auto", True, False)
+
+
+def int8_upsampler_choice(module: nn.Module) -> tuple[bool, str]:
+    """(on, why) for int8_upsampler="auto": on where the model carries calibrated clips and the CPU has VNNI/AMX."""
+    clips = getattr(module, "upsampler_clips", None) or {}
+    paths = upsampler_convs(module)
+    if not paths or any(p not in clips for p in paths):
+        return False, "upsampler float: no calibrated clip values in the model (`cadyq calibrate --upsampler`)"
+    if hardware.int8_range() != "full":
+        return False, "upsampler float: this CPU has no VNNI or AMX, INT8 is no faster than float here"
+    return True, "upsampler and tail INT8 (calibrated clips; VNNI/AMX)"
 
 
 class NativeBackend(Backend):
     name = "native"
 
     def __init__(self, model, device="auto", float_precision: str = "auto", workers: int | None = None,
-                 int8_upsampler: bool = False):
+                 int8_upsampler="auto"):
         if float_precision not in FLOAT_PRECISIONS:
             raise BackendError(f"unknown float precision {float_precision!r}; choose one of {', '.join(FLOAT_PRECISIONS)}")
+        if int8_upsampler not in UPSAMPLER_OPTIONS:
+            raise BackendError(f"int8_upsampler is auto, True or False, not {int8_upsampler!r}")
         dev = resolve_device(device)
         if dev.type != "cpu":
             raise BackendError(f"NativeBackend is the CPU form; on {dev} use create_backend('native', ...) "
@@ -50,50 +65,52 @@ class NativeBackend(Backend):
 
         keep_large_allocations()
         self.device = dev
-        self.kernels = OneDNNKernels()
-        self.int8_upsampler = int8_upsampler
-        module = module.cpu().eval()
-        self.workers = max(1, workers or torch.get_num_threads())
-        self.programs = [self._program(module) for _ in range(self.workers)]
-        self.program = self.programs[0]
-        self.info = self.program.info
         if float_precision == "auto":
-            float_precision = "bf16" if cpu_has_bf16() else "fp32"
+            float_precision = "bf16" if hardware.cpu_has_bf16() else "fp32"
         self.float_precision = float_precision
-        eight = ("8-bit tiles as float32 convs (u8 x s8 pairs saturate without VNNI)" if self.kernels.eight_bit == "float"
-                 else "8-bit tiles as two 7-bit INT8 halves")
-        self.notes = [("integer convolutions: oneDNN u8 x s8 -> s32, "
-                       + ("full 8-bit input range (VNNI/AMX)" if self.kernels.range == "full"
-                          else f"7-bit inputs (AVX2 without VNNI), {eight}")
-                       + f"; 4- and 6-bit tiles run as int8 values (no 4-bit arithmetic on this CPU); float layers "
-                       f"{float_precision}")] + self.kernels.notes
-        if int8_upsampler:
-            self.notes.append("upsampler convs INT8 (8-bit inputs at the calibrated clip values; not in the paper)")
+        up_note = "upsampler float (asked for)" if int8_upsampler is False else "upsampler and tail INT8 (asked for)"
+        if int8_upsampler == "auto":
+            int8_upsampler, up_note = int8_upsampler_choice(module)
+        self.int8_upsampler = bool(int8_upsampler)
+        self.kernels = OneDNNKernels()
+        self.tiles_per_call = hardware.int8_tiles_per_call()
+        self.workers = max(1, workers or torch.get_num_threads())
+        module = module.cpu().eval()
+        self.program = self._program(module)
+        # the lowered module graph keeps per-forward state: one copy per worker (the fused program keeps none)
+        self.programs = [self.program] + [self.program if self.fused else self._program(module)
+                                          for _ in range(self.workers - 1)]
+        self.info = self.program.info
+        form = ("oneDNN u8 x s8 -> s32, full 8-bit range (VNNI/AMX)" if self.kernels.form == "full"
+                else "float32 convolutions of the integers (AVX2 without VNNI: u8 x s8 pairs saturate)")
+        self.notes = [f"integer convolutions: {form}, {self.tiles_per_call} tiles per call; "
+                      f"{'8-bit activations between layers' if self.fused else 'float activations between layers'}; "
+                      f"4- and 6-bit tiles run as int8 values (no 4-bit arithmetic on this CPU); float layers "
+                      f"{float_precision}; {up_note}"] + self.kernels.notes
         self.warnings = list(self.kernels.notes)  # what a user should hear about: the C kernels' fallback
 
     def _program(self, module):
+        from .native_cpu import EDSRProgram, unsupported
+
         try:
-            program = lower(module, int8_upsampler=self.int8_upsampler).use(self.kernels)
+            lowered = lower(module, int8_upsampler=self.int8_upsampler).use(self.kernels)
         except ModelError as e:
             raise BackendError(f"native backend: {e}") from e
-        nhwc_pixel_shuffles(program.net)
-        for m in program.net.modules():  # float layers in NHWC; the integer convs keep their own layout
+        nhwc_pixel_shuffles(lowered.net)
+        for m in lowered.net.modules():  # float layers in NHWC; the integer convs keep their own layout
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 m.to(memory_format=torch.channels_last)
-        return program
+        self.fused = unsupported(lowered) is None
+        if self.fused:
+            return EDSRProgram(lowered, self.float_precision, self.kernels.form)
+        return _Lowered(lowered, self.float_precision)
 
-    def _autocast(self):
-        if self.float_precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def _shard(self, program, x, indices, sr, bits):
-        with torch.inference_mode(), self._autocast():
-            for i in indices:
-                interrupt.check()  # Ctrl-C and SIGTERM stop the workers between tiles
-                s, b = program(x[i:i + 1])
-                sr[i] = s[0]
-                bits[i] = b[0]
+    def _groups(self, program, x, groups, sr, bits):
+        for i, j in groups:
+            interrupt.check()  # Ctrl-C and SIGTERM stop the workers between groups (and between layers)
+            s, b = program(x[i:j])
+            sr[i:j] = s
+            bits[i:j] = b
 
     def run(self, tiles):
         n = tiles.shape[0]
@@ -101,26 +118,37 @@ class NativeBackend(Backend):
         s, (h, w) = self.info.scale, x.shape[2:]
         sr = torch.empty((n, 3, h * s, w * s))
         bits = torch.empty((n, self.info.n_layers))
-        workers = min(self.workers, n)
-        if workers == 1:
-            self._shard(self.program, x, range(n), sr, bits)
+        per = self.tiles_per_call
+        groups = [(i, min(n, i + per)) for i in range(0, n, per)]
+        workers = min(self.workers, len(groups))
+        if workers == 1:  # one group (or one worker): every thread on it
+            self._groups(self.program, x, groups, sr, bits)
             return sr.to(tiles.device), bits.to(tiles.device)
-        # whole rounds of one tile per worker, single-threaded; the few tiles left over (fewer than the
-        # workers) then run one at a time on every thread, instead of leaving workers idle for a round
-        even = n - n % workers
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        try:
+        try:  # worker w takes groups w, w + W, ...: single-threaded, with a program of its own
             with ThreadPoolExecutor(workers) as pool:
-                jobs = [pool.submit(self._shard, p, x, range(j, even, workers), sr, bits)
-                        for j, p in enumerate(self.programs[:workers])]
+                jobs = [pool.submit(self._groups, self.programs[w], x, groups[w::workers], sr, bits)
+                        for w in range(workers)]
                 for job in jobs:
                     job.result()
         finally:
             torch.set_num_threads(threads)
-        if even < n:
-            self._shard(self.program, x, range(even, n), sr, bits)
         return sr.to(tiles.device), bits.to(tiles.device)
+
+
+class _Lowered:
+    """The lowered module graph on OneDNNKernels, its float layers in `float_precision`."""
+
+    def __init__(self, program, float_precision: str):
+        self.program, self.info = program, program.info
+        self.bf16 = float_precision == "bf16"
+
+    @torch.inference_mode()
+    def __call__(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext():
+            sr, bits = self.program(x)
+        return sr.float(), bits
 
 
 def native_backend(model, device="auto", kernels: str = "auto", **options) -> Backend:

@@ -90,10 +90,17 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         return None, None
     dll = ctypes.CDLL(str(lib))
     p, i, f, long = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_long
-    dll.cadyq_select_quant.argtypes = [p, long, i, i, p, p, p, i, p, p, p, p, p, p, p]
-    dll.cadyq_select_quant.restype = i
-    dll.cadyq_fake_quant.argtypes = [p, long, f, f, p]
-    dll.cadyq_fake_quant.restype = None
+    sel = [p, p, p, i, p, f, p, p, p]  # g, w, b, k_count, k_in, t, luts, identity, k_out
+    dll.cadyq_select_u8.argtypes = [p, long, long, i, *sel]
+    dll.cadyq_select_u8.restype = i
+    dll.cadyq_quantize_select.argtypes = [p, i, p, long, long, i, f, f, *sel]
+    dll.cadyq_quantize_select.restype = i
+    dll.cadyq_residual_select.argtypes = [p, f, p, f, p, long, long, i, f, f, *sel]
+    dll.cadyq_residual_select.restype = i
+    dll.cadyq_residual_float.argtypes = [p, f, p, f, long, p, i]
+    dll.cadyq_residual_float.restype = None
+    dll.cadyq_add_quantize.argtypes = [p, p, i, long, f, f, p]
+    dll.cadyq_add_quantize.restype = None
     dll.cadyq_quant_backward.argtypes = [p, p, p, long, long, long, i, i, p, p, p, p, p]
     dll.cadyq_quant_backward.restype = i
     dll.cadyq_channel_std.argtypes = [p, long, long, long, i, i, i, p]

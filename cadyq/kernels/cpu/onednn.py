@@ -1,22 +1,18 @@
-"""Integer kernels for the CPU: oneDNN INT8 convolutions (torch.ops.onednn) and cadyq's C kernels.
+"""CPU integer kernels: oneDNN INT8 convolutions over batches of tiles, and cadyq's C kernels for the 8-bit
+activations between them (statistics, selection, re-quantization tables, the residual stream: quant.c).
 
-One tile at a time (N = 1): the per-tile scale t = a_k/s_k is the convolution's input scale, so
-oneDNN applies it, the weight scale, the bias and a ReLU in its epilogue; nothing else touches the
-output. The input is uint8 with a zero point (oneDNN's u8 x s8 -> s32 convolution):
+An activation between quantized convolutions is uint8, u = v + 128 with v an integer on its quantizer's top grid
+(`cadyq.quant.lowering`): the producing convolution writes it with its scale, bias and ReLU fused (oneDNN's
+epilogue and output quantization), a C pass reads its statistics, chooses each tile's candidate and re-quantizes it
+in place through a 256-entry table. Every tile of a layer then has the same input scale, so one convolution call
+serves a whole batch whatever the tiles chose.
 
-- "full" range (CPUs with VNNI or AMX, which accumulate u8 x s8 products in 32 bits): u = q + 128.
-- "7bit" (AVX2 without VNNI): vpmaddubsw adds pairs of u8 x s8 products in int16 and saturates for
-  u8 above 127, so every input must stay within 0..127. 4- and 6-bit tiles (|q| <= 31) take
-  u = q + 64. 8-bit tiles (|q| <= 127) do not fit: `eight_bit="float"` (the default: faster here)
-  runs them as a float32 convolution of q*t with the dequantized int8 weights (the fake-quant
-  arithmetic); `eight_bit="halves"` keeps them integer, split into two 7-bit halves
-  q = hi + lo with hi = clamp(q, -64, 63), two convolutions, the second accumulating into the first
-  (oneDNN's sum post-op): exact, but two INT8 convolutions cost more than one float32 one on AVX2.
-
-Which one is used is `cadyq.hardware.int8_range()` (a convolution of known integers, run once).
-Statistics, selection and quantization of a tile are one C call (two passes over the tile, which
-is in cache); LeakyReLU/PReLU, which oneDNN's quantized convolution does not fuse, are one in-place
-pass. 4- and 6-bit tiles are int8 values here: neither AVX2, VNNI nor AMX has 4-bit arithmetic.
+Two forms of the convolution, as `cadyq.hardware.int8_range()` says:
+- "full" (VNNI, AMX): oneDNN's u8 x s8 -> s32 convolution with input zero point 128;
+- "7bit" (AVX2 without VNNI, whose vpmaddubsw adds pairs of u8 x s8 products in int16 and saturates above 7-bit
+  inputs): a float32 convolution of the same integers, exact (|sums| < 2^24 for 8-bit inputs and weights up to
+  1040 taps), with the epilogue and the output quantization in torch, op for op as the reference.
+4- and 6-bit tiles are int8 values here: neither AVX2, VNNI nor AMX has 4-bit arithmetic.
 """
 from __future__ import annotations
 
@@ -27,10 +23,12 @@ import torch.nn.functional as F
 
 from ...errors import BackendError
 from ...hardware import int8_range
-from ...quant.lowering import IntConv2d, IntQuantizer, Kernels, QAct, ReferenceKernels
+from ...quant.lowering import IntConv2d, IntQuantizer, Kernels, QAct
+from ...quant.ops import fake_quant
 from . import build
 
-_CL = torch.channels_last
+CL = torch.channels_last
+ZP = 128  # u = v + 128
 
 
 def available() -> str | None:
@@ -42,156 +40,192 @@ def available() -> str | None:
     return None
 
 
-def _prepack(w_int8, w_scale, zp, stride, padding, dilation, groups):
-    return torch.ops.onednn.qconv_prepack(w_int8, w_scale, 1.0, int(zp), list(stride), list(padding),
-                                          list(dilation), int(groups), None)
+def library():
+    """The C kernels, or BackendError saying why they cannot be built or loaded here."""
+    lib = build.library()
+    if lib is None:
+        raise BackendError(f"native backend: cadyq's C kernels are unavailable ({build.why_unavailable()})")
+    return lib
 
 
-def _conv(u8, t, zp, packed, w_scale, w_zp, bias, c: IntConv2d, attr: str):
-    return torch.ops.onednn.qconv2d_pointwise(u8, float(t), int(zp), packed, w_scale, w_zp, bias, list(c.stride),
-                                              list(c.padding), list(c.dilation), c.groups, 1.0, 0, torch.float32,
-                                              attr, [], "")
+class Int8Conv:
+    """One integer convolution over a batch: uint8 input on a grid of step `t_in`, int8 weights with their scale,
+    the bias and the activation fused; out = (a, s): uint8 output v + 128, v = round(clamp(y, -a, a) / a * s), the
+    consuming quantizer's top grid; out = None: float32 output."""
+
+    def __init__(self, conv: IntConv2d, t_in: float, out: tuple[float, float] | None = None, form: str | None = None):
+        self.form = form or int8_range()
+        self.stride, self.padding, self.dilation, self.groups = (list(conv.stride), list(conv.padding),
+                                                                  list(conv.dilation), conv.groups)
+        self.act, self.slope, self.t_in, self.out = conv.act, conv.slope, float(t_in), out
+        if conv.act == "leaky" and out is not None:
+            raise BackendError("oneDNN's quantized convolution fuses no LeakyReLU before an 8-bit output")
+        self.w_scale = conv.weight_scale.float().contiguous()
+        self.bias = conv.bias.float().contiguous()
+        if self.form == "full":
+            self.w_zp = torch.zeros(conv.out_channels, dtype=torch.int64)
+            self.packed = torch.ops.onednn.qconv_prepack(conv.weight_q, self.w_scale, self.t_in, ZP, self.stride,
+                                                         self.padding, self.dilation, self.groups, None)
+        self.weight = conv.weight_q.float().contiguous(memory_format=CL)
+        self.scale = (self.t_in * self.w_scale).view(1, -1, 1, 1)  # t * w_scale, as the reference multiplies
+
+    def float_output(self, u: torch.Tensor) -> torch.Tensor:
+        """The float output before the output quantization, in the reference's order of operations ("7bit" form)."""
+        acc = F.conv2d(u.float() - ZP, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        y = acc * self.scale + self.bias.view(1, -1, 1, 1)
+        return y.relu_() if self.act == "relu" else F.leaky_relu_(y, self.slope) if self.act == "leaky" else y
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        if self.form == "full":
+            a, s = self.out or (1.0, 1.0)
+            y = torch.ops.onednn.qconv2d_pointwise(
+                u, self.t_in, ZP, self.packed, self.w_scale, self.w_zp, self.bias, self.stride, self.padding,
+                self.dilation, self.groups, a / s if self.out else 1.0, ZP if self.out else 0,
+                torch.uint8 if self.out else torch.float32, "relu" if self.act == "relu" else "none", [], "")
+            return F.leaky_relu_(y, self.slope) if self.act == "leaky" else y
+        y = self.float_output(u)
+        if self.out is None:
+            return y
+        a, s = self.out
+        return (torch.round(torch.maximum(torch.minimum(y, torch.tensor(a)), torch.tensor(-a)) / a * s) + ZP).to(torch.uint8)
+
+
+class Selection:
+    """What the C kernels need of a dynamic quantizer: its top grid (a_T, s_T), its re-quantization tables, which
+    of them are the identity (the top candidate: no pass), and the selector's weights (mode "full")."""
+
+    def __init__(self, quant: IntQuantizer):
+        self.quant = quant
+        self.a, self.s, self.t = float(quant.alpha[-1]), float(quant.levels[-1]), quant.grid
+        self.tables = quant.tables().contiguous()
+        ident = torch.arange(256, dtype=torch.uint8)
+        self.identity = torch.tensor([int(torch.equal(t, ident)) for t in self.tables], dtype=torch.int32)
+        self.full = quant.mode == "full"
+        self.w = quant.weight.float().contiguous() if self.full else None
+        self.b = quant.bias.float().contiguous() if self.full else None
+
+    @staticmethod
+    def of(quant: IntQuantizer) -> "Selection":
+        sel = getattr(quant, "_cpu_selection", None)
+        if sel is None:
+            sel = quant._cpu_selection = Selection(quant)
+        return sel
+
+    def given(self, n: int, tile_logits: torch.Tensor | None) -> torch.Tensor | None:
+        """k [N] int32 where the choice does not read the tile's statistics, else None."""
+        k = self.quant.constant_k()
+        if k is not None:
+            return torch.full((n,), k, dtype=torch.int32)
+        if self.quant.mode == "tile":
+            return tile_logits.argmax(1).to(torch.int32)
+        return None
+
+    def args(self, n: int, grad: torch.Tensor | None, tile_logits: torch.Tensor | None):
+        """The trailing arguments of the C selection kernels and the k [N] they fill."""
+        k_in, k_out = self.given(n, tile_logits), torch.empty(n, dtype=torch.int32)
+        g = grad.float().contiguous() if self.full else None
+        keep = (k_in, g)  # alive until the call returns
+        p = _ptr
+        return (p(g), p(self.w), p(self.b), self.quant.n_candidates, p(k_in), ctypes.c_float(self.t),
+                p(self.tables), p(self.identity), p(k_out)), k_out, keep
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def _nhwc(x: torch.Tensor) -> tuple[int, int, int]:
+    n, c, h, w = x.shape
+    if not x.is_contiguous(memory_format=CL):
+        raise BackendError("internal: the C kernels take channels_last tensors")
+    return n, h * w, c
+
+
+def select_u8(u: torch.Tensor, sel: Selection, grad, tile_logits) -> torch.Tensor:
+    """In place on a uint8 batch a convolution wrote on sel's top grid; returns k [N]."""
+    n, hw, c = _nhwc(u)
+    args, k, keep = sel.args(n, grad, tile_logits)
+    if library().cadyq_select_u8(u.data_ptr(), n, hw, c, *args) != 0:
+        raise BackendError(f"{c} channels: the C kernels take at most 1024")
+    return k
+
+
+def quantize_select(x: torch.Tensor, sel: Selection, grad, tile_logits) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float batch (float32 or bfloat16, channels_last) onto sel's top grid, then chosen and re-quantized: (u, k)."""
+    x = x.contiguous(memory_format=CL)
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        x = x.float()
+    n, hw, c = _nhwc(x)
+    u = torch.empty(x.shape, dtype=torch.uint8, memory_format=CL)
+    args, k, keep = sel.args(n, grad, tile_logits)
+    if library().cadyq_quantize_select(x.data_ptr(), int(x.dtype == torch.bfloat16), u.data_ptr(), n, hw, c,
+                                       ctypes.c_float(sel.a), ctypes.c_float(sel.s), *args) != 0:
+        raise BackendError(f"{c} channels: the C kernels take at most 1024")
+    return u, k
+
+
+def residual_select(y: torch.Tensor, a_y: float, skip: torch.Tensor, a_skip: float, sel: Selection, grad,
+                    tile_logits) -> tuple[torch.Tensor, torch.Tensor]:
+    """EDSR's residual stream: y / 127 * a_y + skip / 127 * a_skip (two 8-bit batches), onto sel's grid, chosen and
+    re-quantized: (u, k)."""
+    n, hw, c = _nhwc(y)
+    u = torch.empty(y.shape, dtype=torch.uint8, memory_format=CL)
+    args, k, keep = sel.args(n, grad, tile_logits)
+    if library().cadyq_residual_select(y.data_ptr(), ctypes.c_float(a_y), skip.data_ptr(), ctypes.c_float(a_skip),
+                                       u.data_ptr(), n, hw, c, ctypes.c_float(sel.a), ctypes.c_float(sel.s), *args) != 0:
+        raise BackendError(f"{c} channels: the C kernels take at most 1024")
+    return u, k
+
+
+def residual_float(y: torch.Tensor, a_y: float, skip: torch.Tensor, a_skip: float, dtype) -> torch.Tensor:
+    """The same sum as float32 or bfloat16, for a float layer."""
+    out = torch.empty(y.shape, dtype=dtype, memory_format=CL)
+    library().cadyq_residual_float(y.data_ptr(), ctypes.c_float(a_y), skip.data_ptr(), ctypes.c_float(a_skip),
+                                   y.numel(), out.data_ptr(), int(dtype == torch.bfloat16))
+    return out
+
+
+def add_quantize(x1: torch.Tensor, x2: torch.Tensor, a: float, s: float = 127.0) -> torch.Tensor:
+    """round(clamp(x1 + x2, -a, a) / a * s) + 128 as uint8 (x1, x2 float32 or bfloat16 alike, channels_last)."""
+    dtype = torch.bfloat16 if x1.dtype == x2.dtype == torch.bfloat16 else torch.float32
+    x1, x2 = (t.to(dtype).contiguous(memory_format=CL) for t in (x1, x2))
+    out = torch.empty(x1.shape, dtype=torch.uint8, memory_format=CL)
+    library().cadyq_add_quantize(x1.data_ptr(), x2.data_ptr(), int(dtype == torch.bfloat16), x1.numel(),
+                                 ctypes.c_float(a), ctypes.c_float(s), out.data_ptr())
+    return out
 
 
 class OneDNNKernels(Kernels):
-    """The native CPU kernels (see the module docstring). `library=False` uses torch for the
-    elementwise work instead of the C kernels (the fallback when no C compiler is present)."""
+    """The lowering's kernels on the CPU (`program.use(OneDNNKernels())`): every quantizer's statistics, choice and
+    re-quantization in one C pass over the batch, every quantized convolution one INT8 call over the batch with a
+    float32 output. The native backend runs EDSR through `cadyq.runtime.native_cpu` on the same kernels with 8-bit
+    outputs; other backbones run this way."""
 
     name = "onednn"
 
-    def __init__(self, range_mode: str | None = None, library: bool = True, eight_bit: str = "float"):
+    def __init__(self, form: str | None = None):
         why = available()
         if why:
             raise BackendError(why)
-        if eight_bit not in ("float", "halves"):
-            raise BackendError(f"eight_bit must be 'float' or 'halves', not {eight_bit!r}")
-        self.range = range_mode or int8_range()
-        self.eight_bit = eight_bit
-        self.lib = build.library() if library else None
-        self.notes = []
-        if library and self.lib is None:
-            self.notes.append(f"C kernels unavailable ({build.why_unavailable()}); elementwise work runs in torch")
-        elif library and build.origin() != "compiled for this CPU":
-            self.notes.append(f"C kernels: the {build.origin()}")
-        self._ref = ReferenceKernels()
-
-    # --- the zero-point scheme per candidate -----------------------------------------------------------
-    def _scheme(self, quant: IntQuantizer):
-        key = "_onednn_scheme"
-        cached = getattr(quant, key, None)
-        if cached is None or cached[0] != (self.range, self.eight_bit):
-            lv = quant.levels.tolist()
-            if self.range == "full":
-                zp, split = [128] * len(lv), [0] * len(lv)
-            else:
-                zp = [64] * len(lv)
-                split = [0 if s <= 63 else (1 if self.eight_bit == "halves" else 2) for s in lv]
-            if max(lv) > 127:
-                raise BackendError(f"{max(lv) + 1:.0f}-level activations do not fit int8; the native backend takes <= 8 bits")
-            cached = ((self.range, self.eight_bit), torch.tensor(zp, dtype=torch.int32), torch.tensor(split, dtype=torch.int32), zp, split)
-            setattr(quant, key, cached)
-        return cached
+        self.form = form or int8_range()
+        library()
+        self.notes = [] if build.origin() == "compiled for this CPU" else [f"C kernels: the {build.origin()}"]
 
     def select_quantize(self, x, quant, ctx, dequant=False):
-        if x.shape[0] != 1:
-            raise BackendError("the oneDNN kernels run one tile at a time (N = 1)")
-        x = x.float().contiguous(memory_format=_CL)
-        _, zp_t, split_t, zp, split = self._scheme(quant)
-        k_fixed = quant.constant_k()
-        if quant.mode == "tile":
-            k_fixed = int(ctx.tile_logits[0].argmax())
-        if self.lib is None:
-            return self._torch_select(x, quant, ctx, zp, split, dequant)
-        n, c, h, w = x.shape
-        q0 = torch.empty((1, c, h, w), dtype=torch.uint8, memory_format=_CL)
-        q1 = torch.empty_like(q0) if 1 in split else None
-        deq = torch.empty_like(x) if dequant or 2 in split else None
-        g = ctx.grad[0].float().contiguous()
-        full = quant.mode == "full"
-        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-        k = self.lib.cadyq_select_quant(ptr(x), h * w, c, -1 if k_fixed is None else k_fixed, ptr(g),
-                                        ptr(quant.weight) if full else None, ptr(quant.bias) if full else None,
-                                        quant.n_candidates, ptr(quant.alpha), ptr(quant.levels), ptr(zp_t),
-                                        ptr(split_t), ptr(q0), ptr(q1), ptr(deq))
-        return self._qact(quant, k, q0, q1, zp[k], deq, split[k])
-
-    def _qact(self, quant, k, q0, q1, zp, deq, split):
-        kk = torch.tensor([k])
-        q = (None, None) if split == 2 else (q0, q1 if split == 1 else None)
-        return QAct(q, (quant.alpha[kk] / quant.levels[kk]), quant.bits[kk], kk,
-                    {"zp": zp, "deq": deq, "float": split == 2})
-
-    def _torch_select(self, x, quant, ctx, zp, split, dequant):
-        qa = self._ref.select_quantize(x, quant, ctx)
-        k = int(qa.k[0])
-        q = qa.q
-        q0 = q1 = None
-        if split[k] == 1:
-            hi = q.clamp(-64, 63)
-            q0, q1 = (hi + 64).to(torch.uint8), (q - hi + 63).to(torch.uint8)
-            q0, q1 = q0.contiguous(memory_format=_CL), q1.contiguous(memory_format=_CL)
-        elif split[k] == 0:
-            q0 = (q + zp[k]).to(torch.uint8).contiguous(memory_format=_CL)
-        deq = self._ref.dequantize(qa).contiguous(memory_format=_CL) if dequant or split[k] == 2 else None
-        return self._qact(quant, k, q0, q1, zp[k], deq, split[k])
+        sel = Selection.of(quant)
+        u, k = quantize_select(x, sel, ctx.grad, ctx.tile_logits)
+        k = k.long()
+        return QAct(u, torch.full((u.shape[0],), sel.t), quant.bits[k], k)
 
     def dequantize(self, qa):
-        deq = qa.extra.get("deq")
-        if deq is not None:
-            return deq
-        q0, q1 = qa.q
-        q = q0.float() - qa.extra["zp"] if q1 is None else q0.float() - 64 + q1.float() - 63
-        return q * qa.scale.view(-1, 1, 1, 1)
-
-    # --- the convolution ---------------------------------------------------------------------------------
-    def _packed(self, conv: IntConv2d, zp: int):
-        key = ("onednn", zp)
-        if key not in conv.cache:
-            if "w_zp" not in conv.cache:
-                conv.cache["w_zp"] = torch.zeros(conv.out_channels, dtype=torch.int64)
-                conv.cache["w_scale"] = conv.weight_scale.float().contiguous()
-                conv.cache["bias"] = conv.bias.float().contiguous()
-            conv.cache[key] = _prepack(conv.weight_q, conv.cache["w_scale"], zp, conv.stride, conv.padding,
-                                       conv.dilation, conv.groups)
-        return conv.cache[key]
+        return (qa.q.float() - ZP) * qa.scale.view(-1, 1, 1, 1)
 
     def conv(self, qa, conv):
-        if qa.extra.get("float"):
-            return self._float_conv(qa.extra["deq"], conv)
-        q0, q1 = qa.q
         t = float(qa.scale[0])
-        relu = conv.act == "relu"
-        zp = qa.extra["zp"]
-        packed = self._packed(conv, zp)
-        ws, wzp, bias = conv.cache["w_scale"], conv.cache["w_zp"], conv.cache["bias"]
-        if q1 is None:
-            out = _conv(q0, t, zp, packed, ws, wzp, bias, conv, "relu" if relu else "none")
-        else:  # two 7-bit halves: hi (zero point 64), then lo (63) summed into it
-            hi = _conv(q0, t, 64, packed, ws, wzp, None, conv, "none")
-            out = torch.ops.onednn.qconv2d_pointwise.binary(
-                q1, t, 63, self._packed(conv, 63), ws, wzp, hi, bias, list(conv.stride), list(conv.padding),
-                list(conv.dilation), conv.groups, 1.0, 0, torch.float32, 1.0, 0, "sum", 1.0,
-                "relu" if relu else "none", [], "")
-        if conv.act == "leaky":
-            F.leaky_relu_(out, conv.slope)
-        return out
-
-    def _float_conv(self, x, conv: IntConv2d):
-        if "w_float" not in conv.cache:
-            w = conv.weight_q.float() * conv.weight_scale.view(-1, 1, 1, 1)
-            conv.cache["w_float"] = w.contiguous(memory_format=_CL)
-        out = F.conv2d(x, conv.cache["w_float"], conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-        if conv.act == "relu":
-            return out.relu_()
-        if conv.act == "leaky":
-            return F.leaky_relu_(out, conv.slope)
-        return out
+        key = ("int8", self.form, t)
+        if key not in conv.cache:
+            conv.cache[key] = Int8Conv(conv, t, None, self.form)
+        return conv.cache[key](qa.q)
 
     def fake_quant(self, x, alpha, s):
-        if self.lib is None or x.dtype != torch.float32:
-            return super().fake_quant(x, alpha, s)
-        x = x.contiguous(memory_format=_CL) if x.dim() == 4 else x.contiguous()
-        out = torch.empty_like(x)
-        self.lib.cadyq_fake_quant(x.data_ptr(), x.numel(), ctypes.c_float(float(alpha.reshape(-1)[0])),
-                                  ctypes.c_float(float(s)), out.data_ptr())
-        return out
+        return fake_quant(x.float(), alpha, s)

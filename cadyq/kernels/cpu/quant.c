@@ -225,11 +225,6 @@ void cadyq_add_quantize(const void *x1, const void *x2, int bf16, long m, float 
     }
 }
 
-/* out = round(clamp(x, -a, a) / a * s) / s * a, elementwise (may be in place). */
-void cadyq_fake_quant(const float *x, long n, float a, float s, float *out) {  /* out may be x */
-    for (long i = 0; i < n; i++) out[i] = quant1(x[i], a, s) / s * a;
-}
-
 /* ---- training: the quantizers' backward pass, one read of x and g, one write of dx ----------------
  * For each tile n (a contiguous block of m elements) and candidate j < k_count (a_j, s_j):
  *   y_j = round(clamp(x, -a_j, a_j) / a_j * s_j) / s_j * a_j           (the forward, op for op)
