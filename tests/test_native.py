@@ -1,160 +1,193 @@
-"""The native CPU backend: oneDNN INT8 convolutions and the C kernels against the torch integer
-reference and the fake-quant model (bits per decision, SR), the C kernels against torch op for op."""
+"""The native CPU backend: oneDNN INT8 convolutions and the C kernels against the torch integer reference and the
+fake-quant model (bits per decision, SR), the C kernels against torch op for op, the program's calls."""
 import copy
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from conftest import boundary_tile_batch, photo_crops, randomize_selectors, tiny
 
-from cadyq import create_model, quantize
+from cadyq import create_model, hardware, quantize
 from cadyq.errors import BackendError
-from cadyq import hardware
 from cadyq.kernels.cpu import OneDNNKernels, available
 from cadyq.kernels.cpu import build
-from cadyq.quant import ModelInfo, fake_quant, observe
-from cadyq.quant.lowering import IntConv2d, IntQuantizer, QAct, ReferenceKernels, _Context, lower
+from cadyq.kernels.cpu import onednn as K
+from cadyq.quant import ModelInfo
+from cadyq.quant.lowering import IntConv2d, IntQuantizer, lower
 from cadyq.quant.parity import compare
+from cadyq.runtime.native_backend import NativeBackend
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
               pytest.mark.skipif(available() is not None, reason=f"{available()}")]
 BACKBONES = ("edsr", "srresnet", "carn", "idn")
 
 
-def per_tile(program, tiles):
-    outs = [program(tiles[i:i + 1]) for i in range(tiles.shape[0])]
-    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+def forms():
+    """The float form of the convolutions is exact on every CPU; the oneDNN INT8 form only where u8 x s8 accumulates
+    in 32 bits (its choice logic is tested on every CPU by forcing: test_int8_range_branch_is_decided_in_cadyq_hardware)."""
+    return ["7bit"] + (["full"] if hardware.int8_range() == "full" else [])
 
 
-def kernel_sets():
-    """The 7-bit forms are exact on every CPU; the full-range form only where u8 x s8 accumulates in 32 bits (its
-    choice logic is tested on every CPU by forcing: test_int8_range_branch_is_decided_in_cadyq_hardware)."""
-    sets = [("7bit", True, "float"), ("7bit", True, "halves")]
-    if hardware.int8_range() == "full":  # CPUs with VNNI/AMX: the single full-range convolution
-        sets.append(("full", True, "float"))
-    return sets
+def native(m, form, tiles_per_call=4, **kw):
+    with hardware.forced(int8_range=form, tiles_per_call=tiles_per_call):
+        return NativeBackend(m, "cpu", float_precision="fp32", **kw)
 
 
-CASES = [(n, m, *k) for n in BACKBONES for m in ("pams8", "cadyq") for k in kernel_sets()]
-CASES += [("edsr", "cadyq", "7bit", False, "float"), ("idn", "cadyq", "7bit", False, "halves")]  # no C compiler
+CASES = [(n, m, f) for n in BACKBONES for m in ("pams8", "cadyq") for f in forms()]
 
 
-@pytest.mark.parametrize("name,method,range_mode,library,eight_bit", CASES)
-def test_onednn_program_matches(name, method, range_mode, library, eight_bit):
+@pytest.mark.parametrize("name,method,form", CASES)
+def test_native_program_matches_the_fake_quant_model(name, method, form):
+    """Every backbone, PAMS-8 and CADyQ (selectors that choose all of 4/6/8): >= 99.9 % of the (tile, layer)
+    decisions equal, every other one explained (a tie or a rounding boundary), SR within 50 dB. EDSR runs the
+    8-bit program, the others the lowered module graph on the same kernels."""
     torch.manual_seed(0)
     m = quantize(tiny(name), method).eval()
     randomize_selectors(m, photo_crops(16, 24, seed=7))
-    tiles = photo_crops(max(32, -(-600 // ModelInfo.from_model(m).n_layers)), 24)
-    program = lower(m)
-    ref_sr, ref_bits = program(tiles)
-    program.use(OneDNNKernels(range_mode, library=library, eight_bit=eight_bit))
-    rep = compare(m, program, tiles, run=per_tile)
-    print(f"\n{name} {method} {range_mode}/{eight_bit}{'' if library else ' (torch elementwise)'}: {rep}")
+    tiles = photo_crops(max(32, -(-600 // max(1, ModelInfo.from_model(m).n_layers))), 24)
+    be = native(m, form)
+    assert be.fused == (name == "edsr")
+    rep = compare(m, be.program, tiles)
+    print(f"\n{name} {method} {form}: {rep}")
     assert rep.agreement >= 0.999 and not rep.unexplained, str(rep)
-    assert rep.sr_mean <= 1e-3 and rep.sr_max <= 2.0, str(rep)
-    sr, bits = per_tile(program, tiles)
-    assert (bits == ref_bits).float().mean() >= 0.999
-    assert (sr - ref_sr).abs().max() <= 2.0
+    assert rep.psnr_db >= 50, str(rep)
+    sr, bits = be.run(tiles)  # in groups of 4 tiles, on the workers: the same as one call
+    ref_sr, ref_bits = lower(m)(tiles)
+    assert (bits == ref_bits).float().mean() >= 0.999 and (sr - ref_sr).abs().max() <= 3.0
 
 
-def _conv(w, act="none"):
-    c = w.shape[0]
-    return IntConv2d("c", w, torch.rand(c) * 0.01 + 1e-3, torch.randn(c), (1, 1), (1, 1), (1, 1), 1, None, act)
-
-
-@pytest.mark.parametrize("bits", (4, 6, 8))
-@pytest.mark.parametrize("eight_bit", ("float", "halves"))
-def test_onednn_conv_accumulates_exactly(bits, eight_bit):
-    """The int32 accumulation equals the exact integer convolution (7-bit range, the halves of 8-bit q)."""
-    g = torch.Generator().manual_seed(bits)
-    s = 2 ** (bits - 1) - 1
+@pytest.mark.parametrize("form", forms())
+def test_int8_conv_accumulates_exactly_and_writes_the_reference_8_bit_output(form):
+    """u8 inputs over the whole 8-bit range (the extremes included), int8 weights: the accumulation is the exact
+    integer convolution, and the 8-bit output is round(clamp(y, -a, a) / a * s), as the reference rounds it."""
+    g = torch.Generator().manual_seed(3)
     w = torch.randint(-127, 128, (32, 64, 3, 3), generator=g).to(torch.int8)
-    x = torch.randint(-s, s + 1, (1, 64, 10, 10), generator=g).float()
-    x[0, :, 0, 0], x[0, :, 0, 1] = s, -s  # the extremes
-    conv = _conv(w, "relu")
-    conv.weight_scale.fill_(1.0)
-    conv.bias.zero_()
-    q = IntQuantizer("fixed", [bits], [float(s)])  # alpha = s: q = x
-    k = OneDNNKernels("7bit", eight_bit=eight_bit)
-    ctx = _Context(k)
-    ctx.grad = torch.zeros(1, 2)
-    qa = k.select_quantize(x.contiguous(memory_format=torch.channels_last), q, ctx)
-    out = k.conv(qa, conv)
-    exact = torch.relu(F.conv2d(x.double(), w.double(), padding=1))
-    if bits == 8 and eight_bit == "float":
-        torch.testing.assert_close(out.double(), exact, rtol=1e-6, atol=1e-3)
-    else:
-        assert torch.equal(out.double(), exact)
+    v = torch.randint(-127, 128, (4, 64, 10, 10), generator=g).float()
+    v[:, :, 0, 0], v[:, :, 0, 1] = 127, -127
+    u = (v + 128).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+    conv = IntConv2d("c", w, torch.ones(32), torch.zeros(32), (1, 1), (1, 1), (1, 1), 1, None, "relu")
+    exact = torch.relu(torch.nn.functional.conv2d(v.double(), w.double(), padding=1))
+    assert torch.equal(K.Int8Conv(conv, 1.0, None, form)(u).double(), exact)
+    a = float(exact.max()) / 3  # a third of the outputs clip
+    got = K.Int8Conv(conv, 1.0, (a, 127.0), form)(u)
+    want = torch.round(exact.clamp(-a, a) / a * 127) + 128
+    assert got.dtype == torch.uint8 and (got.double() - want).abs().max() <= (0 if form == "7bit" else 1)
+    assert (got.double() != want).float().mean() <= 1e-3  # oneDNN may round a product of scales 1 ulp apart
 
 
-@pytest.mark.skipif(build.library() is None, reason=f"no C kernels: {build.why_unavailable()}")
-def test_c_select_quant_rounds_as_torch_on_boundaries():
+def _quant(bits=(4, 6, 8), alpha=(1.7, 2.3, 3.1), mode="full", c=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(len(bits), c + 2, generator=g) if mode == "full" else None
+    b = torch.randn(len(bits), generator=g) if mode in ("full", "layer") else None
+    return IntQuantizer(mode, list(bits), list(alpha), w, b)
+
+
+def _ref_select(q, x, grad, k=None):
+    """The reference: v on the top grid, the statistics of its values, the choice, the table."""
+    v = q.top_integers(x.float())
+    if k is None:
+        sigma = (v / q.levels[-1] * q.alpha[-1]).std(dim=(2, 3))
+        k = q.choose(sigma, grad, None)
+    return q.requantize(v, k), k
+
+
+def test_c_quantize_select_rounds_as_torch_on_boundaries_and_chooses_as_the_reference():
+    """Float input (every rounding boundary of the top grid, one float step either side): the C pass's 8-bit values,
+    statistics and choice equal the reference's; bf16 input likewise."""
     rng = np.random.default_rng(0)
-    k = OneDNNKernels("7bit")
-    ref = ReferenceKernels()
-    for bits, alpha in ((4, 1.7), (6, 2.3), (8, 3.1)):
-        s = 2 ** (bits - 1) - 1
-        x = torch.from_numpy(boundary_tile_batch(rng, (1, 16, 12, 12), alpha, s)).contiguous(memory_format=torch.channels_last)
-        q = IntQuantizer("fixed", [bits], [alpha])
-        ctx = _Context(k)
-        ctx.grad = torch.zeros(1, 2)
-        a = k.select_quantize(x, q, ctx, dequant=True)
-        b = ref.select_quantize(x, q, ctx)
-        torch.testing.assert_close(k.dequantize(a), ref.dequantize(b), rtol=0, atol=0)
-        assert torch.equal(k.dequantize(a).div(b.scale).round(), b.q)
+    q = _quant()
+    q.weight[:, :2] = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])  # the tile gradient spreads the choice
+    q.bias.copy_(torch.tensor([0.0, -5.0, -15.0]))
+    q.weight[:, 2:] *= 0.01
+    x = torch.from_numpy(boundary_tile_batch(rng, (6, 16, 12, 12), 3.1, 127)).contiguous(memory_format=torch.channels_last)
+    grad = torch.tensor([[1.0, 0], [7, 0], [14, 0], [3, 1], [8, 2], [19, 5]])
+    ref_q, ref_k = _ref_select(q, x, grad)
+    for xx in (x, x.bfloat16()):
+        want_q, want_k = _ref_select(q, xx.float(), grad) if xx.dtype == torch.bfloat16 else (ref_q, ref_k)
+        u, k = K.quantize_select(xx, K.Selection(q), grad, None)
+        assert torch.equal(k.long(), want_k) and torch.equal(u.float() - 128, want_q)
+    assert len(set(ref_k.tolist())) > 1  # the test sees more than one candidate chosen
 
 
-@pytest.mark.skipif(build.library() is None, reason=f"no C kernels: {build.why_unavailable()}")
-def test_c_selection_matches_torch_std_and_first_max_on_ties():
-    g = torch.Generator().manual_seed(1)
-    x = (torch.randn(1, 24, 16, 16, generator=g) * 3 + 5).contiguous(memory_format=torch.channels_last)
-    grad = torch.rand(1, 2, generator=g) * 10
-    w = torch.randn(3, 26, generator=g)
-    sigma = x.std(dim=(2, 3))
-    logits = F.linear(torch.cat([grad, sigma], 1), w, torch.zeros(3))
-    k = OneDNNKernels("7bit")
-    ctx = _Context(k)
-    ctx.grad = grad
-    for target in range(3):  # a bias that makes `target` win by a margin
-        b = -logits[0] + torch.tensor([0.0, 0.0, 0.0]).index_fill(0, torch.tensor([target]), 1.0)
-        q = IntQuantizer("full", [4, 6, 8], [1.0, 2.0, 3.0], w, b)
-        assert int(k.select_quantize(x, q, ctx).k[0]) == target
-    tie = IntQuantizer("full", [4, 6, 8], [1.0, 2.0, 3.0], torch.zeros(3, 26), torch.tensor([0.5, 0.5, 0.5]))
-    assert int(k.select_quantize(x, tie, ctx).k[0]) == 0  # torch.argmax: the first maximum
+def test_c_select_u8_and_tables_cover_every_8_bit_value():
+    """Each candidate's table maps every 8-bit value as `IntQuantizer.requantize` does; the top candidate's table is
+    the identity (no pass); given choices (layer, tile, fixed modes) are applied as given."""
+    q = _quant()
+    tables = q.tables()
+    v = torch.arange(-128, 128, dtype=torch.float32)
+    for k in range(3):
+        assert torch.equal(tables[k].float() - 128, q.requantize(v, torch.tensor(k)))
+    # the top candidate's table is the identity but for v = -128, which never reaches a quantizer (below)
+    assert torch.equal(tables[-1][1:], torch.arange(1, 256, dtype=torch.uint8)) and not torch.equal(tables[0], tables[-1])
+    assert K.Selection(q).identity.tolist() == [0, 0, 1]
+    # every value 1..255 in every tile, with a choice per tile given (tile mode)
+    u = torch.arange(1, 256, dtype=torch.uint8).repeat(3 * 16 * 16 * 16 // 255 + 1)[: 3 * 16 * 16 * 16]
+    u = u.view(3, 16, 16, 16).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    tile = _quant(mode="tile")
+    sel = K.Selection(tile)
+    logits = torch.eye(3)[[2, 0, 1]]
+    ref = torch.stack([tables[k][u[i].long()] for i, k in enumerate([2, 0, 1])])
+    k = K.select_u8(u, sel, None, logits)
+    assert k.tolist() == [2, 0, 1] and torch.equal(u, ref)
 
 
-@pytest.mark.skipif(build.library() is None, reason=f"no C kernels: {build.why_unavailable()}")
-def test_c_fake_quant_is_bitwise_torch():
-    rng = np.random.default_rng(2)
-    x = torch.from_numpy(boundary_tile_batch(rng, (2, 8, 10, 10), 2.5, 127)).contiguous(memory_format=torch.channels_last)
-    a = torch.tensor([2.5])
-    assert torch.equal(OneDNNKernels("7bit").fake_quant(x, a, 127.0), fake_quant(x, a, 127))
+def test_c_selection_takes_the_first_maximum_on_ties():
+    x = (torch.rand(2, 16, 8, 8) * 3).contiguous(memory_format=torch.channels_last)
+    tie = IntQuantizer("full", [4, 6, 8], [1.0, 2.0, 3.0], torch.zeros(3, 18), torch.tensor([0.5, 0.5, 0.5]))
+    assert K.quantize_select(x, K.Selection(tie), torch.zeros(2, 2), None)[1].tolist() == [0, 0]  # as torch.argmax
 
 
-def test_tile_at_a_time():
-    k = OneDNNKernels("7bit")
-    ctx = _Context(k)
-    ctx.grad = torch.zeros(2, 2)
-    with pytest.raises(BackendError, match="one tile at a time"):
-        k.select_quantize(torch.zeros(2, 4, 5, 5), IntQuantizer("fixed", [8], [1.0]), ctx)
+def test_c_residual_is_the_reference_sum():
+    """EDSR's residual stream: a block's output on its fixed 8-bit quantizer plus its quantized input, onto the next
+    block's grid: the same values as the fake-quant model's y + x, then its rounding."""
+    from cadyq.quant.ops import fake_quant
+
+    g = torch.Generator().manual_seed(5)
+    y = torch.randint(0, 256, (3, 16, 9, 9), generator=g, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    skip = torch.randint(1, 256, (3, 16, 9, 9), generator=g, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    a_y, a_skip = 1.37, 2.9
+    r = (y.float() - 128).clamp_min(-127) / 127.0 * a_y + (skip.float() - 128) / 127.0 * a_skip
+    assert torch.equal(r, fake_quant((y.float() - 128).clamp_min(-127) / 127.0 * a_y, torch.tensor(a_y), 127)
+                       + (skip.float() - 128) / 127.0 * a_skip)
+    nxt = _quant(mode="layer")
+    u, k = K.residual_select(y, a_y, skip, a_skip, K.Selection(nxt), None, None)
+    want, _ = _ref_select(nxt, r, None, k.long())
+    assert torch.equal(u.float() - 128, want)
+    assert torch.equal(K.residual_float(y, a_y, skip, a_skip, torch.float32), r)
+    assert torch.equal(K.residual_float(y, a_y, skip, a_skip, torch.bfloat16), r.bfloat16())
+
+
+def test_native_program_calls_every_quantized_conv_with_whole_groups_and_8_bit_outputs():
+    """The program's own record of its oneDNN calls over one batch of 16 tiles: every quantized convolution (and the
+    INT8 upsampler's) gets tiles_per_call tiles, and each one whose output feeds a quantizer writes uint8."""
+    from cadyq.calib import calibrate_upsampler
+    from cadyq.zoo import load_pretrained
+
+    m = calibrate_upsampler(load_pretrained("edsr-tiny-cadyq-x4-cpu"), [photo_crops(8, 48)])
+    with hardware.forced(int8_range="full", tiles_per_call=4):
+        be = NativeBackend(m, "cpu", int8_upsampler=True, workers=2)
+    be.program.calls = calls = []
+    be.run(photo_crops(16, 48))
+    names = {c[0] for c in calls}
+    n_convs = 2 * (len(m.body) - 1) + 3  # two per block; the x4 upsampler's two and the tail
+    assert len(names) == n_convs and len(calls) == 4 * n_convs
+    assert all(tiles == 4 for _, tiles, _ in calls)
+    assert all(dtype == torch.uint8 for name, _, dtype in calls if name != "upsampler.2")
+    assert [d for name, _, d in calls if name == "upsampler.2"] == [torch.float32] * 4  # the tail writes the SR
 
 
 def test_int8_range_branch_is_decided_in_cadyq_hardware():
-    """The probe decides on this CPU; forced, every CPU takes each branch: the kernels' zero points and the notes
-    a user reads follow cadyq.hardware."""
-    from cadyq.runtime.native_backend import NativeBackend
-
+    """The probe decides on this CPU; forced, every CPU takes each branch: the convolution's form and the notes a
+    user reads follow cadyq.hardware, and so does the number of tiles per call."""
     assert hardware.int8_range() in ("full", "7bit")
     assert hardware._int8_probe() == ("full" if hardware.has_vnni() or hardware.has_amx() else "7bit")
     m = quantize(tiny("edsr"), "cadyq").eval()
-    q = lower(m).dynamic[0]
-    for forced, zp, note in [("full", 128, "full 8-bit input range (VNNI/AMX)"), ("7bit", 64, "7-bit inputs")]:
+    for forced, note, per in [("full", "full 8-bit range (VNNI/AMX)", 4), ("7bit", "float32 convolutions", 1)]:
         with hardware.forced(int8_range=forced):
-            k = OneDNNKernels()
-            assert k.range == forced and k._scheme(q)[3] == [zp] * q.n_candidates
-            assert note in NativeBackend(m, "cpu").notes[0]
+            be = NativeBackend(m, "cpu")
+            assert be.kernels.form == forced and note in be.notes[0] and be.tiles_per_call == per
+            assert all(b.conv1.form == forced for b in be.program.blocks)
 
 
 @pytest.mark.parametrize("name", ["edsr-tiny-cadyq-x4-cpu", "edsr-tiny-cadyq-x2-cpu"])
@@ -168,12 +201,9 @@ def test_trained_model_parity_on_photo_tiles(name, tmp_path):
 
     m = load_pretrained(name).eval()
     tiles = photo_crops(40, 48)
-    program = lower(m)
-    for kernels in (None, OneDNNKernels()):
-        if kernels is not None:
-            program.use(kernels)
-        rep = compare(m, program, tiles, run=per_tile if kernels is not None else None)
-        print(f"\n{name} {program.kernels.name}: {rep}")
+    for label, program in [("reference", lower(m)), ("native", NativeBackend(m, "cpu", float_precision="fp32").program)]:
+        rep = compare(m, program, tiles)
+        print(f"\n{name} {label}: {rep}")
         assert rep.agreement >= 0.999 and not rep.unexplained and rep.psnr_db >= 50, str(rep)
     path = export_onnx(m, tmp_path / "m.onnx", tile=48)
     ort_rep = compare_onnx(path, m, tiles, bisect="auto")
@@ -245,20 +275,21 @@ def test_nhwc_pixel_shuffle_rewrite_is_exact(scale):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3)
 
 
-def test_missing_kernel_source_falls_back_to_torch_with_a_reason(monkeypatch, tmp_path):
-    """An install without quant.c (or without a compiler) still runs the native backend, on torch elementwise
-    work, and says why in the backend's notes instead of failing."""
+def test_missing_kernel_source_falls_back_to_the_reference_with_a_reason(monkeypatch, tmp_path):
+    """An install without quant.c (nor a prebuilt library): `auto` runs the fake-quant reference and says why; asked
+    for by name, the native backend refuses in one line."""
+    import cadyq
+
     monkeypatch.setattr(build, "SOURCE", tmp_path / "quant.c")
     monkeypatch.setattr(build, "_prebuilt", lambda: None)  # nor the library compiled into the wheel
     build.library.cache_clear()
     try:
         assert build.library() is None and "source is not installed" in build.why_unavailable()
-        from cadyq.runtime.native_backend import NativeBackend
-
-        be = NativeBackend(quantize(tiny("edsr"), "cadyq"), "cpu", workers=1)
-        assert any("C kernels unavailable" in n and "source is not installed" in n for n in be.notes)
-        sr, bits = be.run(torch.rand(1, 3, 24, 24) * 255)
-        assert sr.shape == (1, 3, 48, 48) and torch.isfinite(sr).all()
+        m = quantize(tiny("edsr"), "cadyq")
+        be = cadyq.runtime.create_backend("auto", m, "cpu")
+        assert be.name == "torch" and "C kernels are unavailable" in be.choice.why
+        with pytest.raises(BackendError, match="source is not installed"):
+            NativeBackend(m, "cpu")
     finally:
         monkeypatch.undo()
         build.library.cache_clear()
@@ -357,7 +388,7 @@ def test_int8_upsampler_from_the_command_line(tmp_path, photo):
     assert main(["calibrate", "--model", tiny_model, "--data", str(photos), "--upsampler", "--tiles", "8",
                  "-o", str(m)]) == 0
     assert main(["upscale", str(src), "-o", str(tmp_path / "a.png"), "--model", str(m), "--int8-upsampler"]) == 0
-    assert main(["upscale", str(src), "-o", str(tmp_path / "b.png"), "--model", str(m)]) == 0
+    assert main(["upscale", str(src), "-o", str(tmp_path / "b.png"), "--model", str(m), "--int8-upsampler", "off"]) == 0
     a, b = read_image(tmp_path / "a.png").rgb.astype(float), read_image(tmp_path / "b.png").rgb.astype(float)
     assert a.shape == b.shape == (400, 480, 3) and 25 < 10 * np.log10(255 ** 2 / ((a - b) ** 2).mean()) < 80
     assert main(["upscale", str(src), "-o", str(tmp_path / "c.png"), "--model", str(m), "--backend", "torch",

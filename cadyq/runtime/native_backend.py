@@ -103,14 +103,21 @@ class NativeBackend(Backend):
         self.fused = unsupported(lowered) is None
         if self.fused:
             return EDSRProgram(lowered, self.float_precision, self.kernels.form)
-        return _Lowered(lowered, self.float_precision)
+        return lowered
 
     def _groups(self, program, x, groups, sr, bits):
         for i, j in groups:
             interrupt.check()  # Ctrl-C and SIGTERM stop the workers between groups (and between layers)
-            s, b = program(x[i:j])
+            with torch.inference_mode(), self._float():
+                s, b = program(x[i:j])
             sr[i:j] = s
             bits[i:j] = b
+
+    def _float(self):
+        """The lowered module graph's float layers in bf16 (the fused program says so itself)."""
+        if self.fused or self.float_precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=torch.bfloat16)
 
     def run(self, tiles):
         n = tiles.shape[0]
@@ -135,20 +142,6 @@ class NativeBackend(Backend):
         finally:
             torch.set_num_threads(threads)
         return sr.to(tiles.device), bits.to(tiles.device)
-
-
-class _Lowered:
-    """The lowered module graph on OneDNNKernels, its float layers in `float_precision`."""
-
-    def __init__(self, program, float_precision: str):
-        self.program, self.info = program, program.info
-        self.bf16 = float_precision == "bf16"
-
-    @torch.inference_mode()
-    def __call__(self, x):
-        with torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext():
-            sr, bits = self.program(x)
-        return sr.float(), bits
 
 
 def native_backend(model, device="auto", kernels: str = "auto", **options) -> Backend:

@@ -37,6 +37,8 @@ def available() -> str | None:
         return "this torch build has no oneDNN (mkldnn); the native CPU backend needs it"
     if not hasattr(torch.ops.onednn, "qconv2d_pointwise") or not hasattr(torch.ops.onednn, "qconv_prepack"):
         return f"torch {torch.__version__} has no torch.ops.onednn.qconv2d_pointwise; install torch >= 2.4"
+    if build.library() is None:
+        return f"cadyq's C kernels are unavailable ({build.why_unavailable()})"
     return None
 
 
@@ -98,8 +100,10 @@ class Selection:
         self.quant = quant
         self.a, self.s, self.t = float(quant.alpha[-1]), float(quant.levels[-1]), quant.grid
         self.tables = quant.tables().contiguous()
-        ident = torch.arange(256, dtype=torch.uint8)
-        self.identity = torch.tensor([int(torch.equal(t, ident)) for t in self.tables], dtype=torch.int32)
+        # v = -128 (u = 0) never reaches a quantizer: the C passes round into [-s_T, s_T], and the convolutions that
+        # write a quantizer's input end in a ReLU; so a table equal to the identity on 1..255 needs no pass
+        ident = torch.arange(1, 256, dtype=torch.uint8)
+        self.identity = torch.tensor([int(torch.equal(t[1:], ident)) for t in self.tables], dtype=torch.int32)
         self.full = quant.mode == "full"
         self.w = quant.weight.float().contiguous() if self.full else None
         self.b = quant.bias.float().contiguous() if self.full else None
