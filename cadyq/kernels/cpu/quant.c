@@ -118,6 +118,16 @@ static inline float quant1(float v, float a, float s) {
     return rintf(v / a * s);
 }
 
+/* The inference passes multiply where the reference divides (x * (s / a) for x / a * s, q * (a / 127) for q / 127 * a):
+ * a division per element would cost more than the rest of the pass. The two differ only where a value sits within
+ * a float rounding of a .5 tie, a few elements in a million; the parity tests explain any choice such an element
+ * moves as a rounding boundary. */
+static inline int32_t quant_fast(float v, float a, float inv) {
+    v = v < a ? v : a;
+    v = v > -a ? v : -a;
+    return (int32_t)rintf(v * inv);
+}
+
 static inline float bf16_load(const uint16_t *p, long i) {
     union { uint32_t u; float f; } v;
     v.u = (uint32_t)p[i] << 16;
@@ -135,6 +145,7 @@ static inline uint16_t bf16_round(float f) {  /* round to nearest even, as torch
 int cadyq_quantize_select(const void *x, int bf16, uint8_t *out, long n_tiles, long hw, int c, float a, float s,
                           SELECT_ARGS) {
     if (c > MAXC) return -1;
+    const float inv = s / a;
     int32_t s1[MAXC], a1[MAXC];
     int64_t s2[MAXC];
     int32_t a2[MAXC];
@@ -149,13 +160,13 @@ int cadyq_quantize_select(const void *x, int bf16, uint8_t *out, long n_tiles, l
                 uint8_t *restrict o = out + r;
                 if (bf16) {
                     for (int j = 0; j < c; j++) {
-                        int32_t v = (int32_t)quant1(bf16_load((const uint16_t *)x, r + j), a, s);
+                        int32_t v = quant_fast(bf16_load((const uint16_t *)x, r + j), a, inv);
                         o[j] = (uint8_t)(v + 128); a1[j] += v; a2[j] += v * v;
                     }
                 } else {
                     const float *restrict xr = (const float *)x + r;
                     for (int j = 0; j < c; j++) {
-                        int32_t v = (int32_t)quant1(xr[j], a, s);
+                        int32_t v = quant_fast(xr[j], a, inv);
                         o[j] = (uint8_t)(v + 128); a1[j] += v; a2[j] += v * v;
                     }
                 }
@@ -176,7 +187,7 @@ int cadyq_residual_select(const uint8_t *y, float a_y, const uint8_t *skip, floa
     if (c > MAXC) return -1;
     int32_t s1[MAXC], a1[MAXC], a2[MAXC];
     int64_t s2[MAXC];
-    const float s8 = 127.0f;
+    const float ty = a_y / 127.0f, ts = a_skip / 127.0f, inv = s / a;
     for (long n = 0; n < n_tiles; n++) {
         const long base = n * hw * c;
         for (int j = 0; j < c; j++) { s1[j] = 0; s2[j] = 0; }
@@ -189,8 +200,8 @@ int cadyq_residual_select(const uint8_t *y, float a_y, const uint8_t *skip, floa
                 for (int j = 0; j < c; j++) {
                     int32_t yq = (int32_t)yr[j] - 128;
                     yq = yq > -127 ? yq : -127;
-                    float r = (float)yq / s8 * a_y + (float)((int32_t)sr[j] - 128) / s8 * a_skip;
-                    int32_t v = (int32_t)quant1(r, a, s);
+                    float r = (float)yq * ty + (float)((int32_t)sr[j] - 128) * ts;
+                    int32_t v = quant_fast(r, a, inv);
                     o[j] = (uint8_t)(v + 128); a1[j] += v; a2[j] += v * v;
                 }
             }
@@ -204,11 +215,11 @@ int cadyq_residual_select(const uint8_t *y, float a_y, const uint8_t *skip, floa
 
 /* The last block's residual as float32 (bf16 == 0) or bfloat16, for the float convolution after it. */
 void cadyq_residual_float(const uint8_t *y, float a_y, const uint8_t *skip, float a_skip, long m, void *out, int bf16) {
-    const float s8 = 127.0f;
+    const float ty = a_y / 127.0f, ts = a_skip / 127.0f;
     for (long i = 0; i < m; i++) {
         int32_t yq = (int32_t)y[i] - 128;
         yq = yq > -127 ? yq : -127;
-        float r = (float)yq / s8 * a_y + (float)((int32_t)skip[i] - 128) / s8 * a_skip;
+        float r = (float)yq * ty + (float)((int32_t)skip[i] - 128) * ts;
         if (bf16) ((uint16_t *)out)[i] = bf16_round(r);
         else ((float *)out)[i] = r;
     }
@@ -216,12 +227,13 @@ void cadyq_residual_float(const uint8_t *y, float a_y, const uint8_t *skip, floa
 
 /* u8 = round(clamp(x1 + x2, -a, a) / a * s) + 128, the sum in float32 (inputs float32 or bfloat16). */
 void cadyq_add_quantize(const void *x1, const void *x2, int bf16, long m, float a, float s, uint8_t *out) {
+    const float inv = s / a;
     if (bf16) {
         for (long i = 0; i < m; i++)
-            out[i] = (uint8_t)((int32_t)quant1(bf16_load((const uint16_t *)x1, i) + bf16_load((const uint16_t *)x2, i), a, s) + 128);
+            out[i] = (uint8_t)(quant_fast(bf16_load((const uint16_t *)x1, i) + bf16_load((const uint16_t *)x2, i), a, inv) + 128);
     } else {
         const float *restrict p = (const float *)x1, *restrict q = (const float *)x2;
-        for (long i = 0; i < m; i++) out[i] = (uint8_t)((int32_t)quant1(p[i] + q[i], a, s) + 128);
+        for (long i = 0; i < m; i++) out[i] = (uint8_t)(quant_fast(p[i] + q[i], a, inv) + 128);
     }
 }
 
