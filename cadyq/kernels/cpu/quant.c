@@ -7,7 +7,7 @@
  */
 #include <math.h>
 #include <stdint.h>
-#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+#if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #endif
 
@@ -179,34 +179,74 @@ int cadyq_quantize_select(const void *x, int bf16, uint8_t *out, long n_tiles, l
     return 0;
 }
 
+/* One tile of the residual pass (below): out = round(clamp(r, -a, a) * inv) + 128 and the statistics of the same
+ * integers into s1, s2. */
+static void residual_tile(const uint8_t *restrict y, const uint8_t *restrict sk, uint8_t *restrict out, long hw, int c,
+                          float ty, float ts, float a, float inv, int32_t *s1, int64_t *s2) {
+    int32_t a1[MAXC], a2[MAXC];
+    for (int j = 0; j < c; j++) { s1[j] = 0; s2[j] = 0; }
+    for (long p0 = 0; p0 < hw; p0 += 1024) {  /* 1024 * 127^2 fits int32 */
+        long p1 = p0 + 1024 < hw ? p0 + 1024 : hw;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+        if (c % 16 == 0 && c <= 256) {  /* the same operations, 16 channels at a time */
+            const __m512 vty = _mm512_set1_ps(ty), vts = _mm512_set1_ps(ts), va = _mm512_set1_ps(a),
+                         vna = _mm512_set1_ps(-a), vinv = _mm512_set1_ps(inv);
+            const __m512i off = _mm512_set1_epi32(128), low = _mm512_set1_epi32(-127);
+            __m512i acc1[16], acc2[16];
+            const int groups = c / 16;
+            for (int g = 0; g < groups; g++) acc1[g] = acc2[g] = _mm512_setzero_si512();
+            for (long p = p0; p < p1; p++) {
+                for (int g = 0; g < groups; g++) {
+                    const long i = p * c + 16 * g;
+                    __m512i yi = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(y + i)));
+                    __m512i si = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(sk + i)));
+                    yi = _mm512_max_epi32(_mm512_sub_epi32(yi, off), low);
+                    si = _mm512_sub_epi32(si, off);
+                    __m512 r = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(yi), vty),
+                                             _mm512_mul_ps(_mm512_cvtepi32_ps(si), vts));
+                    r = _mm512_max_ps(_mm512_min_ps(r, va), vna);
+                    __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(r, vinv));  /* round half even, as rintf */
+                    _mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(_mm512_add_epi32(v, off)));
+                    acc1[g] = _mm512_add_epi32(acc1[g], v);
+                    acc2[g] = _mm512_add_epi32(acc2[g], _mm512_mullo_epi32(v, v));
+                }
+            }
+            for (int g = 0; g < groups; g++) {
+                _mm512_storeu_si512(a1 + 16 * g, acc1[g]);
+                _mm512_storeu_si512(a2 + 16 * g, acc2[g]);
+            }
+            for (int j = 0; j < c; j++) { s1[j] += a1[j]; s2[j] += a2[j]; }
+            continue;
+        }
+#endif
+        for (int j = 0; j < c; j++) a1[j] = a2[j] = 0;
+        for (long p = p0; p < p1; p++) {
+            const uint8_t *restrict yr = y + p * c, *restrict sr = sk + p * c;
+            uint8_t *restrict o = out + p * c;
+            for (int j = 0; j < c; j++) {
+                int32_t yq = (int32_t)yr[j] - 128;
+                yq = yq > -127 ? yq : -127;
+                float r = (float)yq * ty + (float)((int32_t)sr[j] - 128) * ts;
+                int32_t v = quant_fast(r, a, inv);
+                o[j] = (uint8_t)(v + 128); a1[j] += v; a2[j] += v * v;
+            }
+        }
+        for (int j = 0; j < c; j++) { s1[j] += a1[j]; s2[j] += a2[j]; }
+    }
+}
+
 /* The residual stream of EDSR's blocks: r = y / 127 * a_y + skip / 127 * a_skip (y: a block's output on its fixed
  * 8-bit quantizer, clamped to -127; skip: the block's quantized input), then as cadyq_quantize_select with the next
  * block's quantizer (a, s). */
 int cadyq_residual_select(const uint8_t *y, float a_y, const uint8_t *skip, float a_skip, uint8_t *out, long n_tiles,
                           long hw, int c, float a, float s, SELECT_ARGS) {
     if (c > MAXC) return -1;
-    int32_t s1[MAXC], a1[MAXC], a2[MAXC];
+    int32_t s1[MAXC];
     int64_t s2[MAXC];
     const float ty = a_y / 127.0f, ts = a_skip / 127.0f, inv = s / a;
     for (long n = 0; n < n_tiles; n++) {
         const long base = n * hw * c;
-        for (int j = 0; j < c; j++) { s1[j] = 0; s2[j] = 0; }
-        for (long p0 = 0; p0 < hw; p0 += 1024) {
-            long p1 = p0 + 1024 < hw ? p0 + 1024 : hw;
-            for (int j = 0; j < c; j++) a1[j] = a2[j] = 0;
-            for (long p = p0; p < p1; p++) {
-                const uint8_t *restrict yr = y + base + p * c, *restrict sr = skip + base + p * c;
-                uint8_t *restrict o = out + base + p * c;
-                for (int j = 0; j < c; j++) {
-                    int32_t yq = (int32_t)yr[j] - 128;
-                    yq = yq > -127 ? yq : -127;
-                    float r = (float)yq * ty + (float)((int32_t)sr[j] - 128) * ts;
-                    int32_t v = quant_fast(r, a, inv);
-                    o[j] = (uint8_t)(v + 128); a1[j] += v; a2[j] += v * v;
-                }
-            }
-            for (int j = 0; j < c; j++) { s1[j] += a1[j]; s2[j] += a2[j]; }
-        }
+        residual_tile(y + base, skip + base, out + base, hw, c, ty, ts, a, inv, s1, s2);
         finish(out + base, 1, hw, c, g + 2 * n, w, b, k_count, k_in ? k_in + n : NULL, t, luts, identity, k_out + n,
                s1, s2);
     }
