@@ -258,18 +258,24 @@ def test_peers_expand_to_openvino_on_the_cpu_only():
 
 
 def test_native_int8_upsampler_row_or_its_reason(hr, tmp_path, one_torch_thread):
+    """native-int8up needs calibrated clip values (the zoo's quantized models carry them): without, the row is skipped
+    with the reason; native-floatup runs the paper's float upsampler beside it."""
     from cadyq import save
     from cadyq.calib import calibrate_upsampler
 
-    rep = benchmark(ZOO, ["native-int8up"], "native", "cpu", TINY, image=hr)
-    assert [s["label"] for s in rep["skipped"]] == ["native-int8up"] and "calibrate" in rep["skipped"][0]["reason"]
     m = load_model(ZOO)
+    m.upsampler_clips = None
+    bare = tmp_path / "bare.safetensors"
+    save(m, bare)
+    rep = benchmark(str(bare), ["native-int8up"], "native", "cpu", TINY, image=hr)
+    assert [s["label"] for s in rep["skipped"]] == ["native-int8up"] and "calibrate" in rep["skipped"][0]["reason"]
     path = tmp_path / "m.safetensors"
     save(calibrate_upsampler(m, [torch.rand(4, 3, 24, 24) * 255]), path)
-    rep = benchmark(str(path), ["native-int8up"], "native", "cpu", TINY, image=hr)
+    rep = benchmark(str(path), ["native-int8up", "native-floatup"], "native", "cpu", TINY, image=hr)
     rows = {r["label"]: r for r in rep["results"]}
-    assert "native-int8up" in rows and any("upsampler convs INT8" in n for n in rows["native-int8up"]["notes"])
-    assert abs(rows["native-int8up"]["image"]["psnr"] - rows[str(path)]["image"]["psnr"]) < 0.5
+    assert any("upsampler and tail INT8 (asked for)" in n for n in rows["native-int8up"]["notes"])
+    assert any("upsampler float (asked for)" in n for n in rows["native-floatup"]["notes"])
+    assert abs(rows["native-int8up"]["image"]["psnr"] - rows["native-floatup"]["image"]["psnr"]) < 0.5
 
 
 def test_auto_backend_row_says_what_it_chose(hr, one_torch_thread):

@@ -114,11 +114,11 @@ def test_c_quantize_select_rounds_as_torch_on_boundaries_and_chooses_as_the_refe
     ref_q, ref_k = _ref_select(q, x, grad)
     for xx in (x, x.bfloat16()):
         want_q, want_k = _ref_select(q, xx.float(), grad) if xx.dtype == torch.bfloat16 else (ref_q, ref_k)
-        u, k = K.quantize_select(xx, K.Selection(q), grad, None)
+        u, k = K.quantize_select(xx, K.Selection(q), K.Group(grad))
         assert torch.equal(k.long(), want_k)
         top = K.Selection(q)
         top_only = _quant(bits=(8,), alpha=(3.1,), mode="fixed")
-        v, _ = K.quantize_select(xx, K.Selection(top_only), grad, None)  # the first rounding alone
+        v, _ = K.quantize_select(xx, K.Selection(top_only), K.Group(grad))  # the first rounding alone
         assert _ties_only(v.float() - 128, xx.float(), top.a, top.s)
         assert (u.float() - 128 != want_q).float().mean() <= 0.02  # the boundary batch is mostly ties
     assert len(set(ref_k.tolist())) > 1  # the test sees more than one candidate chosen
@@ -142,14 +142,14 @@ def test_c_select_u8_and_tables_cover_every_8_bit_value():
     sel = K.Selection(tile)
     logits = torch.eye(3)[[2, 0, 1]]
     ref = torch.stack([tables[k][u[i].long()] for i, k in enumerate([2, 0, 1])])
-    k = K.select_u8(u, sel, None, logits)
+    k = K.select_u8(u, sel, K.Group(torch.zeros(3, 2), logits))
     assert k.tolist() == [2, 0, 1] and torch.equal(u, ref)
 
 
 def test_c_selection_takes_the_first_maximum_on_ties():
     x = (torch.rand(2, 16, 8, 8) * 3).contiguous(memory_format=torch.channels_last)
     tie = IntQuantizer("full", [4, 6, 8], [1.0, 2.0, 3.0], torch.zeros(3, 18), torch.tensor([0.5, 0.5, 0.5]))
-    assert K.quantize_select(x, K.Selection(tie), torch.zeros(2, 2), None)[1].tolist() == [0, 0]  # as torch.argmax
+    assert K.quantize_select(x, K.Selection(tie), K.Group(torch.zeros(2, 2)))[1].tolist() == [0, 0]  # as torch.argmax
 
 
 def test_c_residual_is_the_reference_sum():
@@ -168,10 +168,10 @@ def test_c_residual_is_the_reference_sum():
     torch.testing.assert_close(got, r, rtol=1e-6, atol=1e-6)  # multiplied where the reference divides (quant.c)
     assert torch.equal(K.residual_float(y, a_y, skip, a_skip, torch.bfloat16), got.bfloat16())
     nxt = _quant(bits=(8,), alpha=(4.0,), mode="fixed")
-    u, _ = K.residual_select(y, a_y, skip, a_skip, K.Selection(nxt), None, None)
+    u, _ = K.residual_select(y, a_y, skip, a_skip, K.Selection(nxt), K.Group(torch.zeros(3, 2)))
     assert _ties_only(u.float() - 128, got, 4.0, 127.0) and (u.float() - 128 != nxt.top_integers(r)).float().mean() < 1e-3
     layer = _quant(mode="layer")
-    u, k = K.residual_select(y, a_y, skip, a_skip, K.Selection(layer), None, None)
+    u, k = K.residual_select(y, a_y, skip, a_skip, K.Selection(layer), K.Group(torch.zeros(3, 2)))
     want, _ = _ref_select(layer, got, None, k.long())
     assert (u.float() - 128 != want).float().mean() < 1e-3
 
@@ -393,7 +393,9 @@ def test_installed_wheel_runs_every_backend_from_its_own_files(tmp_path):
 def test_int8_upsampler_from_the_command_line(tmp_path, photo):
     """`cadyq calibrate --upsampler` adds the clip values; `cadyq upscale --int8-upsampler` runs them natively;
     the option is refused where it cannot apply."""
+    from cadyq import save
     from cadyq.cli import main
+    from cadyq.zoo import load_pretrained
     from cadyq.data.io import Image, read_image, write_image
 
     crop = np.ascontiguousarray(photo[:100, :120])
@@ -411,5 +413,9 @@ def test_int8_upsampler_from_the_command_line(tmp_path, photo):
     assert a.shape == b.shape == (400, 480, 3) and 25 < 10 * np.log10(255 ** 2 / ((a - b) ** 2).mean()) < 80
     assert main(["upscale", str(src), "-o", str(tmp_path / "c.png"), "--model", str(m), "--backend", "torch",
                  "--int8-upsampler"]) == 2
-    assert main(["upscale", str(src), "-o", str(tmp_path / "d.png"), "--model", tiny_model, "--int8-upsampler"]) == 2
+    bare = tmp_path / "bare.safetensors"  # a model without the clip values
+    m0 = load_pretrained(tiny_model)
+    m0.upsampler_clips = None
+    save(m0, bare)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "d.png"), "--model", str(bare), "--int8-upsampler"]) == 2
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "d.png").exists()

@@ -64,7 +64,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", default="",
                    help="comma-separated baselines: fp32, pams8 (built from --model's weights), fp32-cl, bf16-cl, "
                         "fp16-cl (the fp32 backbone channels_last, autocast), fakequant, native (--model on that "
-                        "backend), native-int8up (native with INT8 upsampler convs), openvino, openvino-int8, fp16 (CUDA), or checkpoints/zoo names/.onnx/.engine; NAME@BACKEND picks a backend; "
+                        "backend), native-int8up / native-floatup (native with the upsampler and tail in INT8 / in float), openvino, openvino-int8, fp16 (CUDA), or checkpoints/zoo names/.onnx/.engine; NAME@BACKEND picks a backend; "
                         "'peers' = the strongest float peers and the quantized paths of this device")
     p.add_argument("--threads", type=int, help="torch and onnxruntime intra-op threads (default: theirs)")
     p.add_argument("--schedule", choices=SCHEDULES, default="interleaved",

@@ -229,15 +229,15 @@ def make_configs(model, compare=(), backend: str = "auto", device: str = "auto",
                 continue
             configs.append(Config(item, be, item, ["fp32 backbone, same weights"] + be.notes, fp32))
             continue
-        if item in ("fakequant", "native", "native-int8up"):
+        if item in ("fakequant", "native", "native-int8up", "native-floatup"):
             if first.module is None:
                 raise BenchError(f"the {item} row runs the checkpoint of --model; --model is a file; pass the checkpoint")
-            if item == "native-int8up":
+            if item in ("native-int8up", "native-floatup"):
                 from ..errors import BackendError
                 from ..runtime import create_backend
 
                 try:
-                    be = create_backend("native", first.module, str(dev), int8_upsampler=True)
+                    be = create_backend("native", first.module, str(dev), int8_upsampler=item == "native-int8up")
                 except BackendError as e:  # e.g. no upsampler clip values: the row is skipped, with the reason
                     skipped.append({"label": item, "reason": str(e)})
                     continue

@@ -80,6 +80,8 @@ class EDSRProgram:
                                       K.Int8Conv(block.body[2], qmid.t, (a_out, s_out), form), a_out))
         self.last_conv = net.body[-1]
         (self.head,) = net.head
+        width = max(q.n_candidates for q in self.dynamic)
+        self.bits_table = torch.stack([nn.functional.pad(q.bits, (0, width - q.n_candidates)) for q in self.dynamic])
         self.upsampler = self._int8_upsampler(net, form)
 
     def _int8_upsampler(self, net, form):
@@ -117,21 +119,21 @@ class EDSRProgram:
         grad = tile_gradient(lr)
         with self._float():  # the head conv without the lowering's hooks (they need its per-forward context)
             h = self.head._conv_forward(net.sub_mean(lr), self.head.weight, self.head.bias).contiguous(memory_format=CL)
-        logits = self._tile_logits(h, grad, lr)
+        group = K.Group(grad, self._tile_logits(h, grad, lr))
         b0 = self.blocks[0]
         self._tap(0, lambda: h)
-        a, k = K.quantize_select(h, b0.quant_in, grad, logits)
+        a, k = K.quantize_select(h, b0.quant_in, group)
         ks = []
         for i, b in enumerate(self.blocks):
             interrupt.check()
             c1 = self._record(f"body.{i}.body.0", a, b.conv1(a))
             self._tap(2 * i + 1, lambda: (c1.float() - 128) / b.quant_mid.s * b.quant_mid.a)  # as oneDNN rounded it
-            k_mid = K.select_u8(c1, b.quant_mid, grad, logits)
+            k_mid = K.select_u8(c1, b.quant_mid, group)
             y = self._record(f"body.{i}.body.2", c1, b.conv2(c1))
-            ks += [(b.quant_in, k), (b.quant_mid, k_mid)]
+            ks += [k, k_mid]
             if i + 1 < len(self.blocks):
                 self._tap(2 * i + 2, lambda: _residual(y, b.a_out, a, b.quant_in.a))
-                a, k = K.residual_select(y, b.a_out, a, b.quant_in.a, self.blocks[i + 1].quant_in, grad, logits)
+                a, k = K.residual_select(y, b.a_out, a, b.quant_in.a, self.blocks[i + 1].quant_in, group)
             else:
                 r = K.residual_float(y, b.a_out, a, b.quant_in.a, torch.bfloat16 if self.bf16 else torch.float32)
         with self._float():
@@ -140,9 +142,11 @@ class EDSRProgram:
                 sr = net.add_mean(net.tail(body + h))
         if self.upsampler is not None:
             sr = self._run_upsampler(K.add_quantize(body, h, self.up_clip))
-        bits = (torch.stack([s.quant.bits[k.long()] for s, k in ks], 1) if ks
-                else lr.new_full((n, self.info.n_layers), 32.0))
-        return sr.float(), bits
+        return sr.float(), self._bits(torch.stack(ks, 1).long())
+
+    def _bits(self, k: torch.Tensor) -> torch.Tensor:
+        """[N, L] bit-widths from the candidates chosen [N, L] (in the order of `dynamic`)."""
+        return torch.gather(self.bits_table.expand(k.shape[0], -1, -1), 2, k.unsqueeze(2)).squeeze(2)
 
     def _tap(self, layer: int, value):
         if self.taps is not None:

@@ -115,23 +115,33 @@ class Selection:
             sel = quant._cpu_selection = Selection(quant)
         return sel
 
-    def given(self, n: int, tile_logits: torch.Tensor | None) -> torch.Tensor | None:
-        """k [N] int32 where the choice does not read the tile's statistics, else None."""
-        k = self.quant.constant_k()
-        if k is not None:
-            return torch.full((n,), k, dtype=torch.int32)
-        if self.quant.mode == "tile":
-            return tile_logits.argmax(1).to(torch.int32)
-        return None
-
-    def args(self, n: int, grad: torch.Tensor | None, tile_logits: torch.Tensor | None):
-        """The trailing arguments of the C selection kernels and the k [N] they fill."""
-        k_in, k_out = self.given(n, tile_logits), torch.empty(n, dtype=torch.int32)
-        g = grad.float().contiguous() if self.full else None
-        keep = (k_in, g)  # alive until the call returns
+    def args(self, group: "Group"):
+        """The trailing arguments of the C selection kernels, and the k [N] (int32) they fill."""
+        k_in, k_out = None, torch.empty(group.n, dtype=torch.int32)
+        const = self.quant.constant_k()
+        if const is not None:
+            k_in = group.constant(const)
+        elif self.quant.mode == "tile":
+            k_in = group.k_tile
         p = _ptr
-        return (p(g), p(self.w), p(self.b), self.quant.n_candidates, p(k_in), ctypes.c_float(self.t),
-                p(self.tables), p(self.identity), p(k_out)), k_out, keep
+        return (p(group.grad if self.full else None), p(self.w), p(self.b), self.quant.n_candidates, p(k_in),
+                ctypes.c_float(self.t), p(self.tables), p(self.identity), p(k_out)), k_out
+
+
+class Group:
+    """What every quantizer of a group of tiles reads besides its input, prepared once: the tiles' gradient (CADyQ's
+    selector) and the model-level tile choice (tile mode: Granular-DQ, CADyQ's tile selector)."""
+
+    def __init__(self, grad: torch.Tensor, tile_logits: torch.Tensor | None = None):
+        self.n = grad.shape[0]
+        self.grad = grad.float().contiguous()
+        self.k_tile = None if tile_logits is None else tile_logits.argmax(1).to(torch.int32)
+        self._const: dict[int, torch.Tensor] = {}
+
+    def constant(self, k: int) -> torch.Tensor:
+        if k not in self._const:
+            self._const[k] = torch.full((self.n,), k, dtype=torch.int32)
+        return self._const[k]
 
 
 def _ptr(t: torch.Tensor | None):
@@ -145,36 +155,36 @@ def _nhwc(x: torch.Tensor) -> tuple[int, int, int]:
     return n, h * w, c
 
 
-def select_u8(u: torch.Tensor, sel: Selection, grad, tile_logits) -> torch.Tensor:
+def select_u8(u: torch.Tensor, sel: Selection, group: Group) -> torch.Tensor:
     """In place on a uint8 batch a convolution wrote on sel's top grid; returns k [N]."""
     n, hw, c = _nhwc(u)
-    args, k, keep = sel.args(n, grad, tile_logits)
+    args, k = sel.args(group)
     if library().cadyq_select_u8(u.data_ptr(), n, hw, c, *args) != 0:
         raise BackendError(f"{c} channels: the C kernels take at most 1024")
     return k
 
 
-def quantize_select(x: torch.Tensor, sel: Selection, grad, tile_logits) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_select(x: torch.Tensor, sel: Selection, group: Group) -> tuple[torch.Tensor, torch.Tensor]:
     """A float batch (float32 or bfloat16, channels_last) onto sel's top grid, then chosen and re-quantized: (u, k)."""
     x = x.contiguous(memory_format=CL)
     if x.dtype not in (torch.float32, torch.bfloat16):
         x = x.float()
     n, hw, c = _nhwc(x)
     u = torch.empty(x.shape, dtype=torch.uint8, memory_format=CL)
-    args, k, keep = sel.args(n, grad, tile_logits)
+    args, k = sel.args(group)
     if library().cadyq_quantize_select(x.data_ptr(), int(x.dtype == torch.bfloat16), u.data_ptr(), n, hw, c,
                                        ctypes.c_float(sel.a), ctypes.c_float(sel.s), *args) != 0:
         raise BackendError(f"{c} channels: the C kernels take at most 1024")
     return u, k
 
 
-def residual_select(y: torch.Tensor, a_y: float, skip: torch.Tensor, a_skip: float, sel: Selection, grad,
-                    tile_logits) -> tuple[torch.Tensor, torch.Tensor]:
+def residual_select(y: torch.Tensor, a_y: float, skip: torch.Tensor, a_skip: float, sel: Selection,
+                    group: Group) -> tuple[torch.Tensor, torch.Tensor]:
     """EDSR's residual stream: y / 127 * a_y + skip / 127 * a_skip (two 8-bit batches), onto sel's grid, chosen and
     re-quantized: (u, k)."""
     n, hw, c = _nhwc(y)
     u = torch.empty(y.shape, dtype=torch.uint8, memory_format=CL)
-    args, k, keep = sel.args(n, grad, tile_logits)
+    args, k = sel.args(group)
     if library().cadyq_residual_select(y.data_ptr(), ctypes.c_float(a_y), skip.data_ptr(), ctypes.c_float(a_skip),
                                        u.data_ptr(), n, hw, c, ctypes.c_float(sel.a), ctypes.c_float(sel.s), *args) != 0:
         raise BackendError(f"{c} channels: the C kernels take at most 1024")
@@ -217,7 +227,7 @@ class OneDNNKernels(Kernels):
 
     def select_quantize(self, x, quant, ctx, dequant=False):
         sel = Selection.of(quant)
-        u, k = quantize_select(x, sel, ctx.grad, ctx.tile_logits)
+        u, k = quantize_select(x, sel, Group(ctx.grad, ctx.tile_logits))
         k = k.long()
         return QAct(u, torch.full((u.shape[0],), sel.t), quant.bits[k], k)
 
