@@ -6,7 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cadyq.errors import ExportError
 from cadyq.export import op
-from conftest import boundary_tile_batch
+from conftest import select_tie_case, select_ties
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -108,40 +108,13 @@ def test_ort_conv_graph_matches_reference(bits, opset):
         assert len(np.unique(hq[n])) <= 2 * _levels(bits)[tile_k[n]] + 1
 
 
-def tie_case(bits, rng, N=4, C=3, H=16, W_=16):
-    """Selector rows 1 and 2 tie and dominate row 0 (every tile picks candidate 1, the first of the tied maxima). Clip
-    values put a step of candidate 1 at exactly two steps of the top grid, so half the top grid's values land exactly
-    on candidate 1's rounding boundaries; x holds every rounding boundary of the top grid (x = ±a_T/2 lands exactly
-    on ±s_T/2), each also one float step above and below."""
-    K = len(bits)
-    Wsel = (0.1 * rng.standard_normal((K, C + 2))).astype(np.float32)
-    Wsel[2] = Wsel[1]
-    b = np.array([0.0, 50.0, 50.0][:K], np.float32)
-    s, top = _levels(bits), op.top_candidate(bits)
-    unit = np.float32(2.0 ** -(bits[top] - 1))                      # the top step, about a_T / s_T
-    a = np.ones(K, np.float32)
-    a[top], a[1] = s[top] * unit, 2 * s[1] * unit
-    x = boundary_tile_batch(rng, (N, C, H, W_), a[top], s[top])
-    return x, rng.standard_normal((N, 2)).astype(np.float32), Wsel, b, a
-
-
-def ties_on_both_grids(x, a, bits) -> tuple[int, int]:
-    """How many elements of x lie exactly on a .5 rounding boundary of the top grid, and how many of the values on
-    the top grid exactly on one of candidate 1's (the roundings that must go half to even)."""
-    s, top = _levels(bits), op.top_candidate(bits)
-    u = np.maximum(np.minimum(x, a[top]), -a[top]) / a[top] * s[top]
-    x_top = np.round(u) / s[top] * a[top]
-    u1 = np.maximum(np.minimum(x_top, a[1]), -a[1]) / a[1] * s[1]
-    return int(((u - np.floor(u)) == 0.5).sum()), int(((u1 - np.floor(u1)) == 0.5).sum())
-
-
 @pytest.mark.parametrize("bits", [(3, 2, 4), (4, 6, 8), (8, 5, 7)])
 def test_ties_and_rounding_boundaries(bits):
     """Logit ties pick the first max; the exact rounding ties of both roundings go the same way in the graph as in
     the reference (half to even: test_reference_agrees_with_torch)."""
-    x, g, Wsel, b, a = tie_case(bits, np.random.default_rng(1))
+    x, g, Wsel, b, a = select_tie_case(bits, np.random.default_rng(1))
     N = x.shape[0]
-    assert min(ties_on_both_grids(x, a, bits)) > 0                     # the case holds ties of both kinds
+    assert min(select_ties(x, a, bits)) > 0                     # the case holds ties of both kinds
     y, bits_out = run(select_model(x.shape, Wsel, b, a, bits), x=x, g=g)
     y_ref, bits_ref = op.reference(x, g, Wsel, b, a, bits)
     np.testing.assert_array_equal(bits_out, np.full(N, bits[1], np.float32))   # first of the tied maxima
@@ -157,7 +130,7 @@ def test_ties_and_rounding_boundaries(bits):
 def test_integer_form_matches_reference(bits):
     """Version 2: q, the integers on the top grid, and scale = a_T / s_T for every tile; q * scale is y of version 1
     up to the order of the last two roundings."""
-    x, g, Wsel, b, a = tie_case(bits, np.random.default_rng(4), N=5)
+    x, g, Wsel, b, a = select_tie_case(bits, np.random.default_rng(4), N=5)
     vi = helper.make_tensor_value_info
     graph = helper.make_graph(
         [op.make_select_node(["x", "g", "W", "b", "a"], ["q", "scale", "bits"], bits)], "select_int",
