@@ -213,6 +213,8 @@ def test_add_functions_idempotent_and_errors():
         op.make_function(14)
     with pytest.raises(ExportError, match="bit-widths"):
         op.make_select_node(["x", "g", "W", "b", "a"], ["y", "bits"], bits=[1, 8])
+    with pytest.raises(ExportError, match="distinct"):                 # one top candidate
+        op.make_select_node(["x", "g", "W", "b", "a"], ["y", "bits"], bits=[4, 8, 8])
     del node.attribute[:]
     with pytest.raises(ExportError, match="bits"):
         op.add_functions(model)

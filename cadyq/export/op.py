@@ -1,8 +1,8 @@
 """The `cadyq::CADyQSelect` op: an ONNX model-local function, node helpers and a numpy reference.
 
 The op is a whole dynamic quantizer at inference (`cadyq.quant.ops.on_top_grid`). Per tile n (inputs x [N,C,H,W],
-g [N,2], W [K,C+2], b [K], a [K], attribute bits [K]), with s_j = 2^(bits[j] - 1) - 1 and T the top candidate (the
-most bits; the last of equal maxima):
+g [N,2], W [K,C+2], b [K], a [K], attribute bits [K]: distinct bit-widths), with s_j = 2^(bits[j] - 1) - 1 and T
+the top candidate (the most bits):
 
     fq(z, a, s) = round(clamp(z, -a, a) / a * s) / s * a                  # minimum, maximum; round half to even
     v[n]        = round(clamp(x[n], -a[T], a[T]) / a[T] * s[T])           # x on the top candidate's grid (integers)
@@ -49,8 +49,8 @@ INT_OUTPUTS = ("q", "scale", "bits")
 
 def _check_bits(bits: Sequence[int]) -> list[int]:
     bits = [int(v) for v in bits]
-    if not bits or any(v < 2 or v > 16 for v in bits):
-        raise ExportError(f"CADyQSelect needs 1+ bit-widths in [2, 16] (2^(b-1)-1 levels); got {bits}")
+    if not bits or any(v < 2 or v > 16 for v in bits) or len(set(bits)) != len(bits):
+        raise ExportError(f"CADyQSelect needs 1+ distinct bit-widths in [2, 16] (2^(b-1)-1 levels); got {bits}")
     return bits
 
 
@@ -89,10 +89,11 @@ def make_function(opset: int, integer: bool = False) -> onnx.FunctionProto:
         const("one", f32, [1.0], []), const("two", f32, [2.0], []),
         bits_ints, N("Cast", ["bits_i"], ["bits_f"], to=f32),
         *(N("Cast", [v], [v + "f"], to=f32) for v in INPUTS),         # no-ops for float32 graphs
-        # s_j = 2^(b_j-1) - 1; the top candidate T: the most bits (the last of equal maxima)
+        # s_j = 2^(b_j-1) - 1; the top candidate T: the most bits (as [1, K] -> [1]: TensorRT's ArgMax needs 2-D)
         N("Sub", ["bits_f", "one"], ["bits_m1"]), N("Pow", ["two", "bits_m1"], ["levels"]),
         N("Sub", ["levels", "one"], ["s_all"]),
-        N("ArgMax", ["bits_f"], ["top"], axis=0, keepdims=0, select_last_index=1),
+        const("axis0", i64, [0], [1]), N("Unsqueeze", ["bits_f", "axis0"], ["bits_row"]),
+        N("ArgMax", ["bits_row"], ["top"], axis=1, keepdims=0),
         N("Gather", ["af", "top"], ["a_t"], axis=0), N("Gather", ["s_all", "top"], ["s_t"], axis=0),
         # x_top = fq(x, a_T, s_T): the input on the top grid
         *fake_quant("xf", "a_t", "s_t", "x_top"),
@@ -116,8 +117,8 @@ def make_function(opset: int, integer: bool = False) -> onnx.FunctionProto:
     ]
     if integer:  # scale [N] = a_T / s_T, one value for every tile
         nodes += [N("CastLike", ["qf", "x"], ["q"]), N("Div", ["a_t", "s_t"], ["step"]),
-                  const("start0", i64, [0], [1]), const("end1", i64, [1], [1]),
-                  N("Slice", ["shape", "start0", "end1"], ["n_dim"]), N("Expand", ["step", "n_dim"], ["scale"])]
+                  const("end1", i64, [1], [1]),
+                  N("Slice", ["shape", "axis0", "end1"], ["n_dim"]), N("Expand", ["step", "n_dim"], ["scale"])]
     else:
         nodes += [N("Div", ["qf", "s_t"], ["deq"]), N("Mul", ["deq", "a_t"], ["yf"]), N("CastLike", ["yf", "x"], ["y"])]
     return helper.make_function(
@@ -194,9 +195,9 @@ def add_functions(model: onnx.ModelProto, plugin_namespace: str = PLUGIN_NAMESPA
 
 
 def top_candidate(bits: Sequence[int]) -> int:
-    """The index of the top candidate: the most bits, the last of equal maxima (the last one when sorted)."""
+    """The index of the top candidate: the most bits (the last one when sorted)."""
     bits = _check_bits(bits)
-    return max(range(len(bits)), key=lambda j: (bits[j], j))
+    return bits.index(max(bits))
 
 
 def reference(x, g, W, b, a, bits, integer: bool = False) -> tuple[np.ndarray, ...]:

@@ -133,8 +133,8 @@ def launch_config(C: int, HW: int) -> dict:
 
 def check_bits(bits: Sequence[int]) -> tuple[int, ...]:
     bits = tuple(int(v) for v in bits)
-    if not 1 <= len(bits) <= MAX_K or any(v < 2 or v > 16 for v in bits):
-        raise BackendError(f"select_quant needs 1..{MAX_K} bit-widths in [2, 16]; got {bits}")
+    if not 1 <= len(bits) <= MAX_K or any(v < 2 or v > 16 for v in bits) or len(set(bits)) != len(bits):
+        raise BackendError(f"select_quant needs 1..{MAX_K} distinct bit-widths in [2, 16]; got {bits}")
     return bits
 
 

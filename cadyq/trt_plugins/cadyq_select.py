@@ -79,8 +79,8 @@ def parse_bits(fields) -> tuple[int, ...]:
     for f in fields:
         if f.name == "bits":
             bits = tuple(int(v) for v in np.asarray(f.data).ravel())
-            if not bits or any(v < 2 or v > 16 for v in bits):
-                raise EngineError(f"CADyQSelect: bit-widths must be in [2, 16], got {bits}")
+            if not bits or any(v < 2 or v > 16 for v in bits) or len(set(bits)) != len(bits):
+                raise EngineError(f"CADyQSelect: bit-widths must be distinct and in [2, 16], got {bits}")
             return bits
     raise EngineError("CADyQSelect: missing plugin field 'bits' (the ONNX node needs a bits=[...] attribute)")
 
