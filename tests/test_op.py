@@ -79,7 +79,8 @@ def test_checker_and_shape_inference(opset):
     assert (fn.domain, fn.name) == (op.DOMAIN, op.OP_TYPE)
     assert {n.op_type for n in fn.node} <= {"Constant", "Cast", "ReduceMean", "Sub", "Mul", "ReduceSum", "Shape",
                                             "Slice", "ReduceProd", "Div", "Sqrt", "Concat", "Gemm", "ArgMax", "Pow",
-                                            "Gather", "Unsqueeze", "Neg", "Max", "Min", "Round", "CastLike"}
+                                            "Gather", "Unsqueeze", "Neg", "Max", "Min", "Round", "CastLike",
+                                            "ReduceMax", "Equal"}
     node = model.graph.node[1]
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     assert attrs["plugin_namespace"] == b"cadyq" and attrs["plugin_version"] == b"1" and attrs["bits"] == [4, 6, 8]

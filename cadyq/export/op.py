@@ -89,12 +89,14 @@ def make_function(opset: int, integer: bool = False) -> onnx.FunctionProto:
         const("one", f32, [1.0], []), const("two", f32, [2.0], []),
         bits_ints, N("Cast", ["bits_i"], ["bits_f"], to=f32),
         *(N("Cast", [v], [v + "f"], to=f32) for v in INPUTS),         # no-ops for float32 graphs
-        # s_j = 2^(b_j-1) - 1; the top candidate T: the most bits (as [1, K] -> [1]: TensorRT's ArgMax needs 2-D)
+        # s_j = 2^(b_j-1) - 1; the top candidate T (the most bits): a_T, s_T as [1] (no TopK: one per selector)
         N("Sub", ["bits_f", "one"], ["bits_m1"]), N("Pow", ["two", "bits_m1"], ["levels"]),
         N("Sub", ["levels", "one"], ["s_all"]),
-        const("axis0", i64, [0], [1]), N("Unsqueeze", ["bits_f", "axis0"], ["bits_row"]),
-        N("ArgMax", ["bits_row"], ["top"], axis=1, keepdims=0),
-        N("Gather", ["af", "top"], ["a_t"], axis=0), N("Gather", ["s_all", "top"], ["s_t"], axis=0),
+        N("ReduceMax", ["bits_f"], ["bits_t"], keepdims=1), N("Equal", ["bits_f", "bits_t"], ["is_top"]),
+        N("Cast", ["is_top"], ["top_mask"], to=f32), N("Mul", ["af", "top_mask"], ["a_top_only"]),
+        N("ReduceSum", ["a_top_only"], ["a_t"], keepdims=1),
+        N("Sub", ["bits_t", "one"], ["bits_t_m1"]), N("Pow", ["two", "bits_t_m1"], ["levels_t"]),
+        N("Sub", ["levels_t", "one"], ["s_t"]),
         # x_top = fq(x, a_T, s_T): the input on the top grid
         *fake_quant("xf", "a_t", "s_t", "x_top"),
         # sigma: unbiased per-channel std of x_top over H, W
@@ -117,8 +119,8 @@ def make_function(opset: int, integer: bool = False) -> onnx.FunctionProto:
     ]
     if integer:  # scale [N] = a_T / s_T, one value for every tile
         nodes += [N("CastLike", ["qf", "x"], ["q"]), N("Div", ["a_t", "s_t"], ["step"]),
-                  const("end1", i64, [1], [1]),
-                  N("Slice", ["shape", "axis0", "end1"], ["n_dim"]), N("Expand", ["step", "n_dim"], ["scale"])]
+                  const("start0", i64, [0], [1]), const("end1", i64, [1], [1]),
+                  N("Slice", ["shape", "start0", "end1"], ["n_dim"]), N("Expand", ["step", "n_dim"], ["scale"])]
     else:
         nodes += [N("Div", ["qf", "s_t"], ["deq"]), N("Mul", ["deq", "a_t"], ["yf"]), N("CastLike", ["yf", "x"], ["y"])]
     return helper.make_function(
