@@ -104,7 +104,7 @@ class _Dequant(torch.autograd.Function):
 
 
 class _IntConv(torch.autograd.Function):
-    """The INT8 convolution with per-tile scale: see the module docstring."""
+    """The INT8 convolution with its input scale: see the module docstring."""
 
     @staticmethod
     def forward(ctx, q, scale, w_q, w_scale, bias, stride, padding, dilation, groups, act, slope):
@@ -184,7 +184,7 @@ class SymbolicKernels(Kernels):
 
 
 class ScaledKernels(SymbolicKernels):
-    """The ONNX Runtime form (module docstring): the per-tile scale before a float convolution with a fused epilogue."""
+    """The ONNX Runtime form (module docstring): the scale before a float convolution with a fused epilogue."""
 
     name = "onnx-ort"
     int8 = False
