@@ -327,8 +327,7 @@ class _TorchRun:
 
     def _logits_hook(self, j):
         def hook(q, args):
-            x = args[0].detach().double()
-            n = x.shape[0]
+            n = args[0].shape[0]
             if q.mode == "full":
                 feat = torch.cat([q.state.grad.double(), _top(q, args[0]).double().std(dim=(2, 3))], 1)
                 w, b = q.net.weight.double(), q.net.bias.double()
@@ -365,22 +364,23 @@ def _top_grid(q) -> tuple[float, int]:
     return float(q.alpha.detach()[-1]), levels(int(q.bits[-1]))
 
 
-def _candidates(q: BitSelector) -> tuple[torch.Tensor, torch.Tensor]:
-    return q.alpha.detach().float().cpu(), 2.0 ** (q.bits.cpu() - 1) - 1
+def _candidates(q: BitSelector, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha [K], levels [K]) of a selector, float32 on `device`."""
+    return q.alpha.detach().float().to(device), (2.0 ** (q.bits - 1) - 1).to(device)
 
 
 def _top(q: BitSelector, x: torch.Tensor) -> torch.Tensor:
-    """A selector's input on its top grid: what its statistics are taken of."""
-    return on_top_grid(x.detach().float().cpu(), *_candidates(q))[0]
+    """A selector's input on its top grid (float32): what its statistics are taken of."""
+    return on_top_grid(x.detach().float(), *_candidates(q, x.device))[0]
 
 
 def _quantize_as(q, x: torch.Tensor, bits: float) -> torch.Tensor:
-    """What quantizer q returns for input x (every tile) with `bits` chosen, in float32 on the CPU."""
-    x = x.detach().float().cpu()
+    """What quantizer q returns for input x (every tile) with `bits` chosen (float32)."""
+    x = x.detach().float()
     if isinstance(q, ActQuant):
-        return fake_quant(x, q.alpha.detach().float().cpu(), levels(q.bits))
-    k = torch.full((x.shape[0],), int((q.bits == bits).nonzero()[0, 0]), dtype=torch.long)
-    return on_top_grid(x, *_candidates(q), k)[1]
+        return fake_quant(x, q.alpha.detach().float().to(x.device), levels(q.bits))
+    k = torch.full((x.shape[0],), int((q.bits == bits).nonzero()[0, 0]), dtype=torch.long, device=x.device)
+    return on_top_grid(x, *_candidates(q, x.device), k)[1]
 
 
 def compare(onnx_path: str | Path, model, tiles, *, tolerances: Tolerances | None = None, providers=None,
