@@ -601,24 +601,27 @@ def _local_checks(rep: Report, keys, tv, ov, modules, tol, dtype, x_in, model=No
     return fails
 
 
-def _with_quantizer_outputs(keys: list[str]) -> list[str]:
-    """The int8 graph form has no float quantizer outputs: the key of quantizer X (its fake-quant value)
-    follows X:bits, computed from the graph's own X:in (see `_derive_quantizer_outputs`)."""
+def _with_quantizer_outputs(keys: list[str], modules: dict) -> list[str]:
+    """The int8 graph form has no float quantizer outputs: the key of quantizer X (its value) follows X:bits, or X:in
+    for a fixed quantizer (whose bits are a constant, no graph tensor), computed from the graph's own X:in (see
+    `_derive_quantizer_outputs`)."""
     out = []
     for k in keys:
         out.append(k)
-        if k.endswith(":bits") and k[:-5] not in keys:
+        if k.endswith(":bits") and k[:-5] not in keys and k[:-5] not in out:
             out.append(k[:-5])
+        elif k.endswith(":in") and isinstance(modules.get(k[:-3].split("#")[0]), ActQuant) and k[:-3] not in keys:
+            out.append(k[:-3])
     return out
 
 
 def _derive_quantizer_outputs(ov: dict, keys: list[str], modules: dict) -> None:
     """ov[X] = the model's quantizer X on ov[X:in] with the graph's bits: what the int8 graph's quantizer X stands for."""
     for k in keys:
-        if k in ov or k + ":in" not in ov or k + ":bits" not in ov:
-            continue
         mod = modules.get(k.split("#")[0])
-        if not isinstance(mod, (ActQuant, BitSelector)):
+        if k in ov or k + ":in" not in ov or not isinstance(mod, (ActQuant, BitSelector)):
+            continue
+        if isinstance(mod, BitSelector) and k + ":bits" not in ov:
             continue
         ov[k] = _quantize_as(mod, ov[k + ":in"], float(ov[k + ":bits"][0]) if isinstance(mod, BitSelector)
                              else float(mod.bits))
@@ -627,11 +630,11 @@ def _derive_quantizer_outputs(ov: dict, keys: list[str], modules: dict) -> None:
 def _bisect(rep: Report, proto, providers, model, x_all, taps, tiles: list[int], pending, sel_names, tol, device,
             static_batch, batch, integer: bool = False):
     graph_keys = [t["key"] for t in taps]
-    keys = _with_quantizer_outputs(graph_keys) if integer else graph_keys
+    modules = dict(model.named_modules())
+    keys = _with_quantizer_outputs(graph_keys, modules) if integer else graph_keys
     tensors = [t["tensor"] for t in taps]
     sess = _session(_tapped(proto, tensors), providers)
     run = _TorchRun(model, keys)
-    modules = dict(model.named_modules())
     layer_idx = {name: j for j, name in enumerate(sel_names)}
     stats: dict[str, list[float]] = {k: [0.0, 0.0, 0.0] for k in keys}  # max_abs, sum_abs, rel_mean
     counts = {k: 0 for k in keys}
