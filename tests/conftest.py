@@ -84,6 +84,43 @@ def boundary_tile_batch(rng, shape, a_k, s_k):
     return flat.reshape(shape)
 
 
+def _levels(bits):
+    return np.float32(2.0) ** (np.asarray(bits, np.float32) - np.float32(1.0)) - np.float32(1.0)
+
+
+def _top(bits) -> int:
+    from cadyq.export.op import top_candidate
+
+    return top_candidate(bits)
+
+
+def select_tie_case(bits, rng, N=4, C=3, H=16, W_=16):
+    """(x, g, W, b, a) of a CADyQSelect over 3 candidates `bits`: selector rows 1 and 2 tie and dominate row 0 (every
+    tile picks candidate 1, the first of the tied maxima). Clip values put a step of candidate 1 at exactly two steps
+    of the top grid, so half the top grid's values land exactly on candidate 1's rounding boundaries; x holds every
+    rounding boundary of the top grid (x = ±a_T/2 lands exactly on ±s_T/2), each also one float step above and below."""
+    K = len(bits)
+    Wsel = (0.1 * rng.standard_normal((K, C + 2))).astype(np.float32)
+    Wsel[2] = Wsel[1]
+    b = np.array([0.0, 50.0, 50.0][:K], np.float32)
+    s, top = _levels(bits), _top(bits)
+    unit = np.float32(2.0 ** -(bits[top] - 1))                      # the top step, about a_T / s_T
+    a = np.ones(K, np.float32)
+    a[top], a[1] = s[top] * unit, 2 * s[1] * unit
+    x = boundary_tile_batch(rng, (N, C, H, W_), a[top], s[top])
+    return x, rng.standard_normal((N, 2)).astype(np.float32), Wsel, b, a
+
+
+def select_ties(x, a, bits) -> tuple[int, int]:
+    """How many elements of x lie exactly on a .5 rounding boundary of the top grid, and how many of the values on
+    the top grid exactly on one of candidate 1's (the roundings that must go half to even)."""
+    s, top = _levels(bits), _top(bits)
+    u = np.maximum(np.minimum(x, a[top]), -a[top]) / a[top] * s[top]
+    x_top = np.round(u) / s[top] * a[top]
+    u1 = np.maximum(np.minimum(x_top, a[1]), -a[1]) / a[1] * s[1]
+    return int(((u - np.floor(u)) == 0.5).sum()), int(((u1 - np.floor(u1)) == 0.5).sum())
+
+
 def photo_crops(n: int, size: int, seed: int = 0) -> torch.Tensor:
     """n random crops of size x size from scikit-image's astronaut, chelsea and coffee photos."""
     from skimage import data

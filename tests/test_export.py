@@ -115,7 +115,7 @@ def _graph_maps(g):
 
 def _check_int8_form(g, qconvs, n_layers, method):
     """Every quantized conv: Conv(DequantizeLinear(int8 q, 1), DequantizeLinear(int8 w, scale, axis 0)) with no
-    bias, then Mul by the per-tile scale and Add of the bias; q comes from CADyQSelect-2 or QuantizeLinear."""
+    bias, then Mul by the input scale and Add of the bias; q comes from CADyQSelect-2 or QuantizeLinear."""
     producer, inits, consumers = _graph_maps(g)
     int_convs = []
     for conv in (n for n in g.node if n.op_type == "Conv"):
@@ -161,7 +161,7 @@ def test_fused_dq_weights_within_two_ulp(tmp_path):
 
 
 def _check_ort_form(g, qconvs, n_layers, method):
-    """Every quantized conv: Conv(Mul(integers, per-tile scale), float weights, bias) and nothing after it but its
+    """Every quantized conv: Conv(Mul(integers, input scale), float weights, bias) and nothing after it but its
     activation; the integers come from CADyQSelect-2 or a Round; no Quantize/DequantizeLinear anywhere."""
     producer, inits, consumers = _graph_maps(g)
     assert not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in g.node}

@@ -16,7 +16,7 @@ triton = pytest.importorskip("triton", reason="triton is not installed (pip inst
 from cadyq.errors import BackendError  # noqa: E402
 from cadyq.export.op import reference  # noqa: E402
 from cadyq.kernels import select_quant as sq  # noqa: E402
-from conftest import boundary_tile_batch
+from conftest import select_tie_case, select_ties  # noqa: E402
 
 needs_cpu_kernel = pytest.mark.skipif(
     not sq.INTERPRETED and not torch.cuda.is_available(),
@@ -67,22 +67,19 @@ def test_matches_reference(N, C, H, W, bits):
 @needs_cpu_kernel
 @pytest.mark.parametrize("bits", [(3, 2, 4), (4, 6, 8), (8, 5, 7)])
 def test_ties_and_rounding_boundaries(bits):
-    rng = np.random.default_rng(2)
-    N, C, H, W = 3, 3, 4, 6
-    K = len(bits)
-    Wsel = (0.1 * rng.standard_normal((K, C + 2))).astype(np.float32)
-    Wsel[2] = Wsel[1]
-    b = np.float32([0.0, 50.0, 50.0])
-    a = np.float32([1.0, 0.75, 3.0])
-    a_k, s_k = a[1], np.float32(2.0 ** (bits[1] - 1) - 1)
-    x = boundary_tile_batch(rng, (N, C, H, W), a_k, s_k)
-    g = rng.standard_normal((N, 2)).astype(np.float32)
+    """Logit ties pick the first max; the exact ties of both roundings (onto the top grid, then onto the chosen
+    candidate's levels) go as in the reference, in both forms."""
+    x, g, Wsel, b, a = select_tie_case(bits, np.random.default_rng(2), N=3)
+    assert min(select_ties(x, a, bits)) > 0
     y, bits_out = run_kernel(DEVICE, x, g, Wsel, b, a, bits)
     y_ref, _ = reference(x, g, Wsel, b, a, bits)
-    np.testing.assert_array_equal(bits_out, np.full(N, bits[1], np.float32))   # first of the tied maxima
+    np.testing.assert_array_equal(bits_out, np.full(3, bits[1], np.float32))   # first of the tied maxima
     np.testing.assert_array_equal(y, y_ref)
-    q = np.float32(0.0 if bits[1] == 2 else 2.0 ** (bits[1] - 2))               # s/2 rounds half to even
-    np.testing.assert_array_equal(y[:, 0, 0, 0], np.full(N, q / s_k * a_k, np.float32))
+    q, scale, bits_int = sq.select_quant_int(*(torch.from_numpy(v).to(DEVICE) for v in (x, g, Wsel, b, a)), bits)
+    q_ref, scale_ref, _ = reference(x, g, Wsel, b, a, bits, integer=True)
+    np.testing.assert_array_equal(q.cpu().numpy().astype(np.float32), q_ref)
+    np.testing.assert_array_equal(scale.cpu().numpy(), scale_ref)
+    np.testing.assert_array_equal(bits_int.cpu().numpy(), bits_out)
 
 
 @needs_cpu_kernel

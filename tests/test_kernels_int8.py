@@ -38,8 +38,7 @@ def test_int32_accumulation_is_exact(n, c, o, h, w, k, groups):
     q[..., -1, -1] = -127
     wt = torch.randint(-127, 128, (o, c // groups, k, k), generator=g).to(torch.int8)
     ones, zeros = torch.ones(o, device=DEV), torch.zeros(o, device=DEV)
-    y, _ = ck.conv2d_int8(_cl(q), ck.pack_weight(wt, groups).to(DEV), ones, zeros, torch.ones(n, device=DEV), (k, k),
-                          1, k // 2)
+    y, _ = ck.conv2d_int8(_cl(q), ck.pack_weight(wt, groups).to(DEV), ones, zeros, 1.0, (k, k), 1, k // 2)
     exact = F.conv2d(q.double(), wt.double(), None, 1, k // 2, 1, groups)
     assert torch.equal(y.double().cpu(), exact)
 
@@ -49,44 +48,53 @@ def test_epilogue_and_statistics():
     n, c, o, h, w = 2, 16, 16, 7, 7
     q = torch.randint(-31, 32, (n, c, h, w), generator=g).to(torch.int8)
     wt = torch.randint(-127, 128, (o, c, 3, 3), generator=g).to(torch.int8)
-    ws, b, t = torch.rand(o, generator=g) * 0.01, torch.randn(o, generator=g), torch.rand(n, generator=g) + 0.5
+    ws, b, t = torch.rand(o, generator=g) * 0.01, torch.randn(o, generator=g), 0.75
     res = torch.randn(n, o, h, w, generator=g)
     acc = F.conv2d(q.double(), wt.double(), padding=1)
-    base = acc * (t.double().view(-1, 1, 1, 1) * ws.double().view(1, -1, 1, 1)) + b.double().view(1, -1, 1, 1)
+    base = acc * (t * ws.double().view(1, -1, 1, 1)) + b.double().view(1, -1, 1, 1)
+    grid = IntQuantizer("fixed", [8], [2.0])  # the next layer's top grid: the statistics are of its integers
     for act, slope in (("relu", 0.0), ("leaky", 0.05)):
-        y, st = ck.conv2d_int8(_cl(q), ck.pack_weight(wt).to(DEV), ws.to(DEV), b.to(DEV), t.to(DEV), (3, 3), 1, 1,
-                               act, slope, out_fq=(1.5, 127.0), residual=_cl(res), stats=True)
+        y, st = ck.conv2d_int8(_cl(q), ck.pack_weight(wt).to(DEV), ws.to(DEV), b.to(DEV), t, (3, 3), 1, 1,
+                               act, slope, out_fq=(1.5, 127.0), residual=_cl(res), stats_grid=(2.0, 127.0))
         ref = torch.relu(base) if act == "relu" else F.leaky_relu(base, slope)
         ref = (torch.round(ref.clamp(-1.5, 1.5) / 1.5 * 127) / 127 * 1.5).float() + res
         torch.testing.assert_close(y.cpu(), ref, rtol=1e-5, atol=2e-2)  # 1.5/127 steps at rounding boundaries
         assert float(((y.cpu() - ref).abs() > 1e-3).float().mean()) < 0.01
-        torch.testing.assert_close(st[:, 0].cpu(), y.cpu().sum((2, 3)), rtol=1e-4, atol=1e-3)
-        torch.testing.assert_close(st[:, 1].cpu(), (y.cpu() ** 2).sum((2, 3)), rtol=1e-4, atol=1e-2)
+        v = grid.top_integers(y.cpu()).long()  # of y as written: exact integer sums
+        assert st.dtype == torch.int64 and (v.abs() == 127).any()
+        assert torch.equal(st[:, 0].cpu(), v.sum((2, 3))) and torch.equal(st[:, 1].cpu(), (v * v).sum((2, 3)))
+        assert torch.equal(tile_stats(_cl(y), 2.0, 127.0).cpu(), st.cpu())
 
 
 def test_select_quantize_matches_the_reference():
     g = torch.Generator().manual_seed(5)
     x = torch.randn(3, 16, 8, 8, generator=g) * 2
-    grad = torch.rand(3, 2, generator=g) * 10
-    quant = IntQuantizer("full", [4, 6, 8], [1.0, 2.0, 3.0], torch.randn(3, 18, generator=g) * 0.3, torch.zeros(3))
+    w = torch.randn(3, 18, generator=g) * 0.3
+    angles = torch.arange(3) * (2 * torch.pi / 3)
+    w[:, :2] = torch.stack([angles.cos(), angles.sin()], 1)
+    grad = 4 * w[:, :2]  # tile n leans to candidate n
+    quant = IntQuantizer("full", [4, 6, 8], [1.0, 2.0, 3.0], w, torch.zeros(3))
     ctx = _Context(ReferenceKernels())
     ctx.grad = grad
     ref = ReferenceKernels().select_quantize(x, quant, ctx)
-    for stats in (None, tile_stats(_cl(x))):
+    assert len(set(ref.k.tolist())) > 1
+    grid, t, tables = (float(quant.alpha[-1]), float(quant.levels[-1])), quant.grid, quant.tables().to(DEV)
+    for stats in (None, tile_stats(_cl(x), *grid)):
         q, scale, bits, k, deq = select_quantize(_cl(x), stats, grad.to(DEV), quant.weight.to(DEV), quant.bias.to(DEV),
-                                                 quant.alpha.to(DEV), quant.levels.to(DEV), quant.bits.to(DEV),
-                                                 dequant=True)
+                                                 grid, t, tables, quant.bits.to(DEV), dequant=True)
         assert torch.equal(k.long().cpu(), ref.k) and torch.equal(q.float().cpu(), ref.q)
-        torch.testing.assert_close(scale.cpu(), ref.scale)
+        assert torch.equal(scale.cpu(), ref.scale) and torch.equal(bits.cpu(), ref.bits)
         torch.testing.assert_close(deq.cpu(), ref.q * ref.scale.view(-1, 1, 1, 1))
-    q, _, bits, k, _ = select_quantize(_cl(x), None, None, None, None, quant.alpha.to(DEV), quant.levels.to(DEV),
-                                       quant.bits.to(DEV), k_in=torch.tensor([2, 0, 1], device=DEV))
+    k_in = torch.tensor([2, 0, 1])
+    q, _, bits, k, _ = select_quantize(_cl(x), None, None, None, None, grid, t, tables, quant.bits.to(DEV),
+                                       k_in=k_in.to(DEV))
     assert bits.cpu().tolist() == [8.0, 4.0, 6.0]
+    assert torch.equal(q.float().cpu(), quant.requantize(quant.top_integers(x), k_in))
 
 
 @pytest.mark.parametrize("name", ["edsr", "idn"])
 def test_whole_program_against_the_reference(name):
-    from cadyq.kernels.triton_kernels import TritonKernels
+    from cadyq.kernels.triton_kernels import STATS_GRID, TritonKernels
 
     m = quantize(tiny(name), "cadyq").eval()
     randomize_selectors(m, photo_crops(16, 12, seed=7))
@@ -96,7 +104,8 @@ def test_whole_program_against_the_reference(name):
     program.to(DEV).use(TritonKernels())
     rep = compare(m.to(DEV), program, tiles.to(DEV))
     assert rep.agreement >= 0.999 and not rep.unexplained and rep.psnr_db >= 50, str(rep)
-    sr, bits = program(tiles.to(DEV))
+    sr, bits = program(tiles.to(DEV))  # now with the statistics from the producing convs' epilogues
+    assert any(STATS_GRID in c.cache for c in program.convs)
     assert torch.equal(bits.cpu(), ref_bits) and float((sr.cpu() - ref_sr).abs().max()) < 0.05
 
 

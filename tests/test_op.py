@@ -6,7 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cadyq.errors import ExportError
 from cadyq.export import op
-from conftest import boundary_tile_batch
+from conftest import select_tie_case, select_ties
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -79,7 +79,8 @@ def test_checker_and_shape_inference(opset):
     assert (fn.domain, fn.name) == (op.DOMAIN, op.OP_TYPE)
     assert {n.op_type for n in fn.node} <= {"Constant", "Cast", "ReduceMean", "Sub", "Mul", "ReduceSum", "Shape",
                                             "Slice", "ReduceProd", "Div", "Sqrt", "Concat", "Gemm", "ArgMax", "Pow",
-                                            "Gather", "Unsqueeze", "Neg", "Max", "Min", "Round", "CastLike"}
+                                            "Gather", "Unsqueeze", "Neg", "Max", "Min", "Round", "CastLike",
+                                            "ReduceMax", "Equal"}
     node = model.graph.node[1]
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     assert attrs["plugin_namespace"] == b"cadyq" and attrs["plugin_version"] == b"1" and attrs["bits"] == [4, 6, 8]
@@ -110,26 +111,47 @@ def test_ort_conv_graph_matches_reference(bits, opset):
 
 @pytest.mark.parametrize("bits", [(3, 2, 4), (4, 6, 8), (8, 5, 7)])
 def test_ties_and_rounding_boundaries(bits):
-    """Logit ties pick the first max; x = ±a/2 lands exactly on v = ±s/2 and rounds half to even."""
-    rng = np.random.default_rng(1)
-    K, N, C, H, W_ = len(bits), 4, 3, 4, 6
-    Wsel = (0.1 * rng.standard_normal((K, C + 2))).astype(np.float32)
-    Wsel[2] = Wsel[1]                                   # rows 1 and 2 tie exactly ...
-    b = np.array([0.0, 50.0, 50.0][:K], np.float32)     # ... and dominate row 0
-    a = np.array([1.0, 0.75, 3.0][:K], np.float32)
-    a_k, s_k = a[1], _levels(bits)[1]
-    x = boundary_tile_batch(rng, (N, C, H, W_), a_k, s_k)
-    g = rng.standard_normal((N, 2)).astype(np.float32)
+    """Logit ties pick the first max; the exact rounding ties of both roundings go the same way in the graph as in
+    the reference (half to even: test_reference_agrees_with_torch)."""
+    x, g, Wsel, b, a = select_tie_case(bits, np.random.default_rng(1))
+    N = x.shape[0]
+    assert min(select_ties(x, a, bits)) > 0                     # the case holds ties of both kinds
     y, bits_out = run(select_model(x.shape, Wsel, b, a, bits), x=x, g=g)
     y_ref, bits_ref = op.reference(x, g, Wsel, b, a, bits)
     np.testing.assert_array_equal(bits_out, np.full(N, bits[1], np.float32))   # first of the tied maxima
     np.testing.assert_array_equal(bits_ref, bits_out)
     np.testing.assert_array_equal(y, y_ref)
-    # half to even on the exact ties v = ±s/2: s/2 = 2^(b-2) - 1/2 -> 2^(b-2) (even) for b >= 3, 0 for b = 2
-    q = np.float32(0.0 if bits[1] == 2 else 2.0 ** (bits[1] - 2))
-    np.testing.assert_array_equal(y[:, 0, 0, 0], np.full(N, q / s_k * a_k, np.float32))
-    np.testing.assert_array_equal(y[:, 0, 0, 1], np.full(N, -q / s_k * a_k, np.float32))
-    np.testing.assert_array_equal(y[:, 0, 0, 2:6], np.tile(np.float32([a_k, -a_k, a_k, -a_k]), (N, 1)))
+    # x = ±a_T, ±2a_T clip to the top grid's ends, which candidate 1 clips to its own ±a_1 (< a_T), back on the top grid
+    top, s = op.top_candidate(bits), _levels(bits)
+    end = np.float32(np.round(a[1] / a[top] * s[top]) / s[top] * a[top])
+    np.testing.assert_array_equal(y[:, 0, 0, 2:6], np.tile(np.float32([end, -end, end, -end]), (N, 1)))
+
+
+@pytest.mark.parametrize("bits", [(4, 6, 8), (8, 5, 7)])
+def test_integer_form_matches_reference(bits):
+    """Version 2: q, the integers on the top grid, and scale = a_T / s_T for every tile; q * scale is y of version 1
+    up to the order of the last two roundings."""
+    x, g, Wsel, b, a = select_tie_case(bits, np.random.default_rng(4), N=5)
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [op.make_select_node(["x", "g", "W", "b", "a"], ["q", "scale", "bits"], bits)], "select_int",
+        [vi("x", TensorProto.FLOAT, ["N", *x.shape[1:]]), vi("g", TensorProto.FLOAT, ["N", 2])],
+        [vi("q", TensorProto.FLOAT, ["N", *x.shape[1:]]), vi("scale", TensorProto.FLOAT, ["N"]),
+         vi("bits", TensorProto.FLOAT, ["N"])],
+        [numpy_helper.from_array(v, n) for n, v in [("W", Wsel), ("b", b), ("a", a)]])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    op.add_functions(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert ("cadyq", op.INT_VERSION) in [(i.domain, i.version) for i in model.opset_import]
+    q, scale, bits_out = run(model, x=x, g=g)
+    q_ref, scale_ref, bits_ref = op.reference(x, g, Wsel, b, a, bits, integer=True)
+    np.testing.assert_array_equal(bits_out, bits_ref)
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(scale, scale_ref)
+    top, s = op.top_candidate(bits), _levels(bits)
+    assert np.all(scale == a[top] / s[top]) and np.all(np.abs(q) <= s[top]) and np.all(q == np.round(q))
+    y_ref, _ = op.reference(x, g, Wsel, b, a, bits)
+    np.testing.assert_allclose(q * scale[:, None, None, None], y_ref, rtol=1e-6, atol=0)
 
 
 def test_float16_graph_computes_in_float32():
@@ -153,20 +175,28 @@ def test_float16_graph_computes_in_float32():
 
 
 def test_reference_agrees_with_torch():
+    """The numpy reference is the torch quantizer's inference arithmetic (quantizers._default_select, ops.on_top_grid)
+    and, in the integer form, the lowering's (ReferenceKernels.select_quantize)."""
     torch = pytest.importorskip("torch")
+    from cadyq.quant.lowering import IntQuantizer, ReferenceKernels, _Context
+    from cadyq.quant.quantizers import _default_select
+
     rng = np.random.default_rng(3)
     x, g = rng.standard_normal((5, 4, 6, 7)).astype(np.float32), rng.standard_normal((5, 2)).astype(np.float32)
     W, b = rng.standard_normal((3, 6)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
     a, bits = np.float32([0.5, 1.0, 2.0]), (4, 6, 8)
     y, bits_out = op.reference(x, g, W, b, a, bits)
-    xt = torch.from_numpy(x)
-    sigma = xt.std(dim=(2, 3))                                        # unbiased
-    k = (torch.cat([torch.from_numpy(g), sigma], 1) @ torch.from_numpy(W).T + torch.from_numpy(b)).argmax(1)
-    s = (2.0 ** (torch.tensor(bits, dtype=torch.float32) - 1) - 1)[k].view(-1, 1, 1, 1)
-    at = torch.from_numpy(a)[k].view(-1, 1, 1, 1)
-    yt = torch.round(torch.clamp(xt, -at, at) / at * s) / s * at
-    np.testing.assert_array_equal(bits_out, np.float32(bits)[k.numpy()])
+    t = [torch.from_numpy(v) for v in (x, g, W, b, a)]
+    yt, bits_t = _default_select(*t, torch.tensor(bits, dtype=torch.float32))
+    np.testing.assert_array_equal(bits_out, bits_t.numpy())
+    assert len(set(bits_out.tolist())) > 1                            # several candidates chosen
     np.testing.assert_array_max_ulp(y, yt.numpy(), maxulp=1)
+    q, scale, _ = op.reference(x, g, W, b, a, bits, integer=True)
+    ctx = _Context(ReferenceKernels())
+    ctx.grad = t[1]
+    qa = ReferenceKernels().select_quantize(t[0], IntQuantizer("full", bits, t[4], t[2], t[3]), ctx)
+    np.testing.assert_array_equal(q, qa.q.numpy())
+    np.testing.assert_array_equal(scale, qa.scale.numpy())
 
 
 def test_add_functions_idempotent_and_errors():
@@ -184,6 +214,8 @@ def test_add_functions_idempotent_and_errors():
         op.make_function(14)
     with pytest.raises(ExportError, match="bit-widths"):
         op.make_select_node(["x", "g", "W", "b", "a"], ["y", "bits"], bits=[1, 8])
+    with pytest.raises(ExportError, match="distinct"):                 # one top candidate
+        op.make_select_node(["x", "g", "W", "b", "a"], ["y", "bits"], bits=[4, 8, 8])
     del node.attribute[:]
     with pytest.raises(ExportError, match="bits"):
         op.add_functions(model)

@@ -62,6 +62,8 @@ def test_parse_bits_and_raw_pointer_wrapper():
         cs.parse_bits([Field("other", np.int32([1]))])
     with pytest.raises(EngineError, match=r"\[2, 16\]"):
         cs.parse_bits([Field("bits", np.int32([1, 8]))])
+    with pytest.raises(EngineError, match="distinct"):
+        cs.parse_bits([Field("bits", np.int32([8, 4, 8]))])
     torch = pytest.importorskip("torch")
     jit = pytest.importorskip("triton.runtime.jit")
     if not hasattr(jit, "mangle_type"):

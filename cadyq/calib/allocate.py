@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from ..errors import CadyqError
 from ..quant import dynamic_quantizers, quant_config
+from ..quant.ops import on_top_grid
 
 
 
@@ -101,7 +102,7 @@ def measure(model: nn.Module, lr: torch.Tensor, batch: int = 8, progress=None) -
 
     try:
         force_candidates(sel, [K - 1] * L)
-        hooks = [q.register_forward_pre_hook(lambda m, a, j=j: stats[j].append(a[0].float().std(dim=(2, 3)).mean(1)))
+        hooks = [q.register_forward_pre_hook(lambda m, a, j=j: stats[j].append(_selector_std(m, a[0]).mean(1)))
                  for j, q in enumerate(sel)]
         base = run()
         for h in hooks:
@@ -120,6 +121,11 @@ def measure(model: nn.Module, lr: torch.Tensor, batch: int = 8, progress=None) -
             q.net.bias.copy_(b)
     stat = torch.stack([torch.cat(s) for s in stats]).double().numpy()
     return Sensitivity(bits, damage, stat, N)
+
+
+def _selector_std(q, x: torch.Tensor) -> torch.Tensor:
+    """The per-channel std a selector reads [N, C]: of its input on the top candidate's grid (ops.on_top_grid)."""
+    return on_top_grid(x.float(), q.alpha.detach(), 2.0 ** (q.bits - 1) - 1)[0].std(dim=(2, 3))
 
 
 def _sr(model: nn.Module, lr: torch.Tensor, batch: int, progress) -> torch.Tensor:

@@ -7,9 +7,9 @@ What is compiled (``program`` in the ``cadyq.export`` metadata):
 
 - ``integer`` (the default for pams8 and cadyq models): the integer program of
   ``cadyq.quant.lowering.lower(model)`` with its ``ReferenceKernels`` (plain torch ops): per quantized
-  conv, the selector's choice, integers ``round(clamp(x, -a_k, a_k) / a_k * s_k)``, a convolution of
-  those integers with the int8 weights (exact: integer sums < 2^24 in float32), then the per-tile
-  scale, weight scale and bias. The same program the native backend runs on oneDNN INT8 kernels
+  conv, the input's integers on the top candidate's grid, the selector's choice, that candidate's levels on the
+  same grid, a convolution of those integers with the int8 weights (exact: integer sums < 2^24 in float32), then
+  the layer's input scale a_T / s_T, weight scale and bias. The same program the native backend runs on oneDNN INT8 kernels
   (those kernels cannot be traced, so the package computes the integer convolutions in float32).
 - ``fakequant``: the quantized model itself (fake quantization, as ``backend="torch"``).
 - ``float``: fp32 models (bits are 32 everywhere, as in the ONNX export).
@@ -119,7 +119,7 @@ def _choose_program(model: nn.Module, program: str) -> tuple[str, nn.Module, str
         return "fakequant", _FakeQuantProgram(model, True, info.n_layers), \
             f"the fake-quant model (the integer lowering failed: {e})"
     return "integer", prog, ("cadyq.quant.lowering.lower(model) with ReferenceKernels: INT8 weights, integer "
-                             "activations and per-tile scales; integer convolutions computed exactly in float32")
+                             "activations on each layer's top grid; integer convolutions computed exactly in float32")
 
 
 def _device(device: str) -> torch.device:

@@ -13,8 +13,9 @@ Every bit-width disagreement is traced to a cause:
 - ``logit tie``: the torch logits' top-2 gap is within float noise, ``gap <= tie_rtol * S`` with
   ``S = |W|·|features| + |b|`` (the scale of the dot product's rounding error);
 - ``rounding boundary``: the layer's input differs between the two runs because an earlier
-  quantizer rounded some element differently, and that element's scaled value ``clamp(x)/a*s`` lies
-  within ``boundary_eps`` quantization steps of a .5 rounding boundary (float noise decides it);
+  quantizer rounded some element differently, and that element's scaled value on the quantizer's top
+  grid, ``clamp(x, -a_T, a_T)/a_T*s_T``, lies within ``boundary_eps`` quantization steps of a .5 rounding
+  boundary (float noise decides it; the roundings after that one start from the same grid values);
 - ``upstream decision``: an earlier layer of the same tile chose another bit-width (itself a tie);
 - ``unexplained``: none of these: a real difference between the graph and the model.
 
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from ..errors import CadyqError
 from ..quant import ActQuant, BitSelector, ModelInfo, dynamic_quantizers, quant_config
-from ..quant.ops import fake_quant, levels, tile_gradient
+from ..quant.ops import fake_quant, levels, on_top_grid, tile_gradient
 from . import op as cadyq_op
 from .onnx_export import INPUT, INTEGER_FORMS, META_EXPORT, META_INFO, META_TAPS, OUTPUTS, TILE_GRADIENT, attach_taps
 from .onnx_file import load_onnx
@@ -326,10 +327,9 @@ class _TorchRun:
 
     def _logits_hook(self, j):
         def hook(q, args):
-            x = args[0].detach().double()
-            n = x.shape[0]
+            n = args[0].shape[0]
             if q.mode == "full":
-                feat = torch.cat([q.state.grad.double(), x.std(dim=(2, 3))], 1)
+                feat = torch.cat([q.state.grad.double(), _top(q, args[0]).double().std(dim=(2, 3))], 1)
                 w, b = q.net.weight.double(), q.net.bias.double()
                 lg = F.linear(feat, w, b)
                 sc = feat.abs() @ w.abs().t() + b.abs()
@@ -356,12 +356,31 @@ class _TorchRun:
             h.remove()
 
 
-def _quantizer_step(q, tile: int, bits: float):
-    """(alpha, levels) the quantizer used for this tile in torch."""
+def _top_grid(q) -> tuple[float, int]:
+    """(a_T, s_T): the clip value and levels of the grid the quantizer rounds its input to first, and returns its
+    values on: the top candidate's (ops.on_top_grid); a fixed quantizer's own."""
     if isinstance(q, ActQuant):
         return float(q.alpha.detach().reshape(-1)[0]), levels(q.bits)
-    k = int((q.bits == bits).nonzero()[0, 0])
-    return float(q.alpha.detach()[k]), levels(int(bits))
+    return float(q.alpha.detach()[-1]), levels(int(q.bits[-1]))
+
+
+def _candidates(q: BitSelector, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha [K], levels [K]) of a selector, float32 on `device`."""
+    return q.alpha.detach().float().to(device), (2.0 ** (q.bits - 1) - 1).to(device)
+
+
+def _top(q: BitSelector, x: torch.Tensor) -> torch.Tensor:
+    """A selector's input on its top grid (float32): what its statistics are taken of."""
+    return on_top_grid(x.detach().float(), *_candidates(q, x.device))[0]
+
+
+def _quantize_as(q, x: torch.Tensor, bits: float) -> torch.Tensor:
+    """What quantizer q returns for input x (every tile) with `bits` chosen (float32)."""
+    x = x.detach().float()
+    if isinstance(q, ActQuant):
+        return fake_quant(x, q.alpha.detach().float().to(x.device), levels(q.bits))
+    k = torch.full((x.shape[0],), int((q.bits == bits).nonzero()[0, 0]), dtype=torch.long, device=x.device)
+    return on_top_grid(x, *_candidates(q, x.device), k)[1]
 
 
 def compare(onnx_path: str | Path, model, tiles, *, tolerances: Tolerances | None = None, providers=None,
@@ -488,8 +507,7 @@ def _gap(logits: torch.Tensor, scale: torch.Tensor) -> tuple[float, float]:
 
 def _local_select(q: BitSelector, x: torch.Tensor, g: torch.Tensor):
     """The selector's logits and rounding scale from given inputs (float64)."""
-    x = x.double()
-    feat = torch.cat([g.double(), x.std(dim=(2, 3))], 1)
+    feat = torch.cat([g.double(), _top(q, x).double().std(dim=(2, 3))], 1)
     w, b = q.net.weight.detach().double(), q.net.bias.detach().double()
     return F.linear(feat, w, b)[0], (feat.abs() @ w.abs().t() + b.abs())[0]
 
@@ -508,10 +526,9 @@ def _int_conv_reference(model, conv_path: str, ov: dict, modules: dict):
         return None
     q = modules[qkey]
     bits = float(ov[qkey + ":bits"][0]) if qkey + ":bits" in ov and isinstance(q, BitSelector) else float(getattr(q, "bits", 8))
-    a, s = _quantizer_step(q, 0, bits)
     conv = modules[conv_path]
     with torch.no_grad():
-        y = type(conv).forward(conv, fake_quant(ov[qkey + ":in"], torch.tensor(a, dtype=torch.float32), s).to(conv.weight.device))
+        y = type(conv).forward(conv, _quantize_as(q, ov[qkey + ":in"], bits).to(conv.weight.device))
         fuse = next((f for f in plan.fusions if f.conv == conv_path), None)
         if fuse is not None and fuse.bn:
             y = modules[fuse.bn](y)
@@ -559,19 +576,18 @@ def _local_checks(rep: Report, keys, tv, ov, modules, tol, dtype, x_in, model=No
                             fails.append((pos, f"{k}: chose {b_o:g} bits where the model's selector on the same input "
                                                f"chooses {b_ref:g} (logit gap {gap:.3g})"))
                         continue
-                a, s = _quantizer_step(mod, 0, b_o)
             else:
-                a, s = _quantizer_step(mod, 0, float(mod.bits))
-            y_ref = fake_quant(x_o, torch.tensor(a, dtype=torch.float32), s)
+                b_o = float(mod.bits)
+            y_ref = _quantize_as(mod, x_o, b_o)
+            a, s = _top_grid(mod)
             d = (y_ref - y_o).abs()
-            step = a / s
-            off = d > 0.5 * step
+            off = d > 0.5 * a / s  # half a step of the top grid, which every output lies on
             if bool(off.any()):
                 u = (x_o.clamp(-a, a) / a * s)[off].double()
                 far = ((u - torch.floor(u)) - 0.5).abs() > tol.boundary_eps
                 if bool(far.any()):
-                    fails.append((pos, f"{k}: {int(far.sum())} element(s) quantized differently from fake_quant on the "
-                                       f"same input (alpha {a:.4g}, {s} levels)"))
+                    fails.append((pos, f"{k}: {int(far.sum())} element(s) quantized differently from the model's "
+                                       f"quantizer on the same input ({b_o:g} bits; top grid alpha {a:.4g}, {s} levels)"))
                     continue
             noise = float(d[~off].max()) if bool((~off).any()) else 0.0
             if noise > (2e-3 * a if fp16 else 1e-5 * a):
@@ -585,37 +601,40 @@ def _local_checks(rep: Report, keys, tv, ov, modules, tol, dtype, x_in, model=No
     return fails
 
 
-def _with_quantizer_outputs(keys: list[str]) -> list[str]:
-    """The int8 graph form has no float quantizer outputs: the key of quantizer X (its fake-quant value)
-    follows X:bits, computed from the graph's own X:in (see `_derive_quantizer_outputs`)."""
+def _with_quantizer_outputs(keys: list[str], modules: dict) -> list[str]:
+    """The int8 graph form has no float quantizer outputs: the key of quantizer X (its value) follows X:bits, or X:in
+    for a fixed quantizer (whose bits are a constant, no graph tensor), computed from the graph's own X:in (see
+    `_derive_quantizer_outputs`)."""
     out = []
     for k in keys:
         out.append(k)
-        if k.endswith(":bits") and k[:-5] not in keys:
+        if k.endswith(":bits") and k[:-5] not in keys and k[:-5] not in out:
             out.append(k[:-5])
+        elif k.endswith(":in") and isinstance(modules.get(k[:-3].split("#")[0]), ActQuant) and k[:-3] not in keys:
+            out.append(k[:-3])
     return out
 
 
 def _derive_quantizer_outputs(ov: dict, keys: list[str], modules: dict) -> None:
-    """ov[X] = fake_quant(ov[X:in]) with the graph's bits: what the int8 graph's quantizer X stands for."""
+    """ov[X] = the model's quantizer X on ov[X:in] with the graph's bits: what the int8 graph's quantizer X stands for."""
     for k in keys:
-        if k in ov or k + ":in" not in ov or k + ":bits" not in ov:
-            continue
         mod = modules.get(k.split("#")[0])
-        if not isinstance(mod, (ActQuant, BitSelector)):
+        if k in ov or k + ":in" not in ov or not isinstance(mod, (ActQuant, BitSelector)):
             continue
-        a, s = _quantizer_step(mod, 0, float(ov[k + ":bits"][0]) if isinstance(mod, BitSelector) else float(mod.bits))
-        ov[k] = fake_quant(ov[k + ":in"], torch.tensor(a, dtype=torch.float32), s)
+        if isinstance(mod, BitSelector) and k + ":bits" not in ov:
+            continue
+        ov[k] = _quantize_as(mod, ov[k + ":in"], float(ov[k + ":bits"][0]) if isinstance(mod, BitSelector)
+                             else float(mod.bits))
 
 
 def _bisect(rep: Report, proto, providers, model, x_all, taps, tiles: list[int], pending, sel_names, tol, device,
             static_batch, batch, integer: bool = False):
     graph_keys = [t["key"] for t in taps]
-    keys = _with_quantizer_outputs(graph_keys) if integer else graph_keys
+    modules = dict(model.named_modules())
+    keys = _with_quantizer_outputs(graph_keys, modules) if integer else graph_keys
     tensors = [t["tensor"] for t in taps]
     sess = _session(_tapped(proto, tensors), providers)
     run = _TorchRun(model, keys)
-    modules = dict(model.named_modules())
     layer_idx = {name: j for j, name in enumerate(sel_names)}
     stats: dict[str, list[float]] = {k: [0.0, 0.0, 0.0] for k in keys}  # max_abs, sum_abs, rel_mean
     counts = {k: 0 for k in keys}
@@ -722,20 +741,33 @@ def _trace(p, keys, tv, ov, modules, layer_idx, sel_names, tol, earlier: list[Di
                 d.cause = "upstream decision"
                 d.detail = f"layer {layer_idx.get(k, -1)} ({k}) chose {bt_up:g} vs {bo_up:g} bits in the tapped run{moved}"
                 return d
-        else:
-            bt_up = float(mod.bits)
-        a, s = _quantizer_step(mod, t, bt_up)
+        a, s = _top_grid(mod)
         diff = (yt - yo).abs() > 0.5 * a / s
         if not bool(diff.any()):
             continue
-        u = (xt.clamp(-a, a) / a * s)[diff].double()
-        dmin = float(((u - torch.floor(u)) - 0.5).abs().min())
-        if dmin <= tol.boundary_eps:
-            d.cause = "rounding boundary"
-            d.detail = (f"first at {k}: {int(diff.sum())} element(s) rounded differently, {dmin:.2g} steps from a .5 "
-                        f"boundary (gap {gap:.3g}){moved}")
-        else:
-            d.detail = f"{k} differs in {int(diff.sum())} element(s) away from rounding boundaries (min {dmin:.2g} steps)"
-        return d
+        return _rounding_boundary(d, k, diff, xt, a, s, tol, f"(gap {gap:.3g}){moved}")
+    # the statistics read the input rounded to the top grid: float noise at a .5 boundary there moves sigma by a step
+    sel = modules.get(name)
+    if isinstance(sel, BitSelector) and x_key in tv and x_key in ov:
+        xt, xo = tv[x_key], ov[x_key]
+        diff = (_top(sel, xt) != _top(sel, xo))[0]
+        if bool(diff.any()):
+            a, s = _top_grid(sel)
+            return _rounding_boundary(d, f"{name}'s own rounding onto its top grid (its statistics' input)", diff,
+                                      xt[0], a, s, tol, f"(gap {gap:.3g}){moved}")
     d.detail = f"inputs agree up to this layer and the logit gap {gap:.3g} > {tol.tie_rtol * scale:.3g}"
+    return d
+
+
+def _rounding_boundary(d: Disagreement, where: str, diff, x, a: float, s: int, tol, note: str) -> Disagreement:
+    """d's cause when the elements `diff` of quantizer input x rounded differently onto the grid (a, s): a rounding
+    boundary if one of them lies within boundary_eps steps of a .5 boundary (float noise decides it)."""
+    u = (x.clamp(-a, a) / a * s)[diff].double()
+    dmin = float(((u - torch.floor(u)) - 0.5).abs().min())
+    if dmin <= tol.boundary_eps:
+        d.cause = "rounding boundary"
+        d.detail = (f"first at {where}: {int(diff.sum())} element(s) rounded differently, {dmin:.2g} steps from a .5 "
+                    f"boundary {note}")
+    else:
+        d.detail = f"{where} differs in {int(diff.sum())} element(s) away from rounding boundaries (min {dmin:.2g} steps)"
     return d

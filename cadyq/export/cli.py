@@ -65,9 +65,9 @@ def _describe_onnx(path: Path) -> list[str]:
 
 
 _FORM_NOTES = {
-    "int8": ": int8 values and per-tile scales feed INT8 convolutions (4- and 6-bit tiles are int8 values; for "
-            "TensorRT; for ONNX Runtime export --form ort)",
-    "ort": ": the integers times their per-tile scale feed float convolutions with fused bias and activation "
+    "int8": ": int8 values on each layer's 8-bit grid and its scale feed INT8 convolutions (4- and 6-bit tiles are "
+            "int8 values; for TensorRT; for ONNX Runtime export --form ort)",
+    "ort": ": the integers times their scale feed float convolutions with fused bias and activation "
            "(ONNX Runtime)",
 }
 
@@ -82,7 +82,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=96, help="LR tile size of the graph input (default 96)")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="compute dtype of the graph (default fp32)")
     p.add_argument("--form", choices=("int8", "ort", "fakequant"), default=None,
-                   help="int8 (default for fp32 graphs): CADyQSelect gives int8 values and a per-tile scale that feed "
+                   help="int8 (default for fp32 graphs): CADyQSelect gives int8 values and their scale that feed "
                         "INT8 convolutions (TensorRT); ort: the same integers times their scale feed float "
                         "convolutions with fused bias and activation (ONNX Runtime, faster there); fakequant: float "
                         "convolutions of fake-quantized values (the default with --dtype fp16)")
@@ -358,7 +358,7 @@ def run_engine(args) -> int:
 
         model, tag = _make_model(args)
         dtype = args.dtype or ("fp16" if args.fp16 else "fp32")
-        form = "fakequant" if dtype == "fp16" else "int8"  # fp32 graphs: INT8 convolutions with per-tile scales
+        form = "fakequant" if dtype == "fp16" else "int8"  # fp32 graphs: INT8 convolutions
         out = Path(args.out_dir)
         onnx_path = export_onnx(model, out / f"{tag}-t{args.tile}-{dtype}.onnx", tile=args.tile, dtype=dtype,
                                 opset=args.opset, form=form)

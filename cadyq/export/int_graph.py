@@ -7,12 +7,13 @@ Per quantized conv the graph holds
     y         = Conv(DequantizeLinear(q, 1), DequantizeLinear(w_int8, w_scale, axis 0))   (no bias)
     y         = Mul(y, scale [N,1,1,1]);  y = Add(y, bias [1,C,1,1]);  then Relu / LeakyRelu if folded
 
-so TensorRT builds the convolution as an INT8 layer with the per-tile scale in a following kernel.
+so TensorRT builds the convolution as an INT8 layer with the input scale in a following kernel. q holds integers on
+the top candidate's grid (`cadyq.quant.ops.on_top_grid`), whatever each tile chose, so the scale a_T / s_T is the
+same for every tile (the op gives it per tile). 4- and 6-bit tiles are int8 values with fewer levels.
 Where the quantized tensor is also used in float (EDSR's skip), it is DequantizeLinear(q, 1) * scale.
-4- and 6-bit tiles are int8 values with fewer levels.
 
 The ONNX Runtime form (`ScaledKernels`, `cadyq export --form ort`) holds the same integers, scales and
-bits, and moves the per-tile scale before the convolution:
+bits, and moves the scale before the convolution:
 
     q         = CADyQSelect-2(x, g, W, b, a)          (float integers; no QuantizeLinear)
     y         = Conv(q * scale [N,1,1,1], w_int8 * w_scale (float), bias)   then Relu
@@ -29,7 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..quant.lowering import IntConv2d, IntegerProgram, Kernels, QAct, _epilogue, lower
+from ..quant.lowering import (IntConv2d, IntegerProgram, IntQuantizer, Kernels, QAct, ReferenceKernels, _Context,
+                              _epilogue, lower)
 from . import op as cadyq_op
 
 TILE_GRADIENT = "tile_gradient"
@@ -52,16 +54,15 @@ def _to_int8(g, qf, like):
 
 
 class _SelectInt(torch.autograd.Function):
-    """CADyQSelect v2: (x, g, W, b, a) -> (q, scale [N], bits [N]); q int8, or the float integers if not `int8`."""
+    """CADyQSelect v2: (x, g, W, b, a) -> (q, scale [N], bits [N]); q int8, or the float integers if not `int8`.
+    Eager, the lowering's reference computes it (the graph node is the op, cadyq/export/op.py)."""
 
     @staticmethod
     def forward(ctx, x, grad, w, b, a, bits, int8):
-        bits_t = torch.tensor(bits, dtype=torch.float32)
-        levels = 2.0 ** (bits_t - 1) - 1
-        k = F.linear(torch.cat([grad, x.std(dim=(2, 3))], 1), w, b).argmax(1)
-        a4, s4 = a[k].view(-1, 1, 1, 1), levels[k].view(-1, 1, 1, 1)
-        q = torch.round(torch.maximum(torch.minimum(x, a4), -a4) / a4 * s4)
-        return q.to(torch.int8) if int8 else q, a[k] / levels[k], bits_t[k]
+        context = _Context(ReferenceKernels())
+        context.grad = grad
+        qa = context.kernels.select_quantize(x, IntQuantizer("full", bits, a, w, b), context)
+        return qa.q.to(torch.int8) if int8 else qa.q, qa.scale.contiguous(), qa.bits
 
     @staticmethod
     def symbolic(g, x, grad, w, b, a, bits, int8):
@@ -75,21 +76,16 @@ class _SelectInt(torch.autograd.Function):
         return q, scale, bo
 
 
-class _QuantizeInt(torch.autograd.Function):
-    """round(clamp(x, -a, a) / a * s) with per-tile a, s [N] (fixed, tile and layer selection); int8 if `int8`."""
+class _Int8(torch.autograd.Function):
+    """Float integers as int8: QuantizeLinear(q, 1, 0)."""
 
     @staticmethod
-    def forward(ctx, x, a, s, int8):
-        a4, s4 = a.view(-1, 1, 1, 1), s.view(-1, 1, 1, 1)
-        q = torch.round(torch.maximum(torch.minimum(x, a4), -a4) / a4 * s4)
-        return q.to(torch.int8) if int8 else q
+    def forward(ctx, q):
+        return q.to(torch.int8)
 
     @staticmethod
-    def symbolic(g, x, a, s, int8):
-        a4, s4 = _unsqueeze_nchw(g, a), _unsqueeze_nchw(g, s)
-        c = g.op("Max", g.op("Min", x, a4), g.op("Neg", a4))
-        r = g.op("Round", g.op("Mul", g.op("Div", c, a4), s4))
-        return _to_int8(g, r, x) if int8 else r
+    def symbolic(g, q):
+        return _to_int8(g, q, q)
 
 
 class _Dequant(torch.autograd.Function):
@@ -108,7 +104,7 @@ class _Dequant(torch.autograd.Function):
 
 
 class _IntConv(torch.autograd.Function):
-    """The INT8 convolution with per-tile scale: see the module docstring."""
+    """The INT8 convolution with its input scale: see the module docstring."""
 
     @staticmethod
     def forward(ctx, q, scale, w_q, w_scale, bias, stride, padding, dilation, groups, act, slope):
@@ -163,12 +159,17 @@ class SymbolicKernels(Kernels):
             q, scale, bits = _SelectInt.apply(x, ctx.grad, quant.weight, quant.bias, quant.alpha,
                                               tuple(int(b) for b in quant.bits.tolist()), self.int8)
             k = None
-        else:
+        else:  # standard ops, traced from the lowering's reference arithmetic
             n = x.shape[0]
             const = quant.constant_k()
             k = ctx.tile_logits.argmax(1) if const is None else torch.full((n,), const, dtype=torch.long)
-            a, s = quant.alpha[k], quant.levels[k]
-            q, scale, bits = _QuantizeInt.apply(x, a, s, self.int8), a / s, quant.bits[k]
+            q = quant.top_integers(x)
+            if const is None:
+                q = quant.requantize(q, k)
+            elif const != quant.n_candidates - 1:  # (the top candidate's requantization is the identity)
+                q = quant.requantize(q, torch.tensor(const))
+            q = _Int8.apply(q) if self.int8 else q
+            scale, bits = (quant.alpha[-1] / quant.levels[-1]).expand(n), quant.bits[k]
         if key:
             bits = self.emit(key + ":bits", bits)
         return QAct(q, scale, bits, k)
@@ -183,7 +184,7 @@ class SymbolicKernels(Kernels):
 
 
 class ScaledKernels(SymbolicKernels):
-    """The ONNX Runtime form (module docstring): the per-tile scale before a float convolution with a fused epilogue."""
+    """The ONNX Runtime form (module docstring): the scale before a float convolution with a fused epilogue."""
 
     name = "onnx-ort"
     int8 = False

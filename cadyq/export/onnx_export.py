@@ -380,7 +380,7 @@ def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 
     """The exported graph as a ModelProto (see the module docstring); `export_onnx` writes it.
 
     form "int8" (default): the integer graph form of quantized models (cadyq.export.int_graph):
-    CADyQSelect-2 gives int8 values and a per-tile scale that feed INT8 convolutions (TensorRT). "ort": the same
+    CADyQSelect-2 gives int8 values and their scale that feed INT8 convolutions (TensorRT). "ort": the same
     integers and scales, the scale applied before a float convolution with a fused epilogue (ONNX Runtime).
     "fakequant": the fake-quant form (CADyQSelect-1, float convolutions). fp32 models have one form."""
     model = _as_model(model)
@@ -468,9 +468,10 @@ def export_model_proto(model, tile: int = 96, dtype: str = "fp32", opset: int = 
                                              "float32 (the int8 weights times their per-channel scale)" if form == "ort"
                                              else "int8+DequantizeLinear(per-channel scale)" if integer
                                              else "int8+DequantizeLinear"),
-                                 "activations": (("integers (4/6/8-bit grids) times a per-tile scale, before a float "
-                                                  "convolution" if form == "ort" else
-                                                  "int8 values (4/6/8-bit grids) with a per-tile scale")
+                                 "activations": (("integers on each layer's 8-bit grid (4/6/8-bit levels) times its "
+                                                  "scale, before a float convolution" if form == "ort" else
+                                                  "int8 values on each layer's 8-bit grid (4/6/8-bit levels) with its "
+                                                  "scale")
                                                  if integer else "fake-quantized float"),
                                  "bits_output": {"fp32": "constant 32"}.get(cfg.method, "chosen bits")}),
         META_TAPS: json.dumps([{"key": k, "tensor": taps[k]} for k in keys if k in taps]),

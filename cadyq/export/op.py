@@ -1,19 +1,24 @@
 """The `cadyq::CADyQSelect` op: an ONNX model-local function, node helpers and a numpy reference.
 
-Per tile n (inputs x [N,C,H,W], g [N,2], W [K,C+2], b [K], a [K], attribute bits [K]):
+The op is a whole dynamic quantizer at inference (`cadyq.quant.ops.on_top_grid`). Per tile n (inputs x [N,C,H,W],
+g [N,2], W [K,C+2], b [K], a [K], attribute bits [K]: distinct bit-widths), with s_j = 2^(bits[j] - 1) - 1 and T
+the top candidate (the most bits):
 
-    sigma[n,c] = sqrt(sum_hw (x[n,c] - mean[n,c])^2 / (H*W - 1))         # unbiased, as torch.std
-    k          = argmax(W @ concat(g[n], sigma[n]) + b)                   # first max on ties
-    s          = 2^(bits[k] - 1) - 1
-    y[n]       = round(clamp(x[n], -a[k], a[k]) / a[k] * s) / s * a[k]   # round half to even
+    fq(z, a, s) = round(clamp(z, -a, a) / a * s) / s * a                  # minimum, maximum; round half to even
+    v[n]        = round(clamp(x[n], -a[T], a[T]) / a[T] * s[T])           # x on the top candidate's grid (integers)
+    x_top[n]    = v[n] / s[T] * a[T]
+    sigma[n,c]  = sqrt(sum_hw (x_top[n,c] - mean[n,c])^2 / (H*W - 1))     # unbiased, as torch.std, of x_top
+    k           = argmax(W @ concat(g[n], sigma[n]) + b)                  # first max on ties
+    q[n]        = round(clamp(fq(x_top[n], a[k], s[k]), -a[T], a[T]) / a[T] * s[T])   # k's levels on the top grid
+    y[n]        = q[n] / s[T] * a[T]
     bits_out[n] = bits[k]
 
-Version 2 (the integer graph form, `cadyq export` default) has the same inputs and selection, and
-three outputs: q = round(clamp(x[n], -a[k], a[k]) / a[k] * s), integers in the type of x,
-scale[n] = a[k] / s (float32), bits[n]. The graph then runs QuantizeLinear(q, 1, int8 0) ->
-DequantizeLinear(1) -> Conv(int8 weights) -> Mul(scale) -> Add(bias): an INT8 convolution with a
-runtime per-tile scale. (The Q/DQ pair stays outside the function: TensorRT's parser cannot name the
-Quantize layers of several inlined instances of one function.)
+For k = T, y = x_top (the top candidate's quantizer); the levels of a lower candidate move by at most half a top
+step. Version 2 (the integer form, `cadyq export` default) has the same inputs and selection, and three outputs: q
+(integers in [-s[T], s[T]], in the type of x), scale[n] = a[T] / s[T] (float32; the same for every tile), bits[n].
+The graph then runs QuantizeLinear(q, 1, int8 0) -> DequantizeLinear(1) -> Conv(int8 weights) -> Mul(scale) ->
+Add(bias): an INT8 convolution whose input scale is one per layer. (The Q/DQ pair stays outside the function:
+TensorRT's parser cannot name the Quantize layers of several inlined instances of one function.)
 
 The function body uses standard ONNX ops only, so ONNX Runtime and TensorRT run it with no plugin;
 nodes carry `plugin_namespace`/`plugin_version`, so the TensorRT ONNX parser takes a registered
@@ -44,8 +49,8 @@ INT_OUTPUTS = ("q", "scale", "bits")
 
 def _check_bits(bits: Sequence[int]) -> list[int]:
     bits = [int(v) for v in bits]
-    if not bits or any(v < 2 or v > 16 for v in bits):
-        raise ExportError(f"CADyQSelect needs 1+ bit-widths in [2, 16] (2^(b-1)-1 levels); got {bits}")
+    if not bits or any(v < 2 or v > 16 for v in bits) or len(set(bits)) != len(bits):
+        raise ExportError(f"CADyQSelect needs 1+ distinct bit-widths in [2, 16] (2^(b-1)-1 levels); got {bits}")
     return bits
 
 
@@ -61,19 +66,41 @@ def make_function(opset: int, integer: bool = False) -> onnx.FunctionProto:
     const = lambda out, dt, vals, dims: helper.make_node(  # noqa: E731
         "Constant", [], [out], value=helper.make_tensor(out, dt, dims, vals))
     # ReduceMean takes axes as an attribute before opset 18, as an input from 18 on.
-    mean = (helper.make_node("ReduceMean", ["xf", "hw_axes"], ["mean"], keepdims=1) if opset >= 18
-            else helper.make_node("ReduceMean", ["xf"], ["mean"], axes=[2, 3], keepdims=1))
+    mean = (helper.make_node("ReduceMean", ["x_top", "hw_axes"], ["mean"], keepdims=1) if opset >= 18
+            else helper.make_node("ReduceMean", ["x_top"], ["mean"], axes=[2, 3], keepdims=1))
     bits_ints = helper.make_node("Constant", [], ["bits_i"])
     bits_ints.attribute.append(AttributeProto(name="value_ints", ref_attr_name="bits", type=AttributeProto.INTS))
     N = helper.make_node
+
+    def fake_quant(z, a, s, out, dequantize=True):
+        """out = round(clamp(z, -a, a) / a * s) (/ s * a when `dequantize`), op for op as cadyq.quant.ops.fake_quant."""
+        rounded = out + "_int" if dequantize else out
+        nodes = [N("Neg", [a], [out + "_neg_a"]), N("Min", [z, a], [out + "_hi"]),
+                 N("Max", [out + "_hi", out + "_neg_a"], [out + "_clamped"]),
+                 N("Div", [out + "_clamped", a], [out + "_unit"]), N("Mul", [out + "_unit", s], [out + "_scaled"]),
+                 N("Round", [out + "_scaled"], [rounded])]
+        if dequantize:
+            nodes += [N("Div", [rounded, s], [out + "_deq"]), N("Mul", [out + "_deq", a], [out])]
+        return nodes
+
     nodes = [
         const("hw_axes", i64, [2, 3], [2]), const("nchw_tail", i64, [1, 2, 3], [3]),
         const("start2", i64, [2], [1]), const("end4", i64, [4], [1]),
         const("one", f32, [1.0], []), const("two", f32, [2.0], []),
         bits_ints, N("Cast", ["bits_i"], ["bits_f"], to=f32),
         *(N("Cast", [v], [v + "f"], to=f32) for v in INPUTS),         # no-ops for float32 graphs
-        # sigma: unbiased per-channel std over H, W
-        mean, N("Sub", ["xf", "mean"], ["d"]), N("Mul", ["d", "d"], ["d2"]),
+        # s_j = 2^(b_j-1) - 1; the top candidate T (the most bits): a_T, s_T as [1] (no TopK: one per selector)
+        N("Sub", ["bits_f", "one"], ["bits_m1"]), N("Pow", ["two", "bits_m1"], ["levels"]),
+        N("Sub", ["levels", "one"], ["s_all"]),
+        N("ReduceMax", ["bits_f"], ["bits_t"], keepdims=1), N("Equal", ["bits_f", "bits_t"], ["is_top"]),
+        N("Cast", ["is_top"], ["top_mask"], to=f32), N("Mul", ["af", "top_mask"], ["a_top_only"]),
+        N("ReduceSum", ["a_top_only"], ["a_t"], keepdims=1),
+        N("Sub", ["bits_t", "one"], ["bits_t_m1"]), N("Pow", ["two", "bits_t_m1"], ["levels_t"]),
+        N("Sub", ["levels_t", "one"], ["s_t"]),
+        # x_top = fq(x, a_T, s_T): the input on the top grid
+        *fake_quant("xf", "a_t", "s_t", "x_top"),
+        # sigma: unbiased per-channel std of x_top over H, W
+        mean, N("Sub", ["x_top", "mean"], ["d"]), N("Mul", ["d", "d"], ["d2"]),
         N("ReduceSum", ["d2", "hw_axes"], ["ss"], keepdims=0),
         N("Shape", ["x"], ["shape"]), N("Slice", ["shape", "start2", "end4"], ["hw_dims"]),
         N("ReduceProd", ["hw_dims"], ["hw"], keepdims=0), N("Cast", ["hw"], ["hw_f"], to=f32),
@@ -82,28 +109,28 @@ def make_function(opset: int, integer: bool = False) -> onnx.FunctionProto:
         N("Concat", ["gf", "sigma"], ["feat"], axis=1),
         N("Gemm", ["feat", "Wf", "bf"], ["logits"], transB=1),
         N("ArgMax", ["logits"], ["k"], axis=1, keepdims=0, select_last_index=0),
-        # per-tile a_k, s_k = 2^(b_k-1) - 1 and the chosen bit-width
-        N("Sub", ["bits_f", "one"], ["bits_m1"]), N("Pow", ["two", "bits_m1"], ["levels"]),
-        N("Sub", ["levels", "one"], ["s_all"]),
+        # per-tile a_k, s_k and the chosen bit-width
         N("Gather", ["af", "k"], ["a_n"], axis=0), N("Gather", ["s_all", "k"], ["s_n"], axis=0),
         N("Gather", ["bits_f", "k"], ["bits"], axis=0),
         N("Unsqueeze", ["a_n", "nchw_tail"], ["a4"]), N("Unsqueeze", ["s_n", "nchw_tail"], ["s4"]),
-        # y = round(clamp(x, -a, a) / a * s) / s * a
-        N("Neg", ["a4"], ["neg_a4"]), N("Max", ["xf", "neg_a4"], ["lo"]), N("Min", ["lo", "a4"], ["clamped"]),
-        N("Div", ["clamped", "a4"], ["unit"]), N("Mul", ["unit", "s4"], ["scaled"]), N("Round", ["scaled"], ["qf"]),
+        # q = k's levels on the top grid: round(clamp(fq(x_top, a_k, s_k), -a_T, a_T) / a_T * s_T)
+        *fake_quant("x_top", "a4", "s4", "y_k"),
+        *fake_quant("y_k", "a_t", "s_t", "qf", dequantize=False),
     ]
-    if integer:
-        nodes += [N("CastLike", ["qf", "x"], ["q"]), N("Div", ["a_n", "s_n"], ["scale"])]
+    if integer:  # scale [N] = a_T / s_T, one value for every tile
+        nodes += [N("CastLike", ["qf", "x"], ["q"]), N("Div", ["a_t", "s_t"], ["step"]),
+                  const("start0", i64, [0], [1]), const("end1", i64, [1], [1]),
+                  N("Slice", ["shape", "start0", "end1"], ["n_dim"]), N("Expand", ["step", "n_dim"], ["scale"])]
     else:
-        nodes += [N("Div", ["qf", "s4"], ["deq"]), N("Mul", ["deq", "a4"], ["yf"]), N("CastLike", ["yf", "x"], ["y"])]
+        nodes += [N("Div", ["qf", "s_t"], ["deq"]), N("Mul", ["deq", "a_t"], ["yf"]), N("CastLike", ["yf", "x"], ["y"])]
     return helper.make_function(
         DOMAIN, OP_TYPE, list(INPUTS), list(INT_OUTPUTS if integer else OUTPUTS), nodes,
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=["bits"],
         attribute_protos=[helper.make_attribute("plugin_namespace", PLUGIN_NAMESPACE),
                           helper.make_attribute("plugin_version", str(INT_VERSION) if integer else PLUGIN_VERSION)],
-        doc_string=("CADyQ bit selection + quantization to int8 per tile, with the per-tile scale" if integer else
-                    "CADyQ bit selection + fake quantization per tile") + " (see cadyq/export/op.py).",
+        doc_string=("CADyQ bit selection + quantization to int8 per tile on the top candidate's grid, with its scale"
+                    if integer else "CADyQ bit selection + fake quantization per tile") + " (see cadyq/export/op.py).",
     )
 
 
@@ -169,20 +196,36 @@ def add_functions(model: onnx.ModelProto, plugin_namespace: str = PLUGIN_NAMESPA
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)
 
 
-def reference(x, g, W, b, a, bits) -> tuple[np.ndarray, np.ndarray]:
-    """numpy float32 reference, same order of operations as the ONNX body and the Triton kernel.
+def top_candidate(bits: Sequence[int]) -> int:
+    """The index of the top candidate: the most bits (the last one when sorted)."""
+    bits = _check_bits(bits)
+    return bits.index(max(bits))
+
+
+def reference(x, g, W, b, a, bits, integer: bool = False) -> tuple[np.ndarray, ...]:
+    """numpy float32 reference, same order of operations as the ONNX body and the Triton kernel: (y, bits), or
+    with `integer` the outputs of version 2, (q, scale, bits).
 
     Inputs are converted to float32; for a float16 model compare with `y.astype(np.float16)`.
     """
     x, g, W, b, a = (np.asarray(t, dtype=np.float32) for t in (x, g, W, b, a))
     bits_f = np.asarray(_check_bits(bits), dtype=np.float32)
+    s = np.float32(2.0) ** (bits_f - np.float32(1.0)) - np.float32(1.0)
+    top = top_candidate(bits)
+    a_t, s_t = a[top], s[top]
+
+    def quantize(z, a, s):  # round(clamp(z, -a, a) / a * s), round half to even
+        return np.round(np.maximum(np.minimum(z, a), -a) / a * s)
+
+    x_top = quantize(x, a_t, s_t) / s_t * a_t
     hw = x.shape[2] * x.shape[3]
-    mean = x.mean(axis=(2, 3), keepdims=True, dtype=np.float32)
-    d = x - mean
+    mean = x_top.mean(axis=(2, 3), keepdims=True, dtype=np.float32)
+    d = x_top - mean
     sigma = np.sqrt((d * d).sum(axis=(2, 3), dtype=np.float32) / np.float32(hw - 1))
     logits = np.concatenate([g, sigma], axis=1) @ W.T + b
     k = logits.argmax(axis=1)                       # first max on ties
-    s = np.float32(2.0) ** (bits_f - np.float32(1.0)) - np.float32(1.0)
     a4, s4 = a[k][:, None, None, None], s[k][:, None, None, None]
-    y = np.round(np.minimum(np.maximum(x, -a4), a4) / a4 * s4) / s4 * a4
-    return y.astype(np.float32), bits_f[k]
+    q = quantize(quantize(x_top, a4, s4) / s4 * a4, a_t, s_t).astype(np.float32)
+    if integer:
+        return q, np.full(x.shape[0], a_t / s_t, np.float32), bits_f[k]
+    return (q / s_t * a_t).astype(np.float32), bits_f[k]

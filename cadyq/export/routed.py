@@ -5,9 +5,11 @@
 A router graph gives each tile's bit-width; one static graph per candidate runs the tiles of that
 bit-width. In the static graph of bit-width b every quantization scale is a build-time constant, so
 ONNX Runtime fuses each quantized conv into QLinearConv (real INT8 on the CPU) and TensorRT builds
-INT8 convolutions without a plugin:
+INT8 convolutions without a plugin. A dynamic quantizer is the model's (`cadyq.quant.ops.on_top_grid`): a
+Q/DQ pair on the top candidate's grid T, then one on b's, then T's again (T's alone where b is the top):
 
-    q = QuantizeLinear(Clip(x, -a_b, a_b), a_b / s_b)               (int8, the b-bit grid: |q| <= s_b)
+    Q(z, a, s) = QuantizeLinear(Clip(z, -a, a), a / s)               (int8 on the grid of (a, s): |q| <= s)
+    q = Q(DQ(Q(DQ(Q(x, a_T, s_T)), a_b, s_b)), a_T, s_T)              (b's levels on the top grid)
     y = Conv(DequantizeLinear(q), DequantizeLinear(w_int8, w_scale))                     (no bias)
     y = DequantizeLinear(QuantizeLinear(y, y_scale)) + bias          (8-bit, calibrated: QLinearConv's output)
 
@@ -27,10 +29,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import ExportError
 from ..quant import ModelInfo, quant_config
-from ..quant.lowering import IntQuantizer, QAct, ReferenceKernels, lower
+from ..quant.lowering import QAct, ReferenceKernels, lower
 from .int_graph import SymbolicKernels, _const, bias_act, dq_conv
 
 MANIFEST = "routed.json"
@@ -91,8 +94,16 @@ class _StaticConv(torch.autograd.Function):
         return bias_act(g, y, bias, act, slope)
 
 
+def _quantize_static(x, grids):
+    """x through one Q/DQ pair per grid (a, s) in turn: int8 integers on the last grid."""
+    q = _QuantizeStatic.apply(x, *grids[0])
+    for (a_prev, s_prev), (a, s) in zip(grids, grids[1:]):
+        q = _QuantizeStatic.apply(_DequantStatic.apply(q, a_prev / s_prev), a, s)
+    return q
+
+
 class StaticKernels(SymbolicKernels):
-    """Kernels of a static graph: every quantizer fixed (one candidate), constants for every scale.
+    """Kernels of a static graph: every quantizer's candidate a constant (`fixed_program`), constants for every scale.
 
     weights "u8": the int8 weights stored as uint8 w + 128 with zero point 128, for ONNX Runtime: its
     x86 QLinearConv with int8 weights adds pairs of u8 x s8 products in int16 on CPUs without VNNI and
@@ -107,19 +118,21 @@ class StaticKernels(SymbolicKernels):
         self.weights = weights
 
     def select_quantize(self, x, quant, ctx, dequant=False):
-        if quant.mode != "fixed":
-            raise ExportError("internal: a static graph has fixed quantizers only")
-        a, s = float(quant.alpha[0]), float(quant.levels[0])
+        k = quant.constant_k()
+        if k is None:
+            raise ExportError("internal: a static graph has quantizers with a constant candidate only")
+        top = (float(quant.alpha[-1]), float(quant.levels[-1]))
+        grids = [top] if k == quant.n_candidates - 1 else [top, (float(quant.alpha[k]), float(quant.levels[k])), top]
         key = getattr(quant, "key", None)
         x = x.float()
         if key:
             x = self.emit(key + ":in", x)
         n = x.shape[0]
-        bits = x.new_full((n,), float(quant.bits[0]))
-        # a tensor also used in float (EDSR's skip) gets its own Q/DQ pair: ONNX Runtime fuses a conv into
+        bits = x.new_full((n,), float(quant.bits[k]))
+        # a tensor also used in float (EDSR's skip) gets its own Q/DQ pairs: ONNX Runtime fuses a conv into
         # QLinearConv only when its QuantizeLinear feeds nothing else
-        extra = {"skip_q": _QuantizeStatic.apply(x, a, s)} if dequant else {}
-        return QAct(_QuantizeStatic.apply(x, a, s), a / s, bits, None, extra)
+        extra = {"skip_q": _quantize_static(x, grids)} if dequant else {}
+        return QAct(_quantize_static(x, grids), top[0] / top[1], bits, None, extra)
 
     def dequantize(self, qa):
         return _DequantStatic.apply(qa.extra.get("skip_q", qa.q), qa.scale)
@@ -142,12 +155,12 @@ def routing_candidates(model: nn.Module) -> tuple[int, ...]:
 
 
 def fixed_program(model: nn.Module, k: int):
-    """The integer program of `model` with every dynamic quantizer fixed to candidate index k."""
+    """The integer program of `model` with every dynamic quantizer's choice fixed to candidate index k: a layer-mode
+    choice (a one-hot bias), so the quantizer keeps its candidates and computes what the model's does for k."""
     program = lower(model)
     for q in program.dynamic:
-        fixed = IntQuantizer("fixed", [float(q.bits[k])], [float(q.alpha[k])])
-        q.mode, q.bits, q.levels, q.alpha = "fixed", fixed.bits, fixed.levels, fixed.alpha
-        q.weight = q.bias = None
+        q.mode, q.weight, q._layer_k = "layer", None, None
+        q.bias = F.one_hot(torch.tensor(k), q.n_candidates).float()
     return program  # the tile decision still runs, unused: the exporter drops it (the router's job)
 
 

@@ -1,19 +1,20 @@
 """Fused CADyQ bit selection + quantization (Triton), the kernels behind `cadyq::CADyQSelect`.
 
-Per tile n:  sigma = std_hw(x[n]) (unbiased);  k = argmax(W @ [g[n], sigma] + b);
-             q[n] = round(clamp(x[n], -a_k, a_k) / a_k * s_k),  s_k = 2^(bits_k-1) - 1;
-  version 1 (fake quant):   y[n] = q[n] / s_k * a_k                      (select_quant_kernel)
-  version 2 (integer form): q[n] as int8 (or float), scale[n] = a_k / s_k  (select_quant_int_kernel)
+Per tile n (the op's spec, cadyq/export/op.py; T the top candidate, s_j = 2^(bits_j-1) - 1, fq the fake quantization):
+             x_top = fq(x[n], a_T, s_T);  sigma = std_hw(x_top) (unbiased);  k = argmax(W @ [g[n], sigma] + b);
+             q[n] = round(clamp(fq(x_top, a_k, s_k), -a_T, a_T) / a_T * s_T)     (k's levels on the top grid)
+  version 1 (fake quant):   y[n] = q[n] / s_T * a_T                           (select_quant_kernel)
+  version 2 (integer form): q[n] as int8 (or float), scale[n] = a_T / s_T      (select_quant_int_kernel)
 
 Decomposition: one program per tile, one launch. The choice of k needs the statistics of every
 channel of the tile before any element of y[n] can be written, so a tile is the smallest unit of
 work that needs neither cross-program synchronisation nor a workspace for sigma (nothing to
 allocate, CUDA-graph safe, TensorRT-plugin friendly). Inside the program:
-  1. channel blocks of BLOCK_C channels: two passes over H*W (mean, then sum of squared
-     deviations: the same order as torch.std); the second pass re-reads BLOCK_C*H*W*4 bytes
+  1. channel blocks of BLOCK_C channels: two passes over H*W of x_top, rounded from x on the fly (mean, then
+     sum of squared deviations: the same order as torch.std); the second pass re-reads BLOCK_C*H*W*4 bytes
      (147 KB for C-block 4 at 96x96), which is still in L1/L2. The selector GEMV is accumulated
      block by block: logits += W[:, 2+c] @ sigma[c], so sigma never leaves registers;
-  2. argmax (first max on ties), a_k, s_k (the bit-widths are compile-time constants);
+  2. argmax (first max on ties), a_k, s_k (the bit-widths and the top candidate are compile-time constants);
   3. one streaming pass over the C*H*W elements of the tile: quantize and store.
 HBM traffic is 2 reads + 1 write of x; with N >= 64 tiles (a 96x96 tile batch) the grid covers
 most SMs of an H100. Divisions use div_rn and rounding is half-to-even built from floor, so y is
@@ -28,17 +29,21 @@ import triton
 import triton.language as tl
 
 from cadyq.errors import BackendError
+from cadyq.export.op import top_candidate
+
+from .rounding import fake_quant, quantize
 
 MAX_K = 16
 
 
 @triton.jit
-def _select(x_n, g_ptr, w_ptr, b_ptr, a_ptr, n, C, HW, BITS: tl.constexpr, K_PAD: tl.constexpr,
+def _select(x_n, g_ptr, w_ptr, b_ptr, a_ptr, n, C, HW, BITS: tl.constexpr, TOP: tl.constexpr, K_PAD: tl.constexpr,
             BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """(a_k, s_k, bits_k) of tile n: statistics, selector GEMV and argmax (first max on ties)."""
+    """(a_k, s_k, bits_k) of tile n: statistics of x_top, selector GEMV and argmax (first max on ties)."""
     ks = tl.arange(0, K_PAD)
     k_ok = ks < len(BITS)
     w_rows = w_ptr + ks[:, None] * (C + 2)                         # W[k, :], row-major [K, C+2]
+    a_t, s_t = tl.load(a_ptr + TOP), tl.full([], (1 << (BITS[TOP] - 1)) - 1, tl.float32)
 
     # logits = W[:, :2] @ g[n] + W[:, 2:] @ sigma[n] + b
     j2 = tl.arange(0, 2)
@@ -51,13 +56,15 @@ def _select(x_n, g_ptr, w_ptr, b_ptr, a_ptr, n, C, HW, BITS: tl.constexpr, K_PAD
         for h0 in range(0, HW, BLOCK_HW):
             hw = h0 + tl.arange(0, BLOCK_HW)
             m = (cs[:, None] < C) & (hw[None, :] < HW)
-            acc += tl.load(rows + hw[None, :], mask=m, other=0.0).to(tl.float32)
+            x = tl.load(rows + hw[None, :], mask=m, other=0.0).to(tl.float32)
+            acc += tl.where(m, fake_quant(x, a_t, s_t), 0.0)
         mean = tl.sum(acc, axis=1) / HW
         acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
         for h0 in range(0, HW, BLOCK_HW):
             hw = h0 + tl.arange(0, BLOCK_HW)
             m = (cs[:, None] < C) & (hw[None, :] < HW)
-            d = tl.where(m, tl.load(rows + hw[None, :], mask=m, other=0.0).to(tl.float32) - mean[:, None], 0.0)
+            x = tl.load(rows + hw[None, :], mask=m, other=0.0).to(tl.float32)
+            d = tl.where(m, fake_quant(x, a_t, s_t) - mean[:, None], 0.0)
             acc += d * d
         sigma = tl.sqrt_rn(tl.sum(acc, axis=1) / (HW - 1))
         w_sigma = tl.load(w_rows + 2 + cs[None, :], mask=k_ok[:, None] & (cs[None, :] < C), other=0.0)
@@ -71,51 +78,46 @@ def _select(x_n, g_ptr, w_ptr, b_ptr, a_ptr, n, C, HW, BITS: tl.constexpr, K_PAD
     for i in tl.static_range(len(BITS)):
         bits = tl.where(k == i, BITS[i], bits)
         s = tl.where(k == i, (1 << (BITS[i] - 1)) - 1, s)
-    return a, s, bits
+    return a, s, bits, a_t, s_t
 
 
 @triton.jit
-def _round_quant(x, a, s):
-    """round(clamp(x, -a, a) / a * s), round half to even (floor-based: exact)."""
-    v = tl.math.div_rn(tl.clamp(x, -a, a), a) * s
-    r = tl.floor(v)
-    frac = v - r
-    odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
-    return r + tl.where((frac > 0.5) | ((frac == 0.5) & odd), 1.0, 0.0)
+def _on_top_grid(x, a, s, a_t, s_t):
+    """The integers on the top grid of candidate (a, s)'s levels of x: quantize(fq(fq(x, a_T, s_T), a, s), a_T, s_T)."""
+    return quantize(fake_quant(fake_quant(x, a_t, s_t), a, s), a_t, s_t)
 
 
 @triton.jit
 def select_quant_kernel(x_ptr, g_ptr, w_ptr, b_ptr, a_ptr, C, HW, y_ptr, bits_ptr,
-                        BITS: tl.constexpr, K_PAD: tl.constexpr,
+                        BITS: tl.constexpr, TOP: tl.constexpr, K_PAD: tl.constexpr,
                         BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK: tl.constexpr):
-    """CADyQSelect-1: y = round(clamp(x)/a*s)/s*a. Argument order = TensorRT AOT convention: input
-    pointers, int32 scalars, output pointers."""
+    """CADyQSelect-1: y = q / s_T * a_T. Argument order = TensorRT AOT convention: input pointers, int32 scalars,
+    output pointers."""
     n = tl.program_id(0).to(tl.int64)
     x_n, y_n = x_ptr + n * C * HW, y_ptr + n * C * HW
-    a, s, bits = _select(x_n, g_ptr, w_ptr, b_ptr, a_ptr, n, C, HW, BITS, K_PAD, BLOCK_C, BLOCK_HW)
+    a, s, bits, a_t, s_t = _select(x_n, g_ptr, w_ptr, b_ptr, a_ptr, n, C, HW, BITS, TOP, K_PAD, BLOCK_C, BLOCK_HW)
     for i0 in range(0, C * HW, BLOCK):
         offs = i0 + tl.arange(0, BLOCK)
         m = offs < C * HW
-        q = _round_quant(tl.load(x_n + offs, mask=m, other=0.0).to(tl.float32), a, s)
-        tl.store(y_n + offs, (tl.math.div_rn(q, s) * a).to(y_ptr.dtype.element_ty), mask=m)
+        q = _on_top_grid(tl.load(x_n + offs, mask=m, other=0.0).to(tl.float32), a, s, a_t, s_t)
+        tl.store(y_n + offs, (tl.math.div_rn(q, s_t) * a_t).to(y_ptr.dtype.element_ty), mask=m)
     tl.store(bits_ptr + n, bits)
 
 
 @triton.jit
 def select_quant_int_kernel(x_ptr, g_ptr, w_ptr, b_ptr, a_ptr, C, HW, q_ptr, scale_ptr, bits_ptr,
-                            BITS: tl.constexpr, K_PAD: tl.constexpr,
+                            BITS: tl.constexpr, TOP: tl.constexpr, K_PAD: tl.constexpr,
                             BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK: tl.constexpr):
-    """CADyQSelect-2 (the integer form): q = round(clamp(x)/a*s) in q's type (int8, or the float type of
-    x), scale[n] = a/s, bits[n]."""
+    """CADyQSelect-2 (the integer form): q in q's type (int8, or the float type of x), scale[n] = a_T / s_T, bits[n]."""
     n = tl.program_id(0).to(tl.int64)
     x_n, q_n = x_ptr + n * C * HW, q_ptr + n * C * HW
-    a, s, bits = _select(x_n, g_ptr, w_ptr, b_ptr, a_ptr, n, C, HW, BITS, K_PAD, BLOCK_C, BLOCK_HW)
+    a, s, bits, a_t, s_t = _select(x_n, g_ptr, w_ptr, b_ptr, a_ptr, n, C, HW, BITS, TOP, K_PAD, BLOCK_C, BLOCK_HW)
     for i0 in range(0, C * HW, BLOCK):
         offs = i0 + tl.arange(0, BLOCK)
         m = offs < C * HW
-        q = _round_quant(tl.load(x_n + offs, mask=m, other=0.0).to(tl.float32), a, s)
+        q = _on_top_grid(tl.load(x_n + offs, mask=m, other=0.0).to(tl.float32), a, s, a_t, s_t)
         tl.store(q_n + offs, q.to(q_ptr.dtype.element_ty), mask=m)
-    tl.store(scale_ptr + n, tl.math.div_rn(a, s))
+    tl.store(scale_ptr + n, tl.math.div_rn(a_t, s_t))
     tl.store(bits_ptr + n, bits)
 
 
@@ -131,8 +133,8 @@ def launch_config(C: int, HW: int) -> dict:
 
 def check_bits(bits: Sequence[int]) -> tuple[int, ...]:
     bits = tuple(int(v) for v in bits)
-    if not 1 <= len(bits) <= MAX_K or any(v < 2 or v > 16 for v in bits):
-        raise BackendError(f"select_quant needs 1..{MAX_K} bit-widths in [2, 16]; got {bits}")
+    if not 1 <= len(bits) <= MAX_K or any(v < 2 or v > 16 for v in bits) or len(set(bits)) != len(bits):
+        raise BackendError(f"select_quant needs 1..{MAX_K} distinct bit-widths in [2, 16]; got {bits}")
     return bits
 
 
@@ -160,14 +162,14 @@ def select_quant_(x: torch.Tensor, g: torch.Tensor, W: torch.Tensor, b: torch.Te
 
 def launch(x, g, W, b, a, C: int, HW: int, y, bits_out, bits: tuple[int, ...], N: int) -> None:
     """The bare launch (no checks): tensors or any objects with .data_ptr() and .dtype."""
-    select_quant_kernel[(N,)](x, g, W, b, a, C, HW, y, bits_out, BITS=bits,
+    select_quant_kernel[(N,)](x, g, W, b, a, C, HW, y, bits_out, BITS=bits, TOP=top_candidate(bits),
                               K_PAD=max(2, triton.next_power_of_2(len(bits))),
                               enable_fp_fusion=False, **launch_config(C, HW))
 
 
 def launch_int(x, g, W, b, a, C: int, HW: int, q, scale, bits_out, bits: tuple[int, ...], N: int) -> None:
     """The bare launch of the integer form (no checks)."""
-    select_quant_int_kernel[(N,)](x, g, W, b, a, C, HW, q, scale, bits_out, BITS=bits,
+    select_quant_int_kernel[(N,)](x, g, W, b, a, C, HW, q, scale, bits_out, BITS=bits, TOP=top_candidate(bits),
                                   K_PAD=max(2, triton.next_power_of_2(len(bits))),
                                   enable_fp_fusion=False, **launch_config(C, HW))
 
@@ -247,7 +249,7 @@ def aot_compile(bits: Sequence[int], dtype: str = "fp32", C: int = 64, HW: int =
     num_warps = cfg.pop("num_warps")
     fn = select_quant_kernel if not INTERPRETED else triton.runtime.JITFunction(select_quant_kernel.fn)
     types = dict(zip(LAUNCH_PARAMS, (f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "i32", "i32", f"*{dtype}", "*fp32")))
-    consts = dict(BITS=bits, K_PAD=max(2, triton.next_power_of_2(len(bits))), **cfg)
+    consts = dict(BITS=bits, TOP=top_candidate(bits), K_PAD=max(2, triton.next_power_of_2(len(bits))), **cfg)
     aligned = [i for i, (p, t) in enumerate(types.items()) if t[0] == "*" or (p == "HW" and static_hw and HW % 16 == 0)]
     src = triton.compiler.ASTSource(fn=fn, signature={**types, **{k: "constexpr" for k in consts}}, constexprs=consts,
                                     attrs={(i,): [["tt.divisibility", 16]] for i in aligned})

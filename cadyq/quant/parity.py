@@ -7,9 +7,11 @@ Both executors are run on the same tiles with every dynamic layer's input record
 decision that differs is explained as:
 - "follows": an earlier decision of the same tile differs;
 - "tie": the model's two best logits are within `tie_rtol` of each other;
-- "boundary": an earlier quantizer of the same tile rounded some element to a different integer in
-  the two runs, and that element's scaled value clamp(x)/a*s sat within `boundary_tol` of a .5
-  rounding boundary (the two executors' convolutions round differently in the last bits);
+- "boundary": a quantizer of the same tile up to this layer's own rounded some element to a different integer on
+  its top grid in the two runs (the rounding float noise can decide: the statistics read it, and the chosen
+  candidate's levels start from it, ops.on_top_grid), and that element's scaled value
+  clamp(x, -a_T, a_T)/a_T*s_T sat within `boundary_tol` of a .5 rounding boundary (the two executors'
+  convolutions round differently in the last bits);
 - else "unexplained" (a bug).
 """
 from __future__ import annotations
@@ -124,7 +126,7 @@ def _logits(q: IntQuantizer, x: torch.Tensor, grad: torch.Tensor, tile_logits) -
     """Float64 logits of the candidates for inputs x [N,C,H,W] (None when they do not depend on x): the statistics
     of x on the top grid, as the quantizer reads them."""
     if q.mode == "full":
-        sigma = (q.top_integers(x.float()).double() / float(q.levels[-1]) * float(q.alpha[-1])).std(dim=(2, 3))
+        sigma = (q.top_integers(x.float()) / q.levels[-1] * q.alpha[-1]).double().std(dim=(2, 3))
         return torch.cat([grad.double(), sigma], 1) @ q.weight.double().t() + q.bias.double()
     if q.mode == "tile" and tile_logits is not None:
         return tile_logits.double()
@@ -132,7 +134,7 @@ def _logits(q: IntQuantizer, x: torch.Tensor, grad: torch.Tensor, tile_logits) -
 
 
 def _scaled(q: IntQuantizer, x: torch.Tensor) -> torch.Tensor:
-    """x before the quantizer's one rounding of a float: onto the top grid (the candidates re-quantize integers)."""
+    """x on q's top grid before rounding: clamp(x, -a_T, a_T) / a_T * s_T."""
     a, s = q.alpha[-1].double(), q.levels[-1].double()
     return x.double().clamp(-a, a) / a * s
 
@@ -173,7 +175,7 @@ def _explain(n, j, quants, bits_m, bits_p, in_m, in_p, grad, tile_logits, tie_rt
         if float(top[0] - top[1]) <= tie_rtol * max(1.0, float(top[0].abs())):
             d.cause, d.detail = "tie", f"logit gap {float(top[0] - top[1]):.3g}"
             return d
-    for jj in range(j):  # an earlier quantizer of this tile that rounded an element differently
+    for jj in range(j + 1):  # a quantizer of this tile up to this one that rounded an element differently
         um, up = _scaled(quants[jj], in_m[jj][n]), _scaled(quants[jj], in_p[jj][n])
         flips = torch.round(um) != torch.round(up)
         if flips.any():

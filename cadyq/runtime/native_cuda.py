@@ -1,8 +1,9 @@
 """The native backend on CUDA: the integer program on Triton kernels (`cadyq.kernels.triton_kernels`).
 
-Quantized convs are INT8 implicit GEMMs (int32 accumulation on the tensor cores) with the per-tile scale,
-weight scale, bias and activation in their epilogue, which also accumulates the next layer's channel
-statistics; selection and quantization of the next layer is one light pass. Float layers (head, last
+Quantized convs are INT8 implicit GEMMs (int32 accumulation on the tensor cores) with the layer's input scale
+(one for every tile: the integers lie on the top candidate's grid whatever each tile chose), weight scale, bias and
+activation in their epilogue, which also accumulates the next layer's channel statistics (exact integer sums on
+that layer's top grid); selection and quantization of the next layer is one light pass. Float layers (head, last
 body conv, upsampler, tail) run fp16 channels_last under autocast (`float_precision="fp32"` for
 exactness); the selection's inputs (tile gradient, entropy, selector) stay fp32.
 
@@ -123,8 +124,9 @@ class NativeCUDABackend(Backend):
         self.use_graphs = cuda_graphs and device.type == "cuda"
         self._graphs: dict[tuple, _Graph] = {}
         self.graph_error: str | None = None
-        self.notes = [f"integer convolutions: Triton INT8 implicit GEMM (int8 x int8 -> int32) with the per-tile scale "
-                      f"in the epilogue; 4- and 6-bit tiles run as int8 values; float layers {self.float_precision}; "
+        self.notes = [f"integer convolutions: Triton INT8 implicit GEMM (int8 x int8 -> int32) with the layer's input "
+                      f"scale in the epilogue; 4- and 6-bit tiles run as int8 values on the 8-bit grid; float layers "
+                      f"{self.float_precision}; "
                       f"batches of {'/'.join(map(str, self.batch_sizes))} tiles"
                       + (" in CUDA graphs" if self.use_graphs else "")]
 

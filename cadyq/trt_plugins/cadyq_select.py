@@ -10,9 +10,10 @@ before capturing.
 
 I/O: inputs x [N,C,H,W] (float32 or float16), g [N,2], W [K,C+2], b [K], a [K] (float32).
 Version "1" (fake-quant form): outputs y (type of x, shape of x), bits [N] float32.
-Version "2" (integer form): outputs q (the integers round(clamp(x)/a*s), shape of x, type of x: the
+Version "2" (integer form): outputs q (the integers on the top candidate's grid, shape of x, type of x: the
 graph's QuantizeLinear(1)/DequantizeLinear(1) pair makes them the INT8 input of the convolution),
-scale [N] = a_k/s_k, bits [N] float32. Field: `bits` (int32[K]). Both versions are registered.
+scale [N] = a_T/s_T (the same for every tile), bits [N] float32. Field: `bits` (int32[K]). Both versions are
+registered. What they compute is the op's spec (cadyq/export/op.py).
 """
 from __future__ import annotations
 
@@ -78,8 +79,8 @@ def parse_bits(fields) -> tuple[int, ...]:
     for f in fields:
         if f.name == "bits":
             bits = tuple(int(v) for v in np.asarray(f.data).ravel())
-            if not bits or any(v < 2 or v > 16 for v in bits):
-                raise EngineError(f"CADyQSelect: bit-widths must be in [2, 16], got {bits}")
+            if not bits or any(v < 2 or v > 16 for v in bits) or len(set(bits)) != len(bits):
+                raise EngineError(f"CADyQSelect: bit-widths must be distinct and in [2, 16], got {bits}")
             return bits
     raise EngineError("CADyQSelect: missing plugin field 'bits' (the ONNX node needs a bits=[...] attribute)")
 
