@@ -41,7 +41,11 @@ TOL_TINY = {"fp32": Tolerances(sr_mean=1e-4, sr_max=1e-3), "pams8": Tolerances(s
 # (1018/1024), all traced; the bar there is 99 %. Trained models agree on >= 99.9 % (test_native).
 TOL_FULL = {"fp32": Tolerances(sr_mean=1e-3, sr_max=1e-2),
             "pams8": Tolerances(sr_mean=0.5, sr_max=16.0, layer_rtol=1e-2),
-            "cadyq": Tolerances(sr_mean=0.5, sr_max=16.0, min_agreement=0.99, layer_rtol=1e-2)}
+            # random 16-block networks: every element is rounded onto the 8-bit top grid first (ops.on_top_grid), so the
+            # float noise between two runtimes' convolutions flips more roundings than under the old per-candidate
+            # rounding, and a random net amplifies each flip (SRResNet: 1012/1024 decisions, every one explained as a
+            # boundary, a tie or following an earlier one; 1023 before; the trained zoo models agree on all of them)
+            "cadyq": Tolerances(sr_mean=0.5, sr_max=16.0, min_agreement=0.985, layer_rtol=1e-2)}
 
 
 
