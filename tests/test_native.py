@@ -364,3 +364,17 @@ def test_int8_upsampler_from_the_command_line(tmp_path, photo):
                  "--int8-upsampler"]) == 2
     assert main(["upscale", str(src), "-o", str(tmp_path / "d.png"), "--model", tiny_model, "--int8-upsampler"]) == 2
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "d.png").exists()
+
+
+def test_bf16_float_layers_keep_the_bits_and_move_pixels_a_few_levels(photo):
+    """README's C++ claim: libcadyq's package (float32 float layers) is within 1 LSB of native with float_precision
+    "fp32" (test_cpp); native's default on CPUs with bf16 arithmetic runs the float layers in bf16, which keeps every
+    bit-width but moves pixels by up to 5 levels, as the README says."""
+    import cadyq
+
+    crop = np.ascontiguousarray(photo[100:196, 150:278])
+    runs = {fp: cadyq.Upscaler("edsr-tiny-cadyq-x2-cpu", backend="native", device="cpu",
+                               backend_options={"float_precision": fp}).upscale(crop) for fp in ("fp32", "bf16")}
+    assert torch.equal(runs["fp32"].bit_map, runs["bf16"].bit_map)
+    d = np.abs(runs["fp32"].image.rgb.astype(int) - runs["bf16"].image.rgb)
+    assert 2 <= d.max() <= 5, d.max()
