@@ -306,6 +306,7 @@ def test_installed_wheel_runs_every_backend_from_its_own_files(tmp_path):
     write_image(work / "a.png", Image(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8), None, 8, False, None, None, "RGB"))
     # no C compiler: the wheel's prebuilt kernels run, and the cache of compiled ones is empty
     env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "CADYQ_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("PYTHONPATH", None)  # the installed wheel, not a checkout named there
 
     def cadyq(*args, ok=True):
         r = subprocess.run([str(venv / "bin" / "cadyq"), *map(str, args)], cwd=work, env=env, capture_output=True,
