@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import sys
 import time
@@ -725,13 +724,8 @@ def main(argv=None) -> int:
         except KeyboardInterrupt as e:  # SIGINT or SIGTERM, from the first instruction: imports, parsing, work, cleanup
             if debug:
                 traceback.print_exc()
-            code = interrupt.exit_code(e)
-            print("cadyq: interrupted" if code == EXIT_INTERRUPTED else f"cadyq: stopped by {e}", file=sys.stderr)
-            if not interrupt.settle(0.5):  # a native call that does not return soon: leave without it
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-            return code
+            print(interrupt.message(e), file=sys.stderr)
+            return interrupt.exit_code(e)
 
 
 def _main(argv: list[str], debug: bool) -> int:
