@@ -11,6 +11,9 @@ photographs, only ever reported) first, the decision set (the photos every choic
         merge that rewrote the files
     python benchmarks/zoo_sets.py table [--json benchmarks/zoo_sets.json]
         the markdown table of README and MODEL_CARD
+    python benchmarks/zoo_sets.py bitmap [--photo EveningGlow] [--model edsr-cadyq-alloc-x4]
+        README's bit-map picture from a report-set photo: the whole 2560x1600 photo bicubic-downscaled x4 (LR 640x400,
+        8x5 tiles), `cadyq upscale LR --bitmap`, the picture halved to docs/edsr-cadyq-alloc-x4-bitmap.png
 
 Measuring reads the report set; nothing here decides anything. The decision code (benchmarks/zoo_ship.py,
 benchmarks/allocation/) takes its choices from the decision set alone (tests/test_photo_sets.py).
@@ -173,9 +176,33 @@ def table(stored: dict) -> str:
     return "\n".join(lines)
 
 
+def bitmap(photo: str, model: str) -> None:
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from cadyq.data import photos
+    from cadyq.data.io import Image, read_image, write_image
+    from cadyq.data.resize import bicubic_downscale, mod_crop
+
+    src = next(p for p in photos.REPORT if p.name == photo).path
+    with tempfile.TemporaryDirectory() as tmp:
+        lr = Path(tmp) / f"{photo}.png"
+        hr = read_image(src).rgb
+        write_image(lr, Image(bicubic_downscale(np.ascontiguousarray(mod_crop(hr, 4)), 4), None, 8, False, None, None,
+                              "RGB"))
+        cmd = [sys.executable, "-m", "cadyq", "upscale", str(lr), "-o", f"{tmp}/sr.png", "--model", model, "--bitmap"]
+        subprocess.run(cmd, check=True, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"})
+        pic = PILImage.open(f"{tmp}/sr_bits.png")
+        out = ROOT / "docs" / f"{model}-bitmap.png"
+        pic.resize((pic.width // 2, pic.height // 2), PILImage.LANCZOS).save(out, optimize=True)
+    print(f"{out}: {photo} ({src}), {model}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["measure", "apply", "table"])
+    p.add_argument("what", choices=["measure", "apply", "table", "bitmap"])
+    p.add_argument("--photo", default="EveningGlow", help="bitmap: the report-set photo")
+    p.add_argument("--model", default="edsr-cadyq-alloc-x4", help="bitmap: the model")
     p.add_argument("--models", nargs="+", default=MODELS)
     p.add_argument("--json", type=Path, default=JSON)
     a = p.parse_args(argv)
@@ -184,6 +211,9 @@ def main(argv=None):
         return 0
     if a.what == "apply":
         return apply(a.json)
+    if a.what == "bitmap":
+        bitmap(a.photo, a.model)
+        return 0
     print(table(json.loads(a.json.read_text())))
     return 0
 
