@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The zoo's full-size EDSR-baseline (64 features, 16 blocks) at x4 and x2: fp32 -> pams8 -> cadyq (4/6/8)
-# on the real photos of cadyq/data/photos.py (Debian wallpapers + scikit-image; 5 held out for validation):
+# on the real photos of cadyq/data/photos.py (Debian wallpapers + scikit-image; validated on its decision set, 22 photos
+# held out from training; KDE's report set is never read here):
 # apt-get install mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 first.
 # Every stage resumes where it stopped (--resume), so the run can be continued across sessions:
 #   benchmarks/train_zoo.sh [RUNS_DIR] [DATA_DIR]           (defaults: /work/runs, /work/data/zoo)
