@@ -10,11 +10,11 @@ PY=${PYTHON:-python}
 mkdir -p "$OUT"
 "$PY" -c "from cadyq.data import photos; photos.prepare('$DATA')"
 for m in ${MODELS:-edsr-cadyq-x4 edsr-pams8-x4 edsr-cadyq-x2 edsr-pams8-x2}; do
-  "$PY" -m cadyq eval --model "$m" --data "$DATA/val" --backend native --json "$OUT/$m.json" > /dev/null
+  "$PY" -m cadyq eval --model "$m" --data "$DATA/decision" --backend native --json "$OUT/$m.json" > /dev/null
   for rule in ${RULES:-mse percentile max}; do
     [ -f "$OUT/$m-$rule.safetensors" ] || "$PY" -m cadyq calibrate --model "$m" --data "$DATA/train" --upsampler \
       --method "$rule" -o "$OUT/$m-$rule.safetensors"
-    "$PY" -m cadyq eval --model "$OUT/$m-$rule.safetensors" --data "$DATA/val" --backend native --int8-upsampler \
+    "$PY" -m cadyq eval --model "$OUT/$m-$rule.safetensors" --data "$DATA/decision" --backend native --int8-upsampler \
       --json "$OUT/$m-$rule.json" > /dev/null
   done
 done
