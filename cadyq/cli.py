@@ -537,7 +537,8 @@ def _training_line(model) -> str:
 
 # ---- models -------------------------------------------------------------------------------------
 def cmd_models(args) -> int:
-    """The shipped weights, each with what it is and how it did on the held-out photos (metadata only: fast)."""
+    """The shipped weights, each with what it is and how it did on the report set and the decision set (metadata only:
+    fast; MODEL_CARD.md)."""
     from . import zoo
     from .checkpoint import read_metadata
 
@@ -546,16 +547,19 @@ def cmd_models(args) -> int:
         meta = read_metadata(zoo.path_of(name))
         arch = meta.get("arch", {})
         size = f", {arch['n_feats']} channels x {arch['n_resblocks']} blocks" if "n_resblocks" in arch else ""
-        held = meta.get("extra", {}).get("held_out", {})
-        if {"psnr", "bicubic_psnr"} <= set(held):
-            result = (f"{held['psnr']:.2f} dB, {held['psnr'] - held['bicubic_psnr']:+.2f} over bicubic"
-                      + (f", FQR {held['fqr']:.2f}" if meta.get("method") != "fp32" and "fqr" in held else ""))
+        extra = meta.get("extra", {})
+        sets = [(label, extra.get(key, {})) for label, key in (("report set", "report"), ("decision set", "decision"))]
+        sets = [(label, m) for label, m in sets if {"psnr", "bicubic_psnr"} <= set(m)]
+        if sets:
+            result = "; ".join(f"{label} {m['psnr'] - m['bicubic_psnr']:+.2f} dB over bicubic"
+                               + (f" at FQR {m['fqr']:.2f}" if meta.get("method") != "fp32" and "fqr" in m else "")
+                               for label, m in sets)
         else:
             result = "a small demonstration model trained on a CPU"
         mark = " *" if name == zoo.default_name() else ""
         rows.append((name + mark, f"{meta['backbone']} x{meta['scale']} {meta.get('method', 'fp32')}{size}", result))
     widths = [max(len(r[i]) for r in rows + [("name", "model", "")]) for i in range(2)]
-    print(f"{'name':<{widths[0]}}  {'model':<{widths[1]}}  held-out photos (cadyq/zoo/MODEL_CARD.md)")
+    print(f"{'name':<{widths[0]}}  {'model':<{widths[1]}}  photos no training saw (cadyq/zoo/MODEL_CARD.md)")
     for name, model, result in rows:
         print(f"{name:<{widths[0]}}  {model:<{widths[1]}}  {result}")
     print("* the default of `cadyq upscale`. Any of them: --model NAME, or cadyq.load(\"NAME\") in Python")
