@@ -299,7 +299,7 @@ def test_installed_wheel_runs_every_backend_from_its_own_files(tmp_path):
                              capture_output=True, text=True).stdout.strip()
     ours = [p for p in site.getsitepackages() if os.path.isdir(p)]
     Path(purelib, "_test_dependencies.pth").write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in ours))
-    subprocess.run([py, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, timeout=300)
+    subprocess.run([py, "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", str(wheel)], check=True, timeout=300)
     work = tmp_path / "work"
     work.mkdir()
     rng = np.random.default_rng(0)
