@@ -28,7 +28,7 @@ cpp:  ## the C++ library, cadyq-upscale and their tests (cpp/) into $(CPP_BUILD)
 
 engine:  ## export BACKBONE (x SCALE, METHOD; MODEL=ckpt or the shipped weights) and build its engine
 	$(PY) -m cadyq engine --make --backbone $(BACKBONE) --scale $(SCALE) --method $(METHOD) \
-		$(if $(MODEL),--model $(MODEL)) --tile $(TILE) --batch $(BATCH) --out-dir $(OUT)
+		$(if $(MODEL),--model $(MODEL)) --tile $(TILE) --batch $(BATCH) --out-dir $(OUT) --overwrite
 
 clean:
 	rm -rf $(OUT) .pytest_cache

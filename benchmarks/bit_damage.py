@@ -3,7 +3,7 @@ when every dynamic layer runs at each candidate bit-width instead of the highest
 gradient. A selector trained to lower L1 at a given FQR gives the bits to the tiles that lose the most; if
 those are the flat ones, bits cannot follow content (bits_vs_gradient.py) without losing PSNR.
 
-    python benchmarks/bit_damage.py MODEL [--val /work/data/zoo/val] [--tile 48] [--clip-scale 4=0.5 ...]
+    python benchmarks/bit_damage.py MODEL [--val /work/data/zoo/decision] [--tile 48] [--clip-scale 4=0.5 ...]
 
 --clip-scale B=C multiplies the B-bit candidate's clip values by C (does a tighter low-bit clip change who loses?).
 
@@ -61,7 +61,7 @@ def errors_at(model, lr, hr, k, batch=16):
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("model")
-    p.add_argument("--val", default="/work/data/zoo/val")
+    p.add_argument("--val", default="/work/data/zoo/decision")
     p.add_argument("--tile", type=int, default=48)
     p.add_argument("--clip-scale", action="append", default=[], metavar="B=C")
     a = p.parse_args(argv)

@@ -2,7 +2,7 @@
 gradient (the CADyQ paper's Figure: more bits where there are more edges), over the tiles of the held-out
 photos, plus a bit map of the first photo.
 
-    python benchmarks/bits_vs_gradient.py MODEL [--val /work/data/zoo/val] [--backend native] [--bitmap out.png]
+    python benchmarks/bits_vs_gradient.py MODEL [--val /work/data/zoo/decision] [--backend native] [--bitmap out.png]
 
 The gradient is the selectors' own feature: mean |Sobel| of the LR tile's gray (cadyq.quant.ops.tile_gradient),
 summed over x and y. Tiles are those of `cadyq upscale` (96 px, 6 px overlap).
@@ -25,7 +25,7 @@ from cadyq.tiling import iter_batches
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("model")
-    p.add_argument("--val", default="/work/data/zoo/val")
+    p.add_argument("--val", default="/work/data/zoo/decision")
     p.add_argument("--backend", default="native")
     p.add_argument("--bitmap", help="write the first photo's bit map (with legend) here")
     a = p.parse_args(argv)

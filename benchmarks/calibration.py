@@ -2,7 +2,7 @@
 percentile, mse) against the trained pams8 model, on the held-out photos (cadyq.data.photos, val split).
 
     python benchmarks/calibration.py [--fp32 edsr-tiny-fp32-x4-cpu] [--pams8 edsr-tiny-pams8-x4-cpu]
-                                     [--train DATA/train] [--val DATA/val] [--tiles 128]
+                                     [--train DATA/train] [--val DATA/decision] [--tiles 128]
 """
 import argparse
 
@@ -35,7 +35,7 @@ def main():
     p.add_argument("--fp32", default="edsr-tiny-fp32-x4-cpu")
     p.add_argument("--pams8", default="edsr-tiny-pams8-x4-cpu")
     p.add_argument("--train", default="/work/data/zoo/train")
-    p.add_argument("--val", default="/work/data/zoo/val")
+    p.add_argument("--val", default="/work/data/zoo/decision")
     p.add_argument("--tiles", type=int, default=128)
     a = p.parse_args()
     torch.set_num_threads(2)

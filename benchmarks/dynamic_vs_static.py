@@ -6,7 +6,12 @@ Spearman correlation of tile bits with the tile's image gradient and with its me
 sensitivity is measured once, on a reference model (default: edsr-pams8-x4 with MSE clip values for 4/6/8 bits, the
 CADyQ starting point): the mean squared change of its SR tile when every layer drops from 8 to 4 bits.
 
-    python benchmarks/dynamic_vs_static.py MODEL... [--val /work/data/zoo/val] [--reference CKPT] [--json OUT]
+    python benchmarks/dynamic_vs_static.py MODEL... [--decision /work/data/zoo/decision] [--reference CKPT] [--json OUT]
+        [--report /work/data/report --report-json OUT_REPORT]
+
+Two photo sets (cadyq.data.photos): the table that allocation decisions are read from is measured on the decision set
+(--decision; the report set is refused there); with --report the same models are measured on the report set (KDE's
+photos) afterwards and written beside it (--report-json), for reporting only.
 """
 import argparse
 import json
@@ -22,6 +27,7 @@ from cadyq.calib import calibrate, photo_tiles
 from cadyq.calib.allocate import force_candidates
 from cadyq.checkpoint import load_model
 from cadyq.cli import main as cli
+from cadyq.data import photos
 from cadyq.data.io import list_images, read_image
 from cadyq.data.resize import bicubic_downscale, mod_crop
 from cadyq.quant import dynamic_quantizers
@@ -52,32 +58,18 @@ def tile_sensitivity(ref, tiles, batch=8):
     return ((run(0) - run(-1)) ** 2).mean(dim=(1, 2, 3)).numpy()
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("models", nargs="+")
-    p.add_argument("--val", default="/work/data/zoo/val")
-    p.add_argument("--reference", help="cadyq checkpoint whose forced 8 -> 4-bit drop measures tile sensitivity "
-                                       "(default: edsr-pams8-x{scale} with MSE clips from --calib)")
-    p.add_argument("--calib", default="/work/data/zoo/train")
-    p.add_argument("--backend", default="native")
-    p.add_argument("--json")
-    a = p.parse_args(argv)
-    s = cadyq.Upscaler(a.models[0], backend=a.backend, device="cpu").scale
-    tiles, lrs = val_tiles(a.val, s)
+def measure_set(models, folder, ref, backend):
+    """The table's rows on one folder of HR photos, and each tile's gradient and sensitivity."""
+    s = cadyq.Upscaler(models[0], backend=backend, device="cpu").scale
+    tiles, lrs = val_tiles(folder, s)
     grad = tile_gradient(tiles).sum(1).numpy()
-    if a.reference:
-        ref = load_model(a.reference)
-    else:
-        batches, _ = photo_tiles(a.calib, s, max_tiles=64)
-        ref = calibrate(load_model(f"edsr-pams8-x{s}"), batches, target="cadyq", method="mse")
-    ref.eval()
     sens = tile_sensitivity(ref, tiles)
     rows = []
-    for m in a.models:
+    for m in models:
         ev = Path("/tmp") / f"dvs_{Path(m).stem}.json"
-        assert cli(["eval", "--model", m, "--data", a.val, "--backend", a.backend, "--json", str(ev)]) == 0
+        assert cli(["eval", "--model", m, "--data", folder, "--backend", backend, "--json", str(ev)]) == 0
         mean = json.loads(ev.read_text())["mean"]
-        up = cadyq.Upscaler(m, backend=a.backend, device="cpu")
+        up = cadyq.Upscaler(m, backend=backend, device="cpu")
         bits = np.concatenate([up.upscale(lr).bit_map.float().mean(-1).reshape(-1).numpy() for lr in lrs])
         flat = np.ptp(bits) == 0
         rows.append({"model": m, "psnr": mean["psnr"], "ssim": mean["ssim"], "fqr": mean["fqr"],
@@ -86,17 +78,45 @@ def main(argv=None):
                      "spread": float(np.percentile(bits, 90) - np.percentile(bits, 10)),
                      "rho_gradient": float("nan") if flat else float(spearmanr(bits, grad).statistic),
                      "rho_sensitivity": float("nan") if flat else float(spearmanr(bits, sens).statistic)})
-    print(f"held-out: {a.val} ({len(lrs)} photos, {tiles.shape[0]} tiles), backend {a.backend}; "
+    print(f"{folder} ({len(lrs)} photos, {tiles.shape[0]} tiles), backend {backend}; "
           f"rho(gradient, sensitivity) = {spearmanr(grad, sens).statistic:+.3f}")
-    print(f"| model | PSNR | SSIM | FQR | BitOPs (G) | per-tile FQR p10..p90 (spread) | rho vs gradient | rho vs sensitivity |")
+    print("| model | PSNR | SSIM | FQR | BitOPs (G) | per-tile FQR p10..p90 (spread) | rho vs gradient | rho vs sensitivity |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['psnr']:.3f} | {r['ssim']:.4f} | {r['fqr']:.2f} | {r['bitops_g']:.1f} | "
               f"{r['tile_fqr_p10']:.2f}..{r['tile_fqr_p90']:.2f} ({r['spread']:.2f}) | {r['rho_gradient']:+.3f} | "
               f"{r['rho_sensitivity']:+.3f} |")
-    if a.json:
-        Path(a.json).write_text(json.dumps({"val": a.val, "backend": a.backend, "rows": rows,
-                                            "tile_gradient": grad.tolist(), "tile_sensitivity": sens.tolist()}, indent=1))
+    return rows, grad, sens
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("models", nargs="+")
+    p.add_argument("--decision", "--val", dest="decision", default=photos.DECISION_DIR,
+                   help="the decision set (HR photos) the table is read from")
+    p.add_argument("--report", help="also measure the report set (HR photos: KDE's), only to report it")
+    p.add_argument("--report-json", help="where the report set's table goes (with --report)")
+    p.add_argument("--reference", help="cadyq checkpoint whose forced 8 -> 4-bit drop measures tile sensitivity "
+                                       "(default: edsr-pams8-x{scale} with MSE clips from --calib)")
+    p.add_argument("--calib", default="/work/data/zoo/train")
+    p.add_argument("--backend", default="native")
+    p.add_argument("--json")
+    a = p.parse_args(argv)
+    photos.refuse_report(a.decision, a.calib, use="decide on")
+    s = cadyq.Upscaler(a.models[0], backend=a.backend, device="cpu").scale
+    if a.reference:
+        ref = load_model(a.reference)
+    else:
+        batches, _ = photo_tiles(a.calib, s, max_tiles=64)
+        ref = calibrate(load_model(f"edsr-pams8-x{s}"), batches, target="cadyq", method="mse")
+    ref.eval()
+    sets = [("decision", a.decision, a.json)] + ([("report", a.report, a.report_json)] if a.report else [])
+    for name, folder, out in sets:  # the decision set first: nothing measured on the report set can feed it
+        rows, grad, sens = measure_set(a.models, folder, ref, a.backend)
+        if out:
+            Path(out).write_text(json.dumps({"set": name, "val": folder, "backend": a.backend, "rows": rows,
+                                             "tile_gradient": grad.tolist(), "tile_sensitivity": sens.tolist()},
+                                            indent=1))
     return 0
 
 

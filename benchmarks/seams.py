@@ -62,7 +62,7 @@ def seams(sr: np.ndarray, hr: np.ndarray, grid, scale: int, tile_bits: np.ndarra
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("models", nargs="+")
-    p.add_argument("--val", nargs="+", default=["/work/data/zoo/val"], help="folders of HR photos")
+    p.add_argument("--val", nargs="+", default=["/work/data/zoo/decision"], help="folders of HR photos")
     p.add_argument("--overlap", type=int, nargs="+", default=[6], help="LR px (cadyq upscale: 6)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--untiled", action="store_true", help="also each model on the whole image as one tile, measured "

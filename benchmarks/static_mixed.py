@@ -59,7 +59,7 @@ def main():
     path = out / f"{name}.safetensors"
     save(model, path, {"static_mixed": {"bits": bits, "from": a.model, "sensitivity": a.sensitivity}})
     print(f"{name}: bits per layer {bits} (FQR {sum(bits) / len(bits):.3f})")
-    subprocess.run([sys.executable, "-m", "cadyq", "eval", "--model", str(path), "--data", f"{a.data}/val",
+    subprocess.run([sys.executable, "-m", "cadyq", "eval", "--model", str(path), "--data", f"{a.data}/decision",
                     "--backend", "native", "--json", str(out / f"{name}.json")], check=True)
 
 

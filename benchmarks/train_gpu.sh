@@ -13,7 +13,7 @@ RUNS=${1:-runs-gpu}
 DATA=${2:-data/zoo}
 PY=${PYTHON:-python}
 "$PY" -c "from cadyq.data import photos; photos.prepare('$DATA')"
-COMMON=(--backbone edsr --data "$DATA/train" --val "$DATA/val" --batch 16 --patch 48 --workers 4 --cache memory
+COMMON=(--backbone edsr --data "$DATA/train" --val "$DATA/decision" --batch 16 --patch 48 --workers 4 --cache memory
         --device cuda --precision auto --val-every 1000 --log-every 50 --no-progress --seed 0)
 for scale in 4 2; do
   t0=$SECONDS

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The zoo's full-size EDSR-baseline (64 features, 16 blocks) at x4 and x2: fp32 -> pams8 -> cadyq (4/6/8)
-# on the real photos of cadyq/data/photos.py (Debian wallpapers + scikit-image; 5 held out for validation):
+# on the real photos of cadyq/data/photos.py (Debian wallpapers + scikit-image; validated on its decision set, 22 photos
+# held out from training; KDE's report set is never read here):
 # apt-get install mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 first.
 # Every stage resumes where it stopped (--resume), so the run can be continued across sessions:
 #   benchmarks/train_zoo.sh [RUNS_DIR] [DATA_DIR]           (defaults: /work/runs, /work/data/zoo)
@@ -23,7 +24,7 @@ STAGES=${STAGES:-"fp32-x4 pams8-x4 cadyq-x4 fp32-x2 pams8-x2 cadyq-x2"}
 CADYQ_CHUNKS=${CADYQ_CHUNKS:-"250 500 750 1000"}  # the cadyq stage's iter-N checkpoints, in order
 GDQ_CHUNKS=${GDQ_CHUNKS:-"250 500 750 1000"}  # the same for the gdq stages (STAGES="gdq-x4 gdq-x2")
 "$PY" -c "from cadyq.data import photos; photos.prepare('$DATA')"
-COMMON=(--backbone edsr --data "$DATA/train" --val "$DATA/val" --batch 16 --patch 48 --workers 1 --cache npy
+COMMON=(--backbone edsr --data "$DATA/train" --val "$DATA/decision" --batch 16 --patch 48 --workers 1 --cache npy
         --cache-dir "$DATA/../cache" --val-every 500 --log-every 10 --no-progress --seed 0)
 
 shipped() {  # shipped NAME: a stage whose model is in cadyq/zoo is done, and the shipped file is its best weights

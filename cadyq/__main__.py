@@ -1,5 +1,5 @@
 """`python -m cadyq ...` and `torchrun -m cadyq train ...`."""
-from cadyq.cli import main
+from cadyq.entry import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from .errors import CheckpointError, ModelError
 from .models import canonical_name, create_model
+from .models.training import is_trained, record_trained
 from .outputs import atomic_write  # noqa: F401  (the one atomic writer; kept here for its callers)
 from .paths import not_a_file
 from .quant import quant_config, quantize
@@ -29,11 +30,22 @@ def _version() -> str:
 def metadata(model: nn.Module) -> dict:
     cfg = quant_config(model)
     arch = {k: v for k, v in dataclasses.asdict(model.config).items() if k not in ("name", "scale")}
+    trained = is_trained(model)
     return {
         "format": FORMAT_VERSION, "version": _version(), "backbone": model.config.name, "scale": model.config.scale,
         "arch": arch, "method": cfg.method, "bits": list(cfg.bits), "mode": cfg.mode,
         "weight_bits": cfg.weight_bits, "per_channel": cfg.per_channel,
-    } | ({"upsampler_clips": dict(model.upsampler_clips)} if getattr(model, "upsampler_clips", None) else {})
+    } | ({"trained": trained} if trained is not None else {}) \
+      | ({"upsampler_clips": dict(model.upsampler_clips)} if getattr(model, "upsampler_clips", None) else {})
+
+
+def recorded_trained(meta: dict) -> bool | None:
+    """What a checkpoint's metadata says of its weights: its "trained" field; files from before that field
+    count as trained when they carry a training or calibration record ("extra": every cadyq writer of trained
+    weights adds one), else nothing is known."""
+    if "trained" in meta:
+        return meta["trained"]
+    return True if meta.get("extra") else None
 
 
 def save(model: nn.Module, path: str | Path, extra_metadata: dict | None = None) -> None:
@@ -83,7 +95,8 @@ def read_metadata(path: str | Path) -> dict:
 # field: (types, required); bool is refused where an int is meant
 _META_FIELDS = {"format": (int, False), "version": (str, False), "backbone": (str, True), "scale": (int, True),
                 "arch": (dict, False), "method": (str, False), "bits": (list, False), "mode": (str, False),
-                "weight_bits": (int, False), "per_channel": (bool, False), "upsampler_clips": (dict, False)}
+                "weight_bits": (int, False), "per_channel": (bool, False), "upsampler_clips": (dict, False),
+                "trained": (bool, False)}
 
 
 def parse_metadata(text: str, path: str | Path = "checkpoint") -> dict:
@@ -175,6 +188,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, backbone: str 
                                   "or damaged") from e
         load_state(model, state, str(path), "its tensors do not fit its own metadata: the file was edited or "
                                             "damaged; re-save the model with cadyq.save")
+        record_trained(model, recorded_trained(meta))
         if "upsampler_clips" in meta:  # INT8-upsampler clip values (`cadyq calibrate --upsampler`)
             clips = meta["upsampler_clips"]
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in clips.values()):
@@ -216,6 +230,27 @@ def load_model(name: str | Path | None = None, device: str | torch.device = "cpu
         return model.to(device)
     raise CheckpointError(f"{path}: no such checkpoint file; check the path, or pass a zoo name "
                           f"({', '.join(zoo.available()) or 'none shipped'})")
+
+
+def scale_before_loading(name: str | Path | None) -> int | None:
+    """The scale of the model `load_model(name)` loads, from its metadata alone (no weights read): for the default
+    model, zoo names and cadyq .safetensors files; None for the rest (foreign checkpoints, exports, damaged
+    files: loading them says what they are)."""
+    from . import zoo
+
+    name = zoo.default_name() if name is None else name
+    path = Path(name)
+    if not (path.exists() or path.is_symlink()) and not path.suffix and "/" not in str(name):
+        if str(name) not in zoo.available():
+            return None
+        path = zoo.path_of(str(name))
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        meta = _safetensors_metadata(path)
+    except CheckpointError:
+        return None
+    return None if meta is None else int(meta["scale"])
 
 
 def transfer_state(dst: nn.Module, src: dict[str, torch.Tensor]) -> None:
@@ -406,11 +441,18 @@ def import_checkpoint_into(model: nn.Module, path: str | Path) -> nn.Module:
         for k in model.state_dict():  # per-block PReLUs that the official file stores once
             if re.match(r"^body\.\d+\.act\.weight$", k) and k not in converted:
                 converted[k] = converted["head.1.weight"].clone()
-    for k, v in model.state_dict().items():  # absent from checkpoints older than torch 0.4.1
+    own = model.state_dict()
+    if not set(converted) & set(own):  # no flag can make it one: say so instead of advising flags
+        example = ", ".join(sorted(converted)[:3])
+        raise CheckpointError(f"{path}: none of its tensor names ({example}, ...) is one of {model.config.name}'s: it "
+                              "is not an EDSR/SRResNet/CARN/IDN checkpoint, and --backbone/--scale/--method cannot make "
+                              "it one; pass a checkpoint of one of these models")
+    for k, v in own.items():  # absent from checkpoints older than torch 0.4.1
         if k.endswith("num_batches_tracked"):
             converted.setdefault(k, v)
     load_state(model, converted, f"{path} (read as {model.config.name} x{model.config.scale} {quant_config(model).method})",
                "check --backbone/--scale/--method")
+    record_trained(model, None)  # a foreign file does not say how its weights were made
     return model
 
 

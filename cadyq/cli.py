@@ -1,4 +1,4 @@
-"""The `cadyq` command: upscale, eval, info, train, export, check, engine, bench.
+"""The `cadyq` command: upscale, eval, info, models, train, export, check, engine, bench.
 
 Only the standard library is imported at module level: torch loads inside `main`, so Ctrl-C while it
 loads is answered like Ctrl-C anywhere else (one line, exit code 130).
@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from .errors import CadyqError, ImageError, OptionError
 from .methods import METHODS
+from .sizes import size_text
 
 EXIT_USER_ERROR, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 2, 3, 130
 DEFAULT_TILE = 96
@@ -77,6 +77,16 @@ def check_device(device: str | None) -> None:
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n and int(device.split(":")[1]) >= n:
             raise OptionError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+
+
+def check_tiling(args) -> None:
+    """--tile/--overlap/--protocol of the commands that run images, before the model loads."""
+    if getattr(args, "protocol", None) is None:
+        return
+    from .tiling import check_step, plan_tiles
+
+    plan_tiles(args.tile, args.tile, args.tile, args.overlap, args.protocol)
+    check_step(args.tile, args.overlap)
 
 
 def _model_name(args) -> str:
@@ -183,10 +193,9 @@ def _say(message: str) -> None:
 
 
 def _progress(items, desc):
-    from tqdm import tqdm
+    from .progress import bar
 
-    # disable=None: no bar where stderr is not a terminal (a log gets the result lines, not bar redraws)
-    return tqdm(items, desc=desc, unit="img", disable=True if len(items) < 2 else None, file=sys.stderr)
+    return bar(iterable=items, desc=desc, unit="img", disable=True if len(items) < 2 else None)
 
 
 class _TileProgress:
@@ -199,9 +208,9 @@ class _TileProgress:
         if self.bar is None:
             if done >= total:
                 return
-            from tqdm import tqdm
+            from .progress import bar
 
-            self.bar = tqdm(total=total, desc=self.name, unit="tile", leave=False, file=sys.stderr, disable=None)
+            self.bar = bar(total=total, desc=self.name, unit="tile", leave=False)
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
@@ -211,9 +220,7 @@ class _TileProgress:
 
 # ---- upscale ------------------------------------------------------------------------------------
 def cmd_upscale(args) -> int:
-    from .data.io import IMAGE_EXTENSIONS, Image, list_images, write_image
-    from .outputs import ensure_folder, plan_upscale
-    from .runtime.bitmap import render_bit_map, with_legend
+    from .data.io import IMAGE_EXTENSIONS, list_images
 
     if not 0 <= args.png_compression <= 9:
         raise OptionError(f"--png-compression {args.png_compression}: use a zlib level from 0 (fastest) to 9 (smallest)")
@@ -227,15 +234,26 @@ def cmd_upscale(args) -> int:
         return _upscale_videos(args, videos)
     if not inputs:
         raise ImageError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) or videos found in {', '.join(map(str, args.inputs))}")
-    up = _upscaler(args)
-    s = up.scale
     _check_skip(args)
-    jobs = plan_upscale(inputs, args.output, s, extensions=IMAGE_EXTENSIONS, bit_map=args.bitmap,
-                        skip_existing=args.skip_existing,
-                        report=args.json, overwrite=args.overwrite)
-    _say_skipped(len(inputs), len(jobs), "images")
+    up, plan = _load_and_plan(args, inputs, IMAGE_EXTENSIONS)
+    _say_skipped(plan, len(inputs), "images")
+    report = _BatchReport(args, "images", plan, up, png_compression=args.png_compression)
+    with report.written_on_interrupt():
+        _upscale_images(args, up, plan.jobs, report)
+    report.write()
+    if report.failed:
+        print(f"{len(report.failed)} of {len(inputs)} images failed (each named above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _upscale_images(args, up, jobs, report) -> None:
+    from .data.io import Image, write_image
+    from .outputs import ensure_folder
+    from .runtime.bitmap import render_bit_map, with_legend
+
+    s = up.scale
     fit = _TileFit(up)
-    report, failed = [], []
     for job in _progress(jobs, "upscale"):
         src, dst = job.src, job.image
         bar = _TileProgress(src.name)
@@ -244,7 +262,7 @@ def cmd_upscale(args) -> int:
             runner = fit(*img.size)
             r = runner.upscale(img, progress=bar)
         except CadyqError as e:
-            failed.append(str(src))
+            report.failed.append(str(src))
             _say(f"error: {e}")
             continue
         finally:
@@ -270,18 +288,89 @@ def cmd_upscale(args) -> int:
             entry["bit_map"] = str(job.bit_map)
             entry["bits_per_tile"] = r.bit_map.float().mean(-1).tolist()
         entry["time_s"] = {k: round(v, 4) for k, v in r.timings.items()}
-        report.append(entry)
-        _say(f"{src.name}: {r.grid.height}x{r.grid.width} -> {dst}  tiles {r.grid.rows}x{r.grid.cols}  "
+        report.done.append(entry)
+        _say(f"{src.name}: {size_text(r.grid.height, r.grid.width)} -> {dst} {size_text(*r.image.rgb.shape[:2])}  "
+             f"tiles {size_text(r.grid.rows, r.grid.cols)}  "
              f"FQR {r.fqr:.2f}  BitOPs {r.bitops / 1e9:.2f} G  {r.timings['total']:.2f} s")
-    if args.json:
-        _write_json(args.json, {"model": _model_name(args), "backend": up.backend.name, "backend_choice": backend_line(up.backend),
-                                "device": str(up.backend.device),
-                                "scale": s, "tile": args.tile, "overlap": args.overlap,
-                                "png_compression": args.png_compression, "images": report, "failed": failed})
-    if failed:
-        print(f"{len(failed)} of {len(inputs)} images failed (each named above)", file=sys.stderr)
-        return 1
-    return 0
+
+
+def _load_and_plan(args, inputs, extensions, video: bool = False):
+    """The Upscaler and the plan of every output. Outputs are planned and checked before the model loads wherever
+    its scale (part of the output names) can be read without loading it, so a mistake there costs no wait."""
+    from .checkpoint import scale_before_loading
+    from .outputs import plan_upscale
+
+    def plan(scale):
+        return plan_upscale(inputs, args.output, scale, extensions=extensions, video=video, bit_map=args.bitmap,
+                            report=args.json, skip_existing=args.skip_existing, overwrite=args.overwrite)
+
+    scale = None if getattr(args, "server", None) else (scale_before_loading(args.model) or args.scale)
+    planned = plan(scale) if scale else None
+    up = _upscaler(args)
+    return up, planned if scale == up.scale else plan(up.scale)
+
+
+class _BatchReport:
+    """The --json report of a batch: what was done, what failed, what --skip-existing left out (with its entry of
+    the report this run replaces, where that one has it). Written at the end, and on an interrupt (Ctrl-C, or
+    SIGTERM as a KeyboardInterrupt) with what was done by then and what was not."""
+
+    def __init__(self, args, kind: str, plan, up, **settings):
+        self.path, self.kind, self.jobs = args.json, kind, plan.jobs
+        self.header = {"model": _model_name(args), "backend": up.backend.name, "backend_choice": backend_line(up.backend),
+                       "device": str(up.backend.device), "scale": up.scale, "tile": args.tile, "overlap": args.overlap,
+                       **settings}
+        self.done: list[dict] = []
+        self.failed: list[str] = []
+        earlier = _earlier_entries(self.path, kind) if self.path and plan.skipped else {}
+        self.skipped = [{"input": str(j.src), "output": str(j.image)}
+                        | ({"bit_map": str(j.bit_map)} if j.bit_map else {})
+                        | ({"earlier": earlier[str(j.src)]} if earlier.get(str(j.src), {}).get("output") == str(j.image)
+                           else {})
+                        for j in plan.skipped]
+
+    def write(self, interrupted: bool = False) -> None:
+        if not self.path:
+            return
+        body = {**self.header, self.kind: self.done, "failed": self.failed, "skipped": self.skipped,
+                "interrupted": interrupted}
+        if interrupted:
+            finished = {e["input"] for e in self.done} | set(self.failed)
+            body["not_done"] = [str(j.src) for j in self.jobs if str(j.src) not in finished]
+        _write_json(self.path, body)
+
+    @contextlib.contextmanager
+    def written_on_interrupt(self):
+        try:
+            yield
+        except KeyboardInterrupt:
+            if self.path:
+                try:
+                    self.write(interrupted=True)
+                    _say(f"wrote {self.path}: {len(self.done)} of {len(self.jobs)} {self.kind} done before the "
+                         "interrupt (--skip-existing resumes the rest)")
+                except CadyqError as e:
+                    _say(f"warning: the report was not written: {e}")
+            raise
+
+
+def _earlier_entries(path, kind: str) -> dict[str, dict]:
+    """Input -> its entry in the report at `path` (a run that --skip-existing resumes), also where that report had
+    it from an earlier run still."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(old, dict):
+        return {}
+    entries = {}
+    for e in old.get(kind, []) if isinstance(old.get(kind), list) else []:
+        if isinstance(e, dict) and isinstance(e.get("input"), str):
+            entries[e["input"]] = e
+    for e in old.get("skipped", []) if isinstance(old.get("skipped"), list) else []:
+        if isinstance(e, dict) and isinstance(e.get("earlier"), dict) and isinstance(e.get("input"), str):
+            entries.setdefault(e["input"], e["earlier"])
+    return entries
 
 
 def _check_skip(args) -> None:
@@ -289,32 +378,41 @@ def _check_skip(args) -> None:
         raise OptionError("--skip-existing keeps existing outputs and --overwrite replaces them: pass one of them")
 
 
-def _say_skipped(n_inputs: int, n_jobs: int, what: str) -> None:
-    if n_jobs < n_inputs:
-        _say(f"skipped {n_inputs - n_jobs} of {n_inputs} {what}: their outputs exist (--skip-existing)")
+def _say_skipped(plan, n_inputs: int, what: str) -> None:
+    if plan.skipped:
+        names = [j.src.name for j in plan.skipped]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        _say(f"skipped {len(names)} of {n_inputs} {what}: their outputs exist (--skip-existing): {shown}")
 
 
 def _upscale_videos(args, videos) -> int:
-    from tqdm import tqdm
+    from .video import VIDEO_EXTENSIONS, VideoOptions, check_output_size
 
-    from .outputs import ensure_folder, plan_upscale
-    from .video import VIDEO_EXTENSIONS, VideoOptions, check_output_size, upscale_video
-
-    up = _upscaler(args)
     options = VideoOptions(args.codec, args.crf, args.preset, args.reuse_static)
     _check_skip(args)
-    jobs = plan_upscale(videos, args.output, up.scale, extensions=VIDEO_EXTENSIONS, video=True, bit_map=args.bitmap,
-                       report=args.json,
-                       skip_existing=args.skip_existing,
-                       overwrite=args.overwrite)
-    _say_skipped(len(videos), len(jobs), "videos")
-    for job in jobs:  # every size the encoder cannot take is refused before any frame runs
+    up, plan = _load_and_plan(args, videos, VIDEO_EXTENSIONS, video=True)
+    _say_skipped(plan, len(videos), "videos")
+    for job in plan.jobs:  # every size the encoder cannot take is refused before any frame runs
         with contextlib.suppress(ImageError):  # an unreadable video is reported in its turn, and skipped
             check_output_size(job.src, job.image, up.scale, options)
+    report = _BatchReport(args, "videos", plan, up)
+    with report.written_on_interrupt():
+        _upscale_video_jobs(up, plan.jobs, options, report)
+    report.write()
+    if report.failed:
+        print(f"{len(report.failed)} of {len(plan.jobs)} videos failed (each named above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _upscale_video_jobs(up, jobs, options, report) -> None:
+    from .outputs import ensure_folder
+    from .progress import bar as progress_bar
+    from .video import upscale_video
+
     fit = _TileFit(up)
-    report, failed = [], []
     for job in jobs:
-        bar = tqdm(desc=job.src.name, unit="frame", file=sys.stderr, disable=None)
+        bar = progress_bar(desc=job.src.name, unit="frame")
 
         def progress(done, total, seconds, bar=bar):
             bar.total = total
@@ -325,22 +423,14 @@ def _upscale_videos(args, videos) -> int:
             r = upscale_video(fit, job.src, job.image, up.scale, options, progress=progress, warn=_say,
                               bit_map=job.bit_map)
         except CadyqError as e:
-            failed.append(str(job.src))
+            report.failed.append(str(job.src))
             _say(f"error: {e}")
             continue
         finally:
             bar.close()
-        report.append(r)
-        _say(f"{job.src.name}: {r['frames']} frames {r['lr_size'][1]}x{r['lr_size'][0]} -> {job.image} "
-             f"{r['sr_size'][1]}x{r['sr_size'][0]}  FQR {r['fqr']:.2f}  {r['fps']:.2f} frames/s  {r['time_s']:.1f} s")
-    if args.json:
-        _write_json(args.json, {"model": _model_name(args), "backend": up.backend.name,
-                                "backend_choice": backend_line(up.backend), "scale": up.scale, "tile": args.tile,
-                                "overlap": args.overlap, "videos": report, "failed": failed})
-    if failed:
-        print(f"{len(failed)} of {len(jobs)} videos failed (each named above)", file=sys.stderr)
-        return 1
-    return 0
+        report.done.append(r)
+        _say(f"{job.src.name}: {r['frames']} frames {size_text(*r['lr_size'])} -> {job.image} "
+             f"{size_text(*r['sr_size'])}  FQR {r['fqr']:.2f}  {r['fps']:.2f} frames/s  {r['time_s']:.1f} s")
 
 
 def _read(path):
@@ -427,12 +517,53 @@ def cmd_info(args) -> int:
                                            f" at {max(info.bits)} bits, "
                                            f"{float(info.bitops(torch.full((1, info.n_layers), float(min(info.bits))), t, t)) / 1e9:.3f} G"
                                            f" at {min(info.bits)} bits")
+    lines["training"] = _training_line(model)
     width = max(map(len, lines))
     for k, v in lines.items():
         print(f"{k:<{width}}  {v}")
     if args.layers:
         for c in info.layers:
             print(f"  {c.name:<40} w{c.weight_bits} a{'dyn' if c.act_bits is None else c.act_bits} {c.macs_per_pixel} MAC/px")
+    return 0
+
+
+def _training_line(model) -> str:
+    from .models.training import UNTRAINED_ADVICE, is_trained
+
+    trained = is_trained(model)
+    if trained is None:
+        return "not recorded (a foreign checkpoint, or a cadyq file from before this was recorded)"
+    return "trained" if trained else f"never trained: the random weights of create_model; {UNTRAINED_ADVICE}"
+
+
+# ---- models -------------------------------------------------------------------------------------
+def cmd_models(args) -> int:
+    """The shipped weights, each with what it is and how it did on the report set and the decision set (metadata only:
+    fast; MODEL_CARD.md)."""
+    from . import zoo
+    from .checkpoint import read_metadata
+
+    rows = []
+    for name in zoo.available():
+        meta = read_metadata(zoo.path_of(name))
+        arch = meta.get("arch", {})
+        size = f", {arch['n_feats']} channels x {arch['n_resblocks']} blocks" if "n_resblocks" in arch else ""
+        extra = meta.get("extra", {})
+        sets = [(label, extra.get(key, {})) for label, key in (("report set", "report"), ("decision set", "decision"))]
+        sets = [(label, m) for label, m in sets if {"psnr", "bicubic_psnr"} <= set(m)]
+        if sets:
+            result = "; ".join(f"{label} {m['psnr'] - m['bicubic_psnr']:+.2f} dB over bicubic"
+                               + (f" at FQR {m['fqr']:.2f}" if meta.get("method") != "fp32" and "fqr" in m else "")
+                               for label, m in sets)
+        else:
+            result = "a small demonstration model trained on a CPU"
+        mark = " *" if name == zoo.default_name() else ""
+        rows.append((name + mark, f"{meta['backbone']} x{meta['scale']} {meta.get('method', 'fp32')}{size}", result))
+    widths = [max(len(r[i]) for r in rows + [("name", "model", "")]) for i in range(2)]
+    print(f"{'name':<{widths[0]}}  {'model':<{widths[1]}}  photos no training saw (cadyq/zoo/MODEL_CARD.md)")
+    for name, model, result in rows:
+        print(f"{name:<{widths[0]}}  {model:<{widths[1]}}  {result}")
+    print("* the default of `cadyq upscale`. Any of them: --model NAME, or cadyq.load(\"NAME\") in Python")
     return 0
 
 
@@ -454,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--bitmap", action="store_true", help="also write <name>_bits.png: the bit-width of each tile, "
                                                          "with a legend and the image's FQR")
     u.add_argument("--json", help="write a JSON report (sizes, tiles, FQR, BitOPs, time per image)")
-    u.add_argument("--overwrite", action="store_true", help="replace outputs that exist (inputs are never replaced)")
+    _overwrite_arg(u)
     u.add_argument("--skip-existing", action="store_true",
                    help="leave out inputs whose outputs exist (to resume an interrupted batch; outputs are written "
                         "atomically, so an existing one is complete)")
@@ -473,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="benchmark-style folder (HR/ + LR_bicubic/X<s>/) or a folder of HR images")
     _run_args(e)
     e.add_argument("--json", help="write the table as JSON")
+    _overwrite_arg(e)
     e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="describe a checkpoint")
@@ -483,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--tile", type=int, default=96)
     i.add_argument("--layers", action="store_true", help="list the quantized layers")
     i.set_defaults(func=cmd_info)
+
+    sub.add_parser("models", help="list the shipped weights (zoo names for --model and cadyq.load)").set_defaults(
+        func=cmd_models)
 
     for name, module in (("train", "train.cli"), ("export", "export.cli"), ("check", "export.cli"),
                          ("engine", "export.cli"), ("bench", "bench"), ("calibrate", "calib.cli"),
@@ -506,7 +641,17 @@ def _add_optional(sub, name: str, module: str) -> None:
     add, run = getattr(mod, f"add_{name}_arguments"), getattr(mod, f"run_{name}")
     sp = sub.add_parser(name, help=getattr(mod, "HELP", {}).get(name))
     add(sp)
+    if name in _OUTPUT_FILES:
+        _overwrite_arg(sp)
     sp.set_defaults(func=run)
+
+
+def _overwrite_arg(p: argparse.ArgumentParser) -> None:
+    """The one rule of every command that writes: an output that exists is refused before any work, and replaced
+    only with --overwrite (an input never is)."""
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace outputs that exist (never an input); without it an existing output is refused "
+                        "before any work")
 
 
 # Options that name files a command writes, and those that name what it reads (which it must not replace).
@@ -562,7 +707,7 @@ def check_outputs(args) -> None:
     for option in _OUTPUT_FILES.get(args.command, ()):
         value = getattr(args, option, None)
         if value and option not in folders:
-            check_output_file(value, inputs=inputs, option=f"--{option}")
+            check_output_file(value, inputs=inputs, option=f"--{option}", overwrite=args.overwrite)
     for option in folders:
         value = getattr(args, option, None)
         why = not_a_folder(value) if value and Path(value).exists() else None
@@ -584,13 +729,8 @@ def main(argv=None) -> int:
         except KeyboardInterrupt as e:  # SIGINT or SIGTERM, from the first instruction: imports, parsing, work, cleanup
             if debug:
                 traceback.print_exc()
-            code = interrupt.exit_code(e)
-            print("cadyq: interrupted" if code == EXIT_INTERRUPTED else f"cadyq: stopped by {e}", file=sys.stderr)
-            if not interrupt.settle(0.5):  # a native call that does not return soon: leave without it
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-            return code
+            print(interrupt.message(e), file=sys.stderr)
+            return interrupt.exit_code(e)
 
 
 def _main(argv: list[str], debug: bool) -> int:
@@ -606,6 +746,7 @@ def _main(argv: list[str], debug: bool) -> int:
         return e.code if isinstance(e.code, int) else 0
     try:
         check_device(getattr(args, "device", None))
+        check_tiling(args)
         check_inputs(args)
         check_outputs(args)
         return int(args.func(args) or 0)

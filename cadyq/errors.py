@@ -49,5 +49,9 @@ class ContentWarning(UserWarning):
     """Part of an input is not used as it is (frames after the first, bits below the top 8)."""
 
 
+class UntrainedModelWarning(UserWarning):
+    """A model runs with the random weights `create_model` gave it: its output is meaningless."""
+
+
 class ImageWriteError(ImageError, OutputError):
     """An image file cannot be written."""

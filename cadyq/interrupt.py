@@ -34,6 +34,11 @@ def exit_code(e: KeyboardInterrupt) -> int:
     return e.exit_code if isinstance(e, Interrupted) else 128 + signal.SIGINT
 
 
+def message(e: KeyboardInterrupt) -> str:
+    """The one line the command prints."""
+    return "cadyq: interrupted" if exit_code(e) == 128 + signal.SIGINT else f"cadyq: stopped by {e}"
+
+
 def requested() -> bool:
     return _stop.is_set()
 
@@ -44,27 +49,28 @@ def check() -> None:
         raise Interrupted(_signal[0] if _signal else signal.SIGINT)
 
 
+def _handle(signum, frame):
+    if not _signal:
+        _signal.append(signum)
+    _stop.set()
+    raise Interrupted(signum)
+
+
 @contextlib.contextmanager
 def handle_signals():
     """SIGINT and SIGTERM raise `Interrupted` in the main thread for the duration of the block (a no-op off the
     main thread). A process started with SIGINT ignored (a background job of a non-interactive shell) keeps
     ignoring it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is _handle:
+        yield  # off the main thread, or already answering (the command's entry point installed them first)
         return
     old = {}
-
-    def handle(signum, frame):
-        if not _signal:
-            _signal.append(signum)
-        _stop.set()
-        raise Interrupted(signum)
 
     _stop.clear()
     _signal.clear()
     for sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(sig) is not signal.SIG_IGN:
-            old[sig] = signal.signal(sig, handle)
+            old[sig] = signal.signal(sig, _handle)
     try:
         yield
     finally:
@@ -101,6 +107,8 @@ def call(fn, *args):
     """fn(*args) on the compute thread while this thread waits, answering signals within `_POLL_S`. When the wait is
     interrupted, the stop is requested (the work ends at its next `check()`) and the interruption is raised."""
     global _worker
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args)  # only the main thread answers signals; other threads (servers, clients) run as they are
     with _worker_lock:
         if _worker is None:
             _worker = _Worker()
@@ -128,9 +136,3 @@ def call(fn, *args):
     if not ok:
         raise value
     return value
-
-
-def settle(timeout: float = 1.0) -> bool:
-    """Wait up to `timeout` s for the compute thread to finish its call (after an interruption: to reach its next
-    check()); True when it is idle."""
-    return _worker is None or _worker.idle.wait(timeout)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ImageError
+from .sizes import size_text
 
 _Y_COEF = (65.481, 128.553, 24.966)
 
@@ -100,7 +101,7 @@ def ssim(sr, hr, scale: int, y_only: bool = True) -> float:
     a, b = _prepare(sr, hr, scale, y_only)
     if min(a.shape[-2:]) < 11:
         raise ImageError(f"SSIM needs at least 11x11 px after shaving {scale} px per border, got "
-                         f"{a.shape[-2]}x{a.shape[-1]}; use a larger image")
+                         f"{size_text(*a.shape[-2:])}; use a larger image")
     g = _gaussian()
     c = a.shape[0]
     wy, wx = g.view(1, 1, 11, 1).expand(c, 1, 11, 1), g.view(1, 1, 1, 11).expand(c, 1, 1, 11)

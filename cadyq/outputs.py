@@ -131,9 +131,9 @@ def check_output_file(path: str | Path, *, inputs: Sequence[str | Path] = (), ov
                               "so choose another name")
     if path.is_dir():
         raise OutputError(f"{path}: {option} is a folder; name a file")
+    target = writable_target(path)  # a device or FIFO is refused as such, --overwrite or not
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: exists; pass --overwrite to replace it, or choose another name")
-    target = writable_target(path)
     _check_folder_can_hold(target.parent)
     return path
 
@@ -162,10 +162,16 @@ class UpscaleJob:
     bit_map: Path | None        # its bit map picture, with --bitmap
 
 
+@dataclass(frozen=True)
+class UpscalePlan:
+    jobs: list[UpscaleJob]      # what runs
+    skipped: list[UpscaleJob]   # left out by skip_existing: their outputs exist
+
+
 @_os_errors_name_the_path
 def plan_upscale(inputs: Sequence[Path], output: str | Path, scale: int, *, extensions: Sequence[str],
                  bit_map: bool = False, report: str | Path | None = None, overwrite: bool = False,
-                 skip_existing: bool = False, video: bool = False) -> list[UpscaleJob]:
+                 skip_existing: bool = False, video: bool = False) -> UpscalePlan:
     """Every file `cadyq upscale` will write, checked before the first image (or video) runs. skip_existing:
     inputs whose outputs all exist are left out (outputs are written atomically, so an existing file is complete).
 
@@ -197,9 +203,10 @@ def plan_upscale(inputs: Sequence[Path], output: str | Path, scale: int, *, exte
                 else _folder_names(inputs, output, scale))
     jobs = [UpscaleJob(src, dst, dst.with_name(f"{dst.stem}_bits{dst.suffix if video else '.png'}") if bit_map else None)
             for src, dst in zip(inputs, outs)]
-    jobs = [j for j in jobs if not (skip_existing and done(j))]
+    skipped = [j for j in jobs if skip_existing and done(j)]
+    jobs = [j for j in jobs if j not in skipped]
     _check_outputs(jobs, inputs, _report_to_check(report, skip_existing), overwrite)
-    return jobs
+    return UpscalePlan(jobs, skipped)
 
 
 def _is_sequence(output: Path) -> bool:
@@ -221,7 +228,7 @@ def _plan_sequence(inputs, pattern: Path, bit_map: bool, report, overwrite: bool
         if first is not None and first.exists() and not overwrite:
             raise OutputError(f"{first}: exists; pass --overwrite to replace the sequence, or choose another -o")
     _check_outputs([], inputs, _report_to_check(report, False), overwrite)
-    return [job]
+    return UpscalePlan([job], [])
 
 
 def _report_to_check(report, skip_existing: bool) -> Path | None:

@@ -31,6 +31,7 @@ from typing import Iterator
 import torch
 
 from .errors import ImageError, ModelError, TilingError
+from .sizes import size_text
 
 PROTOCOLS = ("shift", "official")
 
@@ -133,13 +134,31 @@ def plan_tiles(height: int, width: int, tile: int = 96, overlap: int = 6, protoc
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
         raise TilingError(f"tile size must be a positive integer, got {tile!r}; use e.g. --tile 96")
     if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile:
-        raise TilingError(f"overlap must be an integer in [0, tile={tile}), got {overlap!r}; use e.g. --overlap 6")
+        raise TilingError(f"overlap must be an integer in [0, tile={tile}), got {overlap!r}; use e.g. "
+                          f"--overlap {suggested_overlap(tile)}")
     if height < 1 or width < 1:
-        raise ImageError(f"the image is empty ({height}x{width}); pass an image of at least 1x1 pixels")
+        raise ImageError(f"the image is empty ({size_text(height, width)}); pass an image of at least 1x1 pixels")
     step = tile - overlap
     th, tw = _extent(int(height), tile, protocol, shrink), _extent(int(width), tile, protocol, shrink)
     return TileGrid(int(height), int(width), tile, overlap, protocol, _origins(int(height), th, step, protocol),
                     _origins(int(width), tw, step, protocol), th if th != tile else 0, tw if tw != tile else 0)
+
+
+def suggested_overlap(tile: int) -> int:
+    """The default overlap (6 px), or as much of it as the step floor of `check_step` allows for this tile."""
+    return min(6, max(tile, 0) // 2)
+
+
+def check_step(tile: int, overlap: int) -> None:
+    """Refuse an overlap of more than half the tile, for running (the geometry itself allows any overlap below the
+    tile): each LR pixel then runs through more than 4 tiles, and a small tile with a large overlap (--tile 8
+    --overlap 6: a step of 2 px, every pixel 16 times, tens of thousands of tiles a photo) runs for hours."""
+    if 2 * overlap > tile:
+        step = tile - overlap
+        raise TilingError(f"--tile {tile} with --overlap {overlap} starts a tile every {step} px, so each LR pixel "
+                          f"runs through about {round((tile / step) ** 2)} tiles; the overlap can be at most half the "
+                          f"tile: use --overlap {suggested_overlap(tile)} or less"
+                          + ("" if tile >= 12 else " (or a larger --tile: the default 96 with --overlap 6)"))
 
 
 def _reflect_index(size: int, n: int, device) -> torch.Tensor:
@@ -173,8 +192,8 @@ def iter_batches(image: torch.Tensor, grid: TileGrid, batch: int) -> Iterator[tu
     if image.dim() != 3:
         raise ImageError(f"expected an image tensor [C, H, W], got shape {tuple(image.shape)}")
     if tuple(image.shape[-2:]) != (grid.height, grid.width):
-        raise ImageError(f"the image is {image.shape[-2]}x{image.shape[-1]} but the tile grid was planned "
-                         f"for {grid.height}x{grid.width}; plan the grid from this image's size")
+        raise ImageError(f"the image is {size_text(*image.shape[-2:])} but the tile grid was planned "
+                         f"for {size_text(grid.height, grid.width)}; plan the grid from this image's size")
     if batch < 1:
         raise TilingError(f"batch must be >= 1, got {batch}")
     src = _pad(image, grid)
@@ -215,7 +234,7 @@ class Stitcher:
             want = (self.out.shape[0], th * s, tw * s)
             if tuple(sr_tiles.shape[1:]) != want:
                 raise ModelError(f"SR tile {i} has shape {tuple(sr_tiles.shape[1:])}, expected {want} "
-                                 f"(LR tile {th}x{tw} at x{s}); check that the model's scale matches --scale")
+                                 f"(LR tile {size_text(th, tw)} at x{s}); check that the model's scale matches --scale")
             if self.done[i]:
                 raise RuntimeError(f"tile {i} was added twice")
             (y0, y1, sy), (x0, x1, sx) = self._ry[i // g.cols], self._rx[i % g.cols]

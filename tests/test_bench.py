@@ -283,3 +283,13 @@ def test_auto_backend_row_says_what_it_chose(hr, one_torch_thread):
     row = rep["results"][0]
     assert row["backend"] == "native" and "integer program" in row["choice"]
     assert "chosen automatically" in format_report(rep)
+
+
+def test_rows_that_differ_by_backend_have_different_labels(one_torch_thread):
+    """`--compare fp32,fp32@onnxruntime` (as `peers` expands) gives two rows: their labels say which is which."""
+    x = torch.rand(2, 3, 24, 24) * 255
+    configs, _ = make_configs(ZOO, ["fp32", "fp32@onnxruntime"], "torch", "cpu", 24, x)
+    assert [(c.label, c.backend.name) for c in configs] == [(ZOO, "torch"), ("fp32", "torch"),
+                                                            ("fp32@onnxruntime", "onnxruntime")]
+    with pytest.raises(BenchError, match="fp32 would be two rows"):
+        make_configs(ZOO, ["fp32", "fp32"], "torch", "cpu", 24, x)

@@ -1,4 +1,6 @@
+import json
 import re
+import warnings
 
 import pytest
 import torch
@@ -189,3 +191,78 @@ def test_load_takes_zoo_names_and_files_alike(tmp_path):
         cadyq.load("edsr-nope-x4")
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         cadyq.load(tmp_path / "missing.safetensors")
+
+
+# ---- whether the weights were ever trained ---------------------------------------------------------------------
+
+def test_checkpoints_record_weights_that_were_never_trained(tmp_path, photo_tiles):
+    """create_model's random weights stay "never trained" through quantize, calibration and save/load; any change of
+    a convolution weight makes them trained; the Upscaler warns only for the untrained ones."""
+    from safetensors import safe_open
+
+    from cadyq.errors import UntrainedModelWarning
+    from cadyq.models.training import is_trained
+
+    m = quantize(tiny("edsr"), "cadyq")
+    with torch.no_grad(), observe(m):
+        m(photo_tiles[:4])  # calibrated clip values: still the random convolutions
+    assert is_trained(m) is False
+    cadyq.save(m, tmp_path / "untrained.safetensors")
+    assert checkpoint.read_metadata(tmp_path / "untrained.safetensors")["trained"] is False
+    loaded = cadyq.load(tmp_path / "untrained.safetensors")
+    assert is_trained(loaded) is False
+    with pytest.warns(UntrainedModelWarning, match="never trained"):
+        cadyq.Upscaler(str(tmp_path / "untrained.safetensors"), device="cpu", backend="torch")
+
+    with torch.no_grad():
+        next(p for p in loaded.parameters() if p.dim() == 4).add_(0.01)  # one optimizer step's worth
+    assert is_trained(loaded) is True
+    cadyq.save(loaded, tmp_path / "trained.safetensors")
+    with safe_open(str(tmp_path / "trained.safetensors"), "pt") as f:
+        assert '"trained": true' in f.metadata()["cadyq"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedModelWarning)
+        cadyq.Upscaler(str(tmp_path / "trained.safetensors"), device="cpu", backend="torch")
+        cadyq.Upscaler("edsr-tiny-cadyq-x2-cpu", device="cpu", backend="torch")  # shipped: trained (its record)
+
+
+def test_files_that_do_not_record_training(tmp_path):
+    """A foreign checkpoint, or a cadyq file from before the record without a training record: nothing is claimed."""
+    from safetensors.torch import save_file
+
+    from cadyq.models.training import is_trained
+
+    assert is_trained(cadyq.load("edsr-tiny-pams8-x2-cpu")) is True  # no "trained" field, a training record in "extra"
+    m = tiny("edsr")
+    meta = checkpoint.metadata(m)
+    del meta["trained"]
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "old.safetensors"),
+              metadata={"cadyq": json.dumps(meta)})
+    assert is_trained(cadyq.load(tmp_path / "old.safetensors")) is None
+    torch.save(tiny("edsr").state_dict(), tmp_path / "foreign.pt")
+    fresh = tiny("edsr")
+    assert is_trained(fresh) is False
+    assert is_trained(checkpoint.import_checkpoint_into(fresh, tmp_path / "foreign.pt")) is None
+
+
+def test_info_says_whether_a_checkpoint_was_trained(tmp_path, capsys):
+    from cadyq.cli import main
+
+    cadyq.save(quantize(tiny("edsr"), "pams8"), tmp_path / "fresh.safetensors")
+    assert main(["info", str(tmp_path / "fresh.safetensors")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("training"))
+    assert "never trained" in line and "cadyq models" in line
+    assert main(["info", "edsr-tiny-cadyq-x2-cpu"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("training"))
+    assert line.split()[-1] == "trained"
+
+
+def test_an_unrelated_safetensors_is_not_told_to_pass_the_flags_it_passed(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"encoder.layer.0.weight": torch.zeros(8, 8), "decoder.bias": torch.zeros(8)},
+              str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError) as e:
+        cadyq.load(tmp_path / "other.safetensors", backbone="edsr", scale=4, method="fp32")
+    assert "none of its tensor names" in str(e.value) and "cannot make it one" in str(e.value)
+    assert "check --backbone" not in str(e.value)

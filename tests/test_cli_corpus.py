@@ -343,7 +343,7 @@ MODELS = [
     Case("ckpt-torch-dict-not-tensors", ["info", "{w}/m/not_state.pt"], 2, r"not a state_dict .*'epoch' is 'int', not a tensor"),
     Case("ckpt-resnet-state-dict", ["info", "{w}/m/resnet.pt"], 2, r"cannot tell the backbone .*pass --backbone"),
     Case("ckpt-resnet-with-backbone", ["info", "{w}/m/resnet.pt", "--backbone", "edsr", "--scale", "2"], 2,
-         r"does not match the model .missing keys"),
+         r"none of its tensor names \(conv1\.weight, fc\.weight, \.\.\.\) is one of edsr's.*cannot make it one"),
     Case("ckpt-foreign-keys-contradict-backbone", ["info", "{w}/m/edsr_foreign.pt", "--backbone", "carn"], 2,
          r"edsr_foreign\.pt: its tensor names are EDSR's, not CARN's \(--backbone carn\); drop --backbone, or pass "
          r"--backbone edsr"),
@@ -640,6 +640,14 @@ def _interrupt_upscale(n: int):
 
 def _first_of_two_written(world, out):
     assert PILImage.open(out / "a_x2.png").size == (80, 80)
+    rep = json.loads((out / "r.json").read_text())  # the report of what was done before the interrupt
+    assert rep["interrupted"] is True and [i["output"] for i in rep["images"]] == [str(out / "a_x2.png")]
+    assert rep["not_done"] == [str(world / "img" / "b.jpg")] and rep["failed"] == []
+
+
+def _report_of_nothing_done(world, out):
+    rep = json.loads((out / "r.json").read_text())
+    assert rep["interrupted"] is True and rep["images"] == [] and rep["not_done"] == [str(world / "img" / "a.png")]
 
 
 INTERRUPTS = [
@@ -651,10 +659,10 @@ INTERRUPTS = [
          setup=_interrupt_import),
     Case("int-while-loading-the-model", up("{w}/img/a.png"), 130, r"^cadyq: interrupted$", (),
          setup=_interrupt("cadyq.checkpoint", "load_model")),
-    Case("int-during-inference", up("{w}/img/a.png", "--json", "{o}/r.json"), 130, r"^cadyq: interrupted$", (),
-         setup=_interrupt_upscale(1)),
+    Case("int-during-inference", up("{w}/img/a.png", "--json", "{o}/r.json"), 130, r"^cadyq: interrupted$", ("r.json",),
+         setup=_interrupt_upscale(1), check=_report_of_nothing_done),
     Case("int-during-second-image", ["upscale", "{w}/img/a.png", "{w}/img/b.jpg", "-o", "{o}", "-m", X2, "--json",
-                                     "{o}/r.json"], 130, r"^cadyq: interrupted$", ("a_x2.png",),
+                                     "{o}/r.json"], 130, r"^cadyq: interrupted$", ("a_x2.png", "r.json"),
          setup=_interrupt_upscale(2), check=_first_of_two_written),
     Case("int-during-image-write", up("{w}/img/a.png", "--overwrite"), 130, r"^cadyq: interrupted$", None,
          setup=_interrupt_image_write, check=_unchanged_precious),

@@ -94,7 +94,9 @@ def test_engine_from_graph_and_check_it(graph, tmp_path, capsys):
     assert d["plugin"] is True and d["network"]["layer_types"]["PLUGIN_V3"] == 4
     assert out.is_file() and (tmp_path / "e.engine.json").is_file() and len(list((tmp_path / "cache").glob("*.engine"))) == 1
     assert main(["engine", str(graph), "-o", str(out), "--batch", "1:2:4", "--plugin",
-                 "--cache-dir", str(tmp_path / "cache")]) == 0
+                 "--cache-dir", str(tmp_path / "cache")]) == 2  # an existing engine is replaced only when asked
+    assert main(["engine", str(graph), "-o", str(out), "--batch", "1:2:4", "--plugin",
+                 "--cache-dir", str(tmp_path / "cache"), "--overwrite"]) == 0
     assert "from the cache" in capsys.readouterr().out
     assert main(["check", str(out)]) == 0
     assert ": OK" in capsys.readouterr().out

@@ -348,13 +348,14 @@ def test_installed_wheel_runs_every_backend_from_its_own_files(tmp_path):
                              capture_output=True, text=True).stdout.strip()
     ours = [p for p in site.getsitepackages() if os.path.isdir(p)]
     Path(purelib, "_test_dependencies.pth").write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in ours))
-    subprocess.run([py, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, timeout=300)
+    subprocess.run([py, "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", str(wheel)], check=True, timeout=300)
     work = tmp_path / "work"
     work.mkdir()
     rng = np.random.default_rng(0)
     write_image(work / "a.png", Image(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8), None, 8, False, None, None, "RGB"))
     # no C compiler: the wheel's prebuilt kernels run, and the cache of compiled ones is empty
     env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "CADYQ_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("PYTHONPATH", None)  # the installed wheel, not a checkout named there
 
     def cadyq(*args, ok=True):
         r = subprocess.run([str(venv / "bin" / "cadyq"), *map(str, args)], cwd=work, env=env, capture_output=True,
@@ -419,3 +420,17 @@ def test_int8_upsampler_from_the_command_line(tmp_path, photo):
     save(m0, bare)
     assert main(["upscale", str(src), "-o", str(tmp_path / "d.png"), "--model", str(bare), "--int8-upsampler"]) == 2
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "d.png").exists()
+
+
+def test_bf16_float_layers_keep_the_bits_and_move_pixels_a_few_levels(photo):
+    """README's C++ claim: libcadyq's package (float32 float layers) is within 1 LSB of native with float_precision
+    "fp32" (test_cpp); native's default on CPUs with bf16 arithmetic runs the float layers in bf16, which keeps every
+    bit-width but moves pixels by up to 5 levels, as the README says."""
+    import cadyq
+
+    crop = np.ascontiguousarray(photo[100:196, 150:278])
+    runs = {fp: cadyq.Upscaler("edsr-tiny-cadyq-x2-cpu", backend="native", device="cpu",
+                               backend_options={"float_precision": fp}).upscale(crop) for fp in ("fp32", "bf16")}
+    assert torch.equal(runs["fp32"].bit_map, runs["bf16"].bit_map)
+    d = np.abs(runs["fp32"].image.rgb.astype(int) - runs["bf16"].image.rgb)
+    assert 2 <= d.max() <= 5, d.max()

@@ -345,7 +345,7 @@ def test_cli_client_stops_at_once_while_the_server_works(servers, photo, tmp_pat
     a, _ = servers
     PILImage.fromarray(photo).resize((2048, 1536)).save(tmp_path / "big.png")
     proc = subprocess.Popen([sys.executable, "-m", "cadyq", "upscale", "big.png", "-o", "out.png", "--server",
-                             a.grpc_url], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+                             a.grpc_url], cwd=tmp_path, stderr=subprocess.PIPE, text=True)  # python -m: the entry point
     line = proc.stderr.readline()
     assert line.startswith("backend: triton"), line + proc.stderr.read()
     time.sleep(1.5)

@@ -29,9 +29,21 @@ def big(tmp_path_factory, photo):
 
 
 def _cadyq(args, cwd, inject: str = ""):
-    """The `cadyq` command in a process of its own; `inject`: Python run first (patches that signal at a moment)."""
-    code = textwrap.dedent(inject) + "\nimport sys\nfrom cadyq.cli import main\nsys.exit(main())\n"
+    """The `cadyq` command (its entry point) in a process of its own; `inject`: Python run first (patches that signal
+    at a moment)."""
+    code = textwrap.dedent(inject) + "\nimport sys\nfrom cadyq.entry import main\nsys.exit(main())\n"
     return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=cwd, stderr=subprocess.PIPE, text=True)
+
+
+def _answering(proc, timeout=30.0):
+    """Wait until the process catches SIGTERM (its entry point installed the handlers, its first instructions)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:") and int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1:
+                return
+        time.sleep(0.005)
+    raise AssertionError("the process never installed its signal handlers")
 
 
 def _after_line(proc, marker: str, delay: float):
@@ -63,11 +75,12 @@ def _no_partial(folder: Path):
     assert not left, left
 
 
-@pytest.mark.parametrize("sig,delay", [(signal.SIGINT, 0.15), (signal.SIGINT, 0.4), (signal.SIGTERM, 0.4)])
+@pytest.mark.parametrize("sig,delay", [(signal.SIGINT, 0.0), (signal.SIGINT, 0.2), (signal.SIGTERM, 0.2)])
 def test_at_start_up(tmp_path, big, sig, delay):
-    """While Python and torch load: torch swallows a KeyboardInterrupt raised while it imports numpy; the signal
-    is remembered and raised again once the imports return."""
+    """While the command line and torch load (the entry point answers from its first instructions; torch swallows a
+    KeyboardInterrupt raised while it imports numpy: the signal is remembered and raised again after the imports)."""
     proc = _cadyq(["upscale", big, "-o", "out.png"], tmp_path)
+    _answering(proc)
     time.sleep(delay)
     proc.send_signal(sig)
     _stopped(proc, sig, time.monotonic())

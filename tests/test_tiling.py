@@ -1,11 +1,12 @@
 import itertools
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from cadyq.errors import CadyqError, ImageError, ModelError
-from cadyq.tiling import Stitcher, TileGrid, iter_batches, plan_tiles, tile_map
+from cadyq.errors import CadyqError, ImageError, ModelError, TilingError
+from cadyq.tiling import Stitcher, TileGrid, check_step, iter_batches, plan_tiles, tile_map
 
 SIZES = [(1, 1), (5, 7), (1, 200), (95, 96), (96, 96), (97, 200), (185, 186), (186, 97), (300, 451)]
 
@@ -281,3 +282,24 @@ def test_shrunk_strip_tiles_take_the_image_extent_and_stitch_exactly():
             st.add(idx, torch.nn.functional.interpolate(tiles, scale_factor=scale, mode="nearest"))
         want = torch.nn.functional.interpolate(img[None], scale_factor=scale, mode="nearest")[0]
         assert torch.equal(st.result(), want)
+
+
+def test_a_rejected_overlap_is_answered_with_one_that_works():
+    for tile in (1, 4, 8, 13, 96):
+        with pytest.raises(TilingError) as e:
+            plan_tiles(100, 100, tile, tile)
+        suggested = int(re.search(r"--overlap (\d+)", str(e.value))[1])
+        plan_tiles(100, 100, tile, suggested)
+        check_step(tile, suggested)
+
+
+def test_a_step_below_half_the_tile_is_refused_for_running():
+    """--tile 8 with the default overlap 6 starts a tile every 2 px (every pixel runs 16 times): refused, with an
+    overlap that works; the geometry itself (plan_tiles, which the C++ mirrors) still takes it."""
+    with pytest.raises(TilingError, match=r"every 2 px.*about 16 tiles.*--overlap 4 or less"):
+        check_step(8, 6)
+    plan_tiles(100, 100, 8, 6)
+    check_step(8, 4)
+    check_step(96, 6)
+    with pytest.raises(TilingError):
+        check_step(96, 49)

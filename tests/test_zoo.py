@@ -23,11 +23,12 @@ def test_zoo_model_reproduces_its_recorded_crop_psnr(name):
 
 
 @pytest.mark.parametrize("name", [n for n in FULL_SIZE if "-fp32-" in n])
-def test_fp32_zoo_models_meet_the_held_out_target(name):
+def test_fp32_zoo_models_meet_the_gain_target_on_both_photo_sets(name):
     meta = checkpoint.read_metadata(zoo.path_of(name))
-    val = meta["extra"]["held_out"]
-    assert val["images"] == 5
-    assert val["psnr"] - val["bicubic_psnr"] >= GAIN_TARGET[meta["scale"]]
+    for s in ("report", "decision"):
+        val = meta["extra"][s]
+        assert val["images"] >= (8 if s == "report" else 20)
+        assert val["psnr"] - val["bicubic_psnr"] >= GAIN_TARGET[meta["scale"]], s
 
 
 def test_the_full_size_models_are_shipped_and_the_content_aware_cadyq_x4_is_the_default():
@@ -56,33 +57,73 @@ def test_content_aware_models_give_a_flat_tile_fewer_bits_than_a_detailed_one(na
     assert flat_bits <= detailed_bits - 1.0, (flat_bits, detailed_bits)
 
 
-@pytest.mark.parametrize("scale", sorted({checkpoint.read_metadata(zoo.path_of(n))["scale"] for n in FULL_SIZE}))
-def test_each_quantization_step_keeps_the_held_out_psnr(scale):
-    """pams8 within 0.1 dB of fp32; cadyq within 0.1 dB of pams8 at FQR <= 6.5 (issue 8), as recorded."""
-    held = {m: checkpoint.read_metadata(zoo.path_of(f"edsr-{m}-x{scale}"))["extra"]["held_out"]
-            for m in ("fp32", "pams8", "cadyq") if f"edsr-{m}-x{scale}" in FULL_SIZE}
-    if "pams8" in held:
-        assert held["pams8"]["psnr"] >= held["fp32"]["psnr"] - 0.1 and held["pams8"]["fqr"] == 8
-    if "cadyq" in held:
-        assert held["cadyq"]["psnr"] >= held["pams8"]["psnr"] - 0.1 and held["cadyq"]["fqr"] <= 6.5
+SCALES = sorted({checkpoint.read_metadata(zoo.path_of(n))["scale"] for n in FULL_SIZE})
 
 
-def test_issue_21_summary_table_shows_what_the_shipped_files_record():
-    """benchmarks/allocation/summary.py assembles issue 21's table from stored measurements; every shipped model in
-    it must read what its zoo file records on the same held-out photos (a re-shipped file without a re-measured
-    row fails here)."""
+def _decision(m, scale):
+    return checkpoint.read_metadata(zoo.path_of(f"edsr-{m}-x{scale}"))["extra"]["decision"]
+
+
+@pytest.mark.parametrize("scale", [pytest.param(s, marks=pytest.mark.xfail(
+    strict=True, reason="issue 37: edsr-pams8-x2 is 0.263 dB below edsr-fp32-x2 on the 22-photo decision set (it was "
+                        "0.091 on the 5 photos it was chosen on; MODEL_CARD.md says so)")) if s == 2 else s
+    for s in SCALES])
+def test_pams8_is_within_0_1_db_of_fp32_on_the_decision_set(scale):
+    """Issue 8's first step, on the decision set, where it is decided (README and MODEL_CARD quote the report set too)."""
+    fp32, pams8 = _decision("fp32", scale), _decision("pams8", scale)
+    assert pams8["psnr"] >= fp32["psnr"] - 0.1 and pams8["fqr"] == 8
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_cadyq_is_within_0_1_db_of_pams8_at_fqr_6_5_on_the_decision_set(scale):
+    """Issue 8's second step: cadyq within 0.1 dB of pams8 at FQR <= 6.5, on the decision set."""
+    pams8, cadyq = _decision("pams8", scale), _decision("cadyq", scale)
+    assert cadyq["psnr"] >= pams8["psnr"] - 0.1 and cadyq["fqr"] <= 6.5
+
+
+def _script(name):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "benchmarks" / "allocation" / "summary.py"
-    spec = importlib.util.spec_from_file_location("allocation_summary", path)
-    summary = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summary)
+    path = Path(__file__).parents[1] / "benchmarks" / name
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_zoo_files_record_both_photo_sets_as_measured():
+    """Issue 37: every shipped full-size file records its report-set figures first and its decision-set figures beside
+    them, as benchmarks/zoo_sets.json measured them (`python benchmarks/zoo_sets.py apply` writes them; a re-shipped
+    file without a re-measured row fails here)."""
+    import json
+
+    sets = _script("zoo_sets.py")
+    stored = json.loads(sets.JSON.read_text())
+    assert set(stored["models"]) == set(FULL_SIZE)
+    for name in FULL_SIZE:
+        extra = checkpoint.read_metadata(zoo.path_of(name))["extra"]
+        assert list(extra)[:2] == ["report", "decision"] and "held_out" not in extra, name
+        for s in ("report", "decision"):
+            row = stored["models"][name][s]
+            assert extra[s]["images"] == row["images"] == stored["sets"][s]["images"], (name, s)
+            assert extra[s]["psnr"] == pytest.approx(row["psnr"], abs=0.005), (name, s)  # native vs torch reference
+            assert extra[s]["fqr"] == pytest.approx(row["fqr"], abs=0.01), (name, s)
+            assert extra[s]["set"].startswith(s)
+    assert "| `edsr-cadyq-alloc-x4` |" in sets.table(stored)
+
+
+def test_issue_21_summary_table_reads_the_report_set_as_the_zoo_files_record_it():
+    """benchmarks/allocation/summary.py assembles issue 21's table from stored measurements; its KDE columns are the
+    report set, so every shipped model's KDE row must read what its zoo file records there: to 0.03 dB, since those
+    rows were measured in earlier sessions on other CPUs (the native backend runs its float layers in fp32 on AVX2
+    CPUs, in bf16 on this one; the x2 rows differ by up to 0.024 dB) and some with the torch reference."""
+    summary = _script("allocation/summary.py")
     shown = set()
     for name, row in summary.shipped():
-        held = checkpoint.read_metadata(zoo.path_of(name))["extra"]["held_out"]
-        assert row["psnr"] == pytest.approx(held["psnr"], abs=0.005), name  # native vs the torch reference
-        assert row["fqr"] == pytest.approx(held["fqr"], abs=0.01), name
+        rec = checkpoint.read_metadata(zoo.path_of(name))["extra"]["report"]
+        assert row["psnr"] == pytest.approx(rec["psnr"], abs=0.03), name
+        assert row["fqr"] == pytest.approx(rec["fqr"], abs=0.01), name
         shown.add(name)
     assert shown == set(FULL_SIZE)
     for scale in summary.ROWS:

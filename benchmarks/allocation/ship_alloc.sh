@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The shipped content-aware CADyQ model, edsr-cadyq-alloc-x$S: selectors set from the measured per-tile sensitivity
 # (benchmarks/allocation.md), then the weights and clip values fine-tuned with the selectors frozen (L1 +
-# distillation from edsr-pams8-x$S, no bit loss), then validated on the zoo's held-out photos and copied into
-# cadyq/zoo. Runs one after another, each from the last with another seed and a fresh optimizer: x4 = 221 + 231 + 1000
+# distillation from edsr-pams8-x$S, no bit loss), then validated on the decision set (cadyq.data.photos) and copied
+# into cadyq/zoo. Runs one after another, each from the last with another seed and a fresh optimizer: x4 = 221 + 231 + 1000
 # iterations at a constant lr (the third run was interrupted and resumed with --resume at 283 and 698), 400 with the lr
 # halved every 100 (an anneal: +0.004 dB on the zoo's held-out photos), then the selectors re-cut at --fqr 5.38 to use
 # the held-out FQR budget (5.95 -> 5.99, +0.003 dB); about 10 s per iteration on one core of the development CPU.
@@ -16,6 +16,7 @@
 #   cadyq/zoo/trial-cadyq-x4.safetensors afterwards)
 set -euo pipefail
 S=${S:-4}; F=${F:-5.35}; TARGET=${TARGET:-cadyq}; W=${1:-/work/alloc/ship-$TARGET-x$S}; DATA=${DATA:-/work/data/zoo}
+REPORT=${REPORT:-/work/data/report}  # the report set (cadyq.data.photos.prepare_report): measured, never decided on
 NAME=${NAME:-edsr-$TARGET-alloc-x$S}
 PAMS8=cadyq/zoo/edsr-pams8-x$S.safetensors
 mkdir -p "$W"
@@ -48,5 +49,7 @@ for run in $RUNS; do
     --val-every 100000 --no-progress --out "$W/ft-seed$seed"
   init="$W/ft-seed$seed/last.safetensors"
 done
-python benchmarks/zoo_ship.py "$init" "$NAME" --val "$DATA/val" \
+# the decision set decides (the validation row recorded as extra.decision); the report set (KDE's photos, $REPORT) is
+# measured after it and only written beside it (extra.report)
+python benchmarks/zoo_ship.py "$init" "$NAME" --decision "$DATA/decision" --report "$REPORT" \
   --recipe "benchmarks/allocation/ship_alloc.sh (TARGET=$TARGET S=$S F=$F): calibrate --target $TARGET --fqr $F, runs (seed:iterations[:lr halved every N[:selectors re-cut at --fqr]]) $RUNS."

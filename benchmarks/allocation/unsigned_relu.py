@@ -41,7 +41,7 @@ def evaluate(model, val):
     return float(np.mean(psnrs)), float(np.mean(fqrs))
 
 
-def main(name, val="/work/data/zoo/val"):
+def main(name, val="/work/data/zoo/decision"):
     torch.set_num_threads(1)
     for unsigned in (False, True):
         model = load_model(name).eval()

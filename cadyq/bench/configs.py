@@ -136,6 +136,11 @@ def _split_backend(item: str) -> tuple[str, str | None]:
     return item, None
 
 
+def _label(name: str, backend: str | None) -> str:
+    """A row's label: what was named, with the backend when one was named (fp32 and fp32@onnxruntime are two rows)."""
+    return f"{name}@{backend}" if backend else name
+
+
 def _is_file_model(name) -> bool:
     return isinstance(name, (str, Path)) and Path(name).suffix in _FILE_SUFFIXES
 
@@ -270,7 +275,7 @@ def make_configs(model, compare=(), backend: str = "auto", device: str = "auto",
             row_backend = chosen or (main_backend if main_backend in ("torch", "onnxruntime") else "torch")
             be = _backend_for(m, row_backend, str(dev), tile, tmpdir, threads)
             notes = notes + _simulation_note(item, row_backend) + list(getattr(be, "notes", []))
-            configs.append(Config(item, be, item, notes, m))
+            configs.append(Config(_label(item, chosen), be, item, notes, m))
             continue
         m = _load(item, foreign)
         if chosen:
@@ -279,11 +284,16 @@ def make_configs(model, compare=(), backend: str = "auto", device: str = "auto",
             row_backend = main_backend if main_backend in ("torch", "onnxruntime") else "torch"
         else:
             row_backend = guess_backend(m)
-        lab = Path(item).name if _is_file_model(item) else item
+        lab = _label(Path(item).name if _is_file_model(item) else item, chosen)
         c = Config(lab, _backend_for(m, row_backend, str(dev), tile, tmpdir, threads), item,
                    module=m if isinstance(m, nn.Module) else None)
         c.notes += _simulation_note(c.backend.info.method, c.backend.name)
         configs.append(c)
+    labels = [c.label for c in configs]
+    twice = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if twice:
+        raise BenchError(f"{', '.join(twice)} would be two rows of the same name: compare each configuration once, "
+                         "or name its backend (e.g. fp32@onnxruntime)")
     scales = {c.label: c.backend.info.scale for c in configs}
     if len(set(scales.values())) > 1:
         raise BenchError(f"configurations of different scales cannot be compared on one image: {scales}")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CadyqError
+from ..tiling import check_step
 
 PERCENTILES = (90, 95, 99)
 SCHEDULES = ("interleaved", "sequential")
@@ -44,6 +45,7 @@ class BenchSettings:
             raise BenchError(f"--tile must be at least 4 px, got {self.tile}")
         if not 0 <= self.overlap < self.tile:
             raise BenchError(f"--overlap must be in 0..tile-1, got {self.overlap}")
+        check_step(self.tile, self.overlap)
         if self.schedule not in SCHEDULES:
             raise BenchError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.image_runs < 1:

@@ -205,8 +205,10 @@ def _lr_images(folder, scale: int, lr: bool) -> list:
     import numpy as np
 
     from ..data.io import list_images, read_image
+    from ..data.photos import refuse_report
     from ..data.resize import bicubic_downscale, mod_crop
 
+    refuse_report(folder, use="calibrate on")
     images = list_images([folder])
     if not images:
         raise CadyqError(f"{folder}: no images to calibrate on")

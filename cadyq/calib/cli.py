@@ -37,7 +37,7 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_calibrate(args) -> int:
-    from tqdm import tqdm
+    from ..progress import bar
 
     from ..checkpoint import load_model, save
     from . import calibrate, photo_tiles
@@ -63,9 +63,9 @@ def run_calibrate(args) -> int:
         print(f"wrote {args.output}: {model.config.name} x{model.config.scale} "
               f"with INT8-upsampler clip values ({args.method}): {clips}", file=sys.stderr)
         return 0
-    with tqdm(total=total, desc="calibrate", unit="tile", file=sys.stderr, disable=None) as bar:
+    with bar(total=total, desc="calibrate", unit="tile") as progress:
         out = calibrate(model, batches, target=args.target, method=args.method, bits=bits,
-                        percentile=args.percentile, progress=bar.update)
+                        percentile=args.percentile, progress=progress.update)
     extra = {}
     if args.fqr is not None:
         extra["allocation"] = _allocate(out, args)
@@ -82,7 +82,7 @@ def _allocate(model, args) -> dict:
     from pathlib import Path
 
     import torch
-    from tqdm import tqdm
+    from ..progress import bar
 
     from ..quant import dynamic_quantizers
     from . import random_tiles
@@ -110,10 +110,10 @@ def _allocate(model, args) -> dict:
         else:
             sel = dynamic_quantizers(model)
             passes = (1 + len(sel) * (len(sel[0].bits) - 1)) * -(-lr.shape[0] // 8)
-        with tqdm(total=passes, desc="sensitivity", unit="batch", file=sys.stderr, disable=None) as bar:
+        with bar(total=passes, desc="sensitivity", unit="batch") as progress:
             sens = (measure_tiles if per_tile else measure)(model.to(memory_format=torch.channels_last),
                                                             lr.contiguous(memory_format=torch.channels_last),
-                                                            batch=8, progress=bar.update)
+                                                            batch=8, progress=progress.update)
         model.to(memory_format=torch.contiguous_format)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

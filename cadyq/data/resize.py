@@ -14,6 +14,8 @@ import math
 import numpy as np
 import torch
 
+from ..sizes import size_text
+
 
 def _cubic(x: np.ndarray) -> np.ndarray:
     ax = np.abs(x)
@@ -119,6 +121,6 @@ def mod_crop(img, scale: int):
     hax = img.ndim - 2 if isinstance(img, torch.Tensor) else 0
     h, w = img.shape[hax], img.shape[hax + 1]
     if h < scale or w < scale:
-        raise ValueError(f"image of {h}x{w} is smaller than the scale {scale}")
+        raise ValueError(f"image of {size_text(h, w)} is smaller than the scale {scale}")
     h, w = h - h % scale, w - w % scale
     return img[..., :h, :w] if isinstance(img, torch.Tensor) else img[:h, :w]

@@ -103,6 +103,10 @@ class SRTrainDataset(Dataset):
         if config.patch < 1 or config.scale < 1:
             raise DataError(f"patch ({config.patch}) and scale ({config.scale}) must be positive")
         self.config = config
+        if pairs is None:
+            from .photos import refuse_report
+
+            refuse_report(config.root, use="train on")
         self.pairs = list(pairs) if pairs is not None else find_train_pairs(config.root, config.scale)
         if not self.pairs:
             raise DataError(f"{config.root}: no training images")

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CadyqError
+from ..sizes import size_text
 from ..quant import ActQuant, BitSelector, ModelInfo, dynamic_quantizers, quant_config
 from ..quant.ops import fake_quant, levels, on_top_grid, tile_gradient
 from . import op as cadyq_op
@@ -235,7 +236,7 @@ class Report:
     def __str__(self) -> str:
         t = self.tolerances
         h, w = self.tile_shape
-        lines = [f"{self.onnx_path} vs torch on {self.n_tiles} tiles {h}x{w} ({self.provider}, {self.dtype})"]
+        lines = [f"{self.onnx_path} vs torch on {self.n_tiles} tiles {size_text(h, w)} ({self.provider}, {self.dtype})"]
         if self.n_layers:
             lines.append(f"  bits: {100 * self.bit_agreement:.3f}% agree ({self.n_agree}/{self.n_decisions} decisions, "
                          f"need >= {100 * t.min_agreement:g}%)")
@@ -411,7 +412,7 @@ def compare(onnx_path: str | Path, model, tiles, *, tolerances: Tolerances | Non
     x_all = _as_tiles(tiles)
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     if len(dims) == 4 and dims[2] and dims[3] and tuple(dims[2:]) != tuple(x_all.shape[2:]):
-        raise CadyqError(f"{onnx_path} takes {dims[2]}x{dims[3]} tiles, got {x_all.shape[2]}x{x_all.shape[3]}")
+        raise CadyqError(f"{onnx_path} takes {size_text(*dims[2:])} tiles, got {size_text(*x_all.shape[2:])}")
     static_batch = dims[0] if dims and dims[0] else None
     if static_batch:
         batch = static_batch

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CadyqError, EngineError
+from ..outputs import check_output_file
 
 from ..methods import METHODS
 HELP = {"export": "export a checkpoint to ONNX (CADyQSelect op, INT8 weights)",
@@ -103,7 +104,6 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                                                        "NAME-onnx/ (ONNX Runtime backend: the ONNX export at --tile) and, "
                                                        "with --plan, NAME-trt/ (TensorRT backend), each with config.pbtxt")
     t.add_argument("--plan", metavar="ENGINE", help="a TensorRT engine built by full TensorRT (`cadyq engine`) to add")
-    t.add_argument("--overwrite", action="store_true", help="replace the repository's models of that name")
     from ..serve.cli import add_repository_arguments
 
     add_repository_arguments(p)
@@ -172,6 +172,7 @@ def _export_routed(args, model) -> int:
     out = Path(args.output)
     if out.suffix == ".onnx" or (out.exists() and not out.is_dir()):
         raise CadyqError(f"-o {out}: --routed writes a folder of graphs; name a folder")
+    _refuse_existing_manifest(out / "routed.json", args.overwrite)
     batches, _ = photo_tiles(args.calib, model.config.scale, args.tile, max_tiles=max(args.calib_tiles, 1))
     calib = torch.cat(list(batches))
     manifest = export_routed(model, out, tile=args.tile, calib=calib, opset=args.opset)
@@ -179,6 +180,15 @@ def _export_routed(args, model) -> int:
     print(f"wrote {manifest}: router {m['router']}, static INT8 graphs for bits "
           f"{', '.join(m['graphs'])} ({m['calibration_tiles']} calibration tiles from {args.calib})")
     return 0
+
+
+def _refuse_existing_manifest(manifest: Path, overwrite: bool) -> None:
+    """A folder of graphs or engines is refused, like any output file, where its manifest exists."""
+    from ..errors import OutputError
+
+    if manifest.exists() and not overwrite:
+        raise OutputError(f"{manifest.parent}: holds a routed export already ({manifest.name}); pass --overwrite to "
+                          "replace it, or choose another -o")
 
 
 # ---- check ----------------------------------------------------------------------------------------------
@@ -360,11 +370,13 @@ def run_engine(args) -> int:
         dtype = args.dtype or ("fp16" if args.fp16 else "fp32")
         form = "fakequant" if dtype == "fp16" else "int8"  # fp32 graphs: INT8 convolutions
         out = Path(args.out_dir)
-        onnx_path = export_onnx(model, out / f"{tag}-t{args.tile}-{dtype}.onnx", tile=args.tile, dtype=dtype,
-                                opset=args.opset, form=form)
-        print("\n".join(_describe_onnx(Path(onnx_path))))
         b = "_".join(str(v) for v in _batch(args.batch))
         engine_path = Path(args.output) if args.output else out / f"{tag}-t{args.tile}-b{b}-{dtype}{'-plugin' if args.plugin else ''}.engine"
+        onnx_path = out / f"{tag}-t{args.tile}-{dtype}.onnx"
+        for path, what in ((onnx_path, "the exported graph"), (engine_path, "the engine")):
+            check_output_file(path, overwrite=args.overwrite, option=what)
+        onnx_path = export_onnx(model, onnx_path, tile=args.tile, dtype=dtype, opset=args.opset, form=form)
+        print("\n".join(_describe_onnx(Path(onnx_path))))
     else:
         if not args.onnx:
             raise CadyqError("give the exported graph (`cadyq engine MODEL.onnx -o MODEL.engine`) or --make")
@@ -379,6 +391,7 @@ def run_engine(args) -> int:
         engine_path = Path(args.output) if args.output else onnx_path.with_suffix(".engine")
     if engine_path.suffix not in (".engine", ".plan"):
         raise EngineError(f"{engine_path}: name the engine file *.engine (or *.plan) so backends recognise it")
+    check_output_file(engine_path, inputs=[str(onnx_path)], overwrite=args.overwrite, option="the engine")
     info = build_engine(onnx_path, engine_path, batch=args.batch, plugin=args.plugin, fp16=args.fp16,
                         workspace_mb=args.workspace, cache_dir=args.cache_dir, targets=_targets(args),
                         rebuild=args.rebuild)
@@ -397,6 +410,8 @@ def _engine_routed(args, src: Path) -> int:
         raise CadyqError("routed graphs have static scales and no CADyQSelect nodes: leave out --plugin")
     if args.output and Path(args.output).suffix in (".engine", ".plan"):
         raise CadyqError("a routed export builds one engine per bit-width: -o names a folder (default: beside the graphs)")
+    folder = Path(args.output) if args.output else (src if src.is_dir() else src.parent)
+    _refuse_existing_manifest(folder / "routed-engines.json", args.overwrite)
     path, infos = build_routed(src, args.output, batch=_batch(args.batch), fp16=args.fp16, workspace_mb=args.workspace,
                                cache_dir=args.cache_dir, targets=_targets(args), rebuild=args.rebuild)
     for b, info in sorted(infos.items()):

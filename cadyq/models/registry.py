@@ -33,10 +33,15 @@ def canonical_name(name: str) -> str:
 
 
 def create_model(name: str, scale: int | None = None, pretrained: bool = False, **kwargs) -> nn.Module:
-    """Build a full-precision backbone (x4 unless `scale` says otherwise). `pretrained=True` loads the shipped
-    zoo weights of that name (see `cadyq.zoo`), which may be quantized models; a `scale` given must match them."""
+    """Build a full-precision backbone (x4 unless `scale` says otherwise) with random weights, for training.
+    `pretrained=True` loads the shipped zoo weights of that name (see `cadyq.zoo`), which may be quantized
+    models; a `scale` given must match them."""
     if pretrained:
         from ..zoo import load_pretrained
 
         return load_pretrained(name, scale=scale)
-    return _BUILDERS[canonical_name(name)](scale=4 if scale is None else scale, **kwargs)
+    from .training import mark_untrained
+
+    model = _BUILDERS[canonical_name(name)](scale=4 if scale is None else scale, **kwargs)
+    mark_untrained(model)  # random weights until trained or loaded: `cadyq info` and the Upscaler say so
+    return model

@@ -19,6 +19,7 @@ import torch.nn as nn
 from ..errors import BackendError
 from ..export.onnx_file import load_onnx
 from ..quant import ModelInfo
+from ..sizes import size_text
 from .backend import Backend, register_backend, resolve_device
 
 _INPUT, _OUTPUTS, _META = "lr", ("sr", "bits"), "cadyq"
@@ -89,13 +90,24 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"{self.path}: ONNX Runtime cannot load this graph ({e})") from e
         self.providers = tuple(self.session.get_providers())
         self._cuda = self.providers[0] == "CUDAExecutionProvider"
+        self.warnings = [] if self._tmp is not None else self._speed_hints()
+
+    def _speed_hints(self) -> list[str]:
+        """What runs this model faster on this CPU, for a graph exported in a form meant for another runtime."""
+        form = self.export.get("form", "fakequant")
+        if self._cuda or self.info.method == "fp32" or form == "ort":
+            return []
+        return [f"{self.path.name} is the {form} form of the export, which ONNX Runtime's CPU provider runs as float "
+                "convolutions with separate passes; `cadyq export --form ort` runs the same integers and bits faster "
+                "here, and the checkpoint itself (--model CKPT, the native integer backend) faster still "
+                "(benchmarks/integer_cpu.md)"]
 
     def _check(self, tiles: torch.Tensor) -> None:
         if tiles.dim() != 4 or tiles.shape[1] != 3:
             raise BackendError(f"tiles must be [N,3,h,w], got {tuple(tiles.shape)}")
         if self.tile_sizes is not None and tuple(tiles.shape[2:]) != self.tile_sizes:
             h, w = self.tile_sizes
-            raise BackendError(f"{self.path.name} takes {h}x{w} tiles, got {tiles.shape[2]}x{tiles.shape[3]}; "
+            raise BackendError(f"{self.path.name} takes {size_text(h, w)} tiles, got {size_text(*tiles.shape[2:])}; "
                                f"pass --tile {h} or re-export with another tile size")
         if self.max_batch is not None and tiles.shape[0] > self.max_batch:
             raise BackendError(f"{self.path.name} takes batches of {self.max_batch}, got {tiles.shape[0]}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -15,10 +16,11 @@ import torch.nn.functional as F
 
 from .. import interrupt
 from ..data.io import Image, from_tensor, read_image, to_tensor
-from ..errors import BackendError, ImageError
+from ..errors import BackendError, ImageError, UntrainedModelWarning
+from ..models.training import UNTRAINED_ADVICE, is_trained
 from ..quant import fqr as mean_bits
-from ..tiling import Stitcher, TileGrid, iter_batches, plan_tiles, tile_map
-from .backend import Backend, create_backend
+from ..tiling import Stitcher, TileGrid, check_step, iter_batches, plan_tiles, tile_map
+from .backend import Backend, create_backend, guess_backend, load_module
 
 
 @dataclass
@@ -47,6 +49,10 @@ class Upscaler:
     def __init__(self, model, backend: str = "auto", device: str = "auto", tile: int = 96, overlap: int = 6,
                  batch: int = 64, protocol: str = "shift", backend_options: dict | None = None):
         options = dict(backend_options or {})
+        if isinstance(model, (str, Path)) and guess_backend(model) == "torch":
+            model = load_module(model, backend)  # once: the backend runs it, and its training record is read here
+        if isinstance(model, nn.Module) and is_trained(model) is False:
+            warnings.warn(f"the model was never trained: {UNTRAINED_ADVICE}", UntrainedModelWarning, stacklevel=2)
         if backend == "onnxruntime" and isinstance(model, nn.Module):
             options.setdefault("tile", tile)  # the module is exported for this tile size
         self.backend: Backend = (model if isinstance(model, Backend)
@@ -58,6 +64,7 @@ class Upscaler:
         if self.backend.tile_sizes is not None and self.backend.tile_sizes != (tile, tile):
             raise BackendError(f"this model takes {self.backend.tile_sizes} tiles, not {tile}x{tile}; pass --tile accordingly")
         plan_tiles(tile, tile, tile, overlap, protocol)  # validates the geometry now, not on the first image
+        check_step(tile, overlap)
         self.tile, self.overlap, self.protocol = tile, overlap, protocol
         self.batch = min(batch, self.backend.max_batch or batch)
 

@@ -14,6 +14,7 @@ import torch
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from ..hardware import usable_cores
+from ..sizes import size_text
 
 
 def _param(config: dict, key: str, default=None):
@@ -29,7 +30,7 @@ def check_tiles(lr: torch.Tensor, max_tile: int) -> str | None:
     if n < 1 or h < 1 or w < 1:
         return f"lr has no pixels: {list(lr.shape)}"
     if max(h, w) > max_tile:
-        return f"tile {h}x{w} is larger than this server's limit of {max_tile} px a side: cut the image into tiles"
+        return f"tile {size_text(h, w)} is larger than this server's limit of {max_tile} px a side: cut the image into tiles"
     if not torch.isfinite(lr).all() or float(lr.min()) < 0 or float(lr.max()) > 255:
         return "lr values must be finite and within 0..255"
     return None

@@ -280,6 +280,10 @@ class Trainer:
             if not c.resume and self.state_path.is_file():
                 raise CadyqError(f"{self.out} already holds a run; pass --resume to continue it, or choose "
                                  "another --out")
+        from ..data.photos import refuse_report
+
+        refuse_report(c.data, use="train on")  # before any work: the report set never trains nor picks a run
+        refuse_report(c.val, use="validate on")
         torch.manual_seed(c.seed)
         np.random.seed(c.seed % 2**32)
         random.seed(c.seed)
@@ -578,8 +582,13 @@ def distributed():
         ddp.cleanup(info)
 
 
-def validation_images(folder, scale: int, limit: int | None = None) -> list:
-    """(name, lr, hr, bicubic PSNR, bicubic SSIM) of each validation pair in `folder`."""
+def validation_images(folder, scale: int, limit: int | None = None, *, report: bool = False) -> list:
+    """(name, lr, hr, bicubic PSNR, bicubic SSIM) of each validation pair in `folder`. Validation picks runs, so the
+    report set (cadyq.data.photos.REPORT) is refused unless `report` says these images are only reported."""
+    if not report:
+        from ..data.photos import refuse_report
+
+        refuse_report(folder, use="validate on")
     imgs = []
     for p in find_pairs(folder, scale)[: limit or None]:
         lr, hr = (np.array(a) for a in load_pair(p, scale))  # writable copies
