@@ -167,7 +167,7 @@ def test_int8_upsampler_on_native_kernels_and_in_checkpoints(tmp_path):
     back = checkpoint.load(tmp_path / "m.safetensors")
     assert back.upsampler_clips == pytest.approx(cal.upsampler_clips)
     be = NativeBackend(back, "cpu", workers=1, int8_upsampler=True)
-    assert any("upsampler convs INT8" in n for n in be.notes)
+    assert any("upsampler and tail INT8" in n for n in be.notes)
     tiles = photo_crops(6, 24, seed=11)
     sr, bits = be.run(tiles)
     with torch.no_grad():
