@@ -434,3 +434,35 @@ def test_bf16_float_layers_keep_the_bits_and_move_pixels_a_few_levels(photo):
     assert torch.equal(runs["fp32"].bit_map, runs["bf16"].bit_map)
     d = np.abs(runs["fp32"].image.rgb.astype(int) - runs["bf16"].image.rgb)
     assert 2 <= d.max() <= 5, d.max()
+
+
+def test_portable_c_build_computes_what_the_native_one_does(monkeypatch, tmp_path):
+    """The library compiled without -march=native (the wheel's, used where no compiler is) takes the scalar paths of
+    quant.c: the same values, tables and choices as the AVX-512 paths of the build for this CPU."""
+    g = torch.Generator().manual_seed(9)
+    y = torch.randint(0, 256, (3, 64, 20, 20), generator=g, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    skip = torch.randint(1, 256, (3, 64, 20, 20), generator=g, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    x = (torch.randn(3, 64, 20, 20, generator=g) * 2).contiguous(memory_format=torch.channels_last)
+    q = _quant(c=64)
+    group = K.Group(torch.rand(3, 2, generator=g) * 10)
+
+    def run():
+        sel = K.Selection(q)
+        u1, k1 = K.residual_select(y, 1.3, skip, 2.1, sel, group)
+        u2, k2 = K.quantize_select(x, sel, group)
+        u3 = y.clone()
+        k3 = K.select_u8(u3, sel, group)
+        return [u1, k1, u2, k2, u3, k3, K.residual_float(y, 1.3, skip, 2.1, torch.float32)]
+
+    native_out = run()
+    monkeypatch.setattr(build, "FLAGS", tuple(f for f in build.FLAGS if f != "-march=native"))
+    monkeypatch.setenv("CADYQ_CACHE_DIR", str(tmp_path))
+    build.library.cache_clear()
+    try:
+        portable = run()
+    finally:
+        monkeypatch.undo()
+        build.library.cache_clear()
+    assert list(tmp_path.glob("kernels/cadyq_cpu_*.so"))  # a second library was built
+    for a, b in zip(native_out, portable):
+        assert torch.equal(a, b)

@@ -6,6 +6,7 @@
  * rounds exactly as torch's round(clamp(x, -a, a) / a * s) does, op for op).
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
