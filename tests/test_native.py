@@ -466,3 +466,12 @@ def test_portable_c_build_computes_what_the_native_one_does(monkeypatch, tmp_pat
     assert list(tmp_path.glob("kernels/cadyq_cpu_*.so"))  # a second library was built
     for a, b in zip(native_out, portable):
         assert torch.equal(a, b)
+
+
+def test_native_backend_runs_inside_and_outside_inference_mode():
+    """The workers are other threads than the caller's (whose inference mode they do not share)."""
+    be = native(quantize(tiny("edsr"), "cadyq").eval(), hardware.int8_range(), tiles_per_call=1, workers=2)
+    tiles = photo_crops(4, 24)
+    with torch.inference_mode():
+        a = be.run(tiles)[0]
+    assert torch.equal(a, be.run(tiles)[0])

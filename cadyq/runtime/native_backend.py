@@ -108,10 +108,11 @@ class NativeBackend(Backend):
     def _groups(self, program, x, groups, sr, bits):
         for i, j in groups:
             interrupt.check()  # Ctrl-C and SIGTERM stop the workers between groups (and between layers)
-            with torch.inference_mode(), self._float():
-                s, b = program(x[i:j])
-            sr[i:j] = s
-            bits[i:j] = b
+            with torch.inference_mode():  # (sr may be an inference tensor: the caller's mode is not this thread's)
+                with self._float():
+                    s, b = program(x[i:j])
+                sr[i:j] = s
+                bits[i:j] = b
 
     def _float(self):
         """The lowered module graph's float layers in bf16 (the fused program says so itself)."""
