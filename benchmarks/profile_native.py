@@ -23,7 +23,7 @@ from cadyq.runtime import native_cpu, nhwc
 from cadyq.runtime.memory import keep_large_allocations
 from cadyq.runtime.native_backend import NativeBackend
 
-C_PASSES = {"select_u8": "C: statistics, choice, table of a conv's u8 output",
+C_PASSES = {"tile_gradient": "C: tile gradient", "select_u8": "C: statistics, choice, table of a conv's u8 output",
             "residual_select": "C: residual stream onto the next grid, statistics, choice, table",
             "quantize_select": "C: head output onto the first grid, choice, table",
             "residual_float": "C: last residual to float", "add_quantize": "C: global skip, upsampler input to u8"}
@@ -73,7 +73,6 @@ def main():
     for name, kind in C_PASSES.items():
         patch(K, name, acc, kind)
     patch(K.Int8Conv, "__call__", acc, conv_kind)
-    patch(native_cpu, "tile_gradient", acc, "tile gradient (torch)")
     patch(nhwc.NHWCPixelShuffle, "forward", acc, "pixel shuffle")
     patch(nn.Conv2d, "_conv_forward", acc, lambda m, x, w, b: f"conv: float {x.dtype}".replace("torch.", ""))
     peer = "bf16" if hardware.cpu_has_bf16() else "fp32"

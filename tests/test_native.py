@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from conftest import boundary_tile_batch, photo_crops, randomize_selectors, tiny
 
 from cadyq import create_model, hardware, quantize
@@ -475,3 +476,29 @@ def test_native_backend_runs_inside_and_outside_inference_mode():
     with torch.inference_mode():
         a = be.run(tiles)[0]
     assert torch.equal(a, be.run(tiles)[0])
+
+
+def test_c_tile_gradient_is_the_reference_one():
+    from cadyq.quant.ops import tile_gradient
+
+    tiles = torch.cat([photo_crops(5, 24), torch.zeros(1, 3, 24, 24), torch.full((1, 3, 24, 24), 255.0)])
+    for t in (tiles, photo_crops(2, 17)[:, :, :, :11]):  # odd sizes: the borders replicate
+        torch.testing.assert_close(K.tile_gradient(t), tile_gradient(t), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("c,hw", [(64, (12, 12)), (32, (7, 9)), (24, (10, 10))])
+def test_c_select_u8_reads_the_statistics_of_every_channel(c, hw):
+    """The choice of select_u8 is the reference's from the per-channel std of the 8-bit values, with selector weights
+    that make every channel matter (the vectorized statistics' channel order; odd pixel counts take the other path)."""
+    g = torch.Generator().manual_seed(c)
+    n = 48
+    spread = torch.rand(n, c, 1, 1, generator=g) * 60
+    v = (torch.randn(n, c, *hw, generator=g) * spread).round().clamp(0, 127)  # a ReLU'd conv output on the grid
+    u = (v + 128).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+    q = IntQuantizer("full", [4, 6, 8], [20.0, 40.0, 127.0], torch.randn(3, c + 2, generator=g), torch.zeros(3))
+    sigma = (v / 127.0 * 127.0).std(dim=(2, 3))
+    grad = torch.rand(n, 2, generator=g)
+    q.bias.copy_(-F.linear(torch.cat([grad, sigma], 1), q.weight).median(0).values)  # centred: all three chosen
+    want = q.choose(sigma, grad, None)
+    k = K.select_u8(u.clone(memory_format=torch.channels_last), K.Selection(q), K.Group(grad))
+    assert len(set(want.tolist())) == 3 and torch.equal(k.long(), want)

@@ -199,6 +199,16 @@ def residual_float(y: torch.Tensor, a_y: float, skip: torch.Tensor, a_skip: floa
     return out
 
 
+def tile_gradient(lr: torch.Tensor) -> torch.Tensor:
+    """`cadyq.quant.ops.tile_gradient` of float32 channels_last tiles in one C pass: [N, 2], equal to float rounding."""
+    lr = lr.float().contiguous(memory_format=CL)
+    n, _, h, w = lr.shape
+    out = torch.empty(n, 2)
+    if library().cadyq_tile_gradient(lr.data_ptr(), n, h, w, out.data_ptr()) != 0:
+        raise MemoryError("tile gradient")
+    return out
+
+
 def add_quantize(x1: torch.Tensor, x2: torch.Tensor, a: float, s: float = 127.0) -> torch.Tensor:
     """round(clamp(x1 + x2, -a, a) / a * s) + 128 as uint8 (x1, x2 float32 or bfloat16 alike, channels_last)."""
     dtype = torch.bfloat16 if x1.dtype == x2.dtype == torch.bfloat16 else torch.float32

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #endif
@@ -61,6 +62,49 @@ static void apply_lut(uint8_t *restrict x, long m, const uint8_t *restrict lut) 
 static void u8_stats(const uint8_t *restrict x, long hw, int c, int32_t *restrict s1, int64_t *restrict s2) {
     int32_t a1[MAXC], a2[MAXC];
     for (int j = 0; j < c; j++) { s1[j] = 0; s2[j] = 0; }
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    if (c % 32 == 0 && c <= 256 && hw % 2 == 0) {
+        /* 32 channels of two pixels at a time in int16: sums of v add up in int16 for 256 pixels (256 * 127 fits);
+         * squares of the pixel pair, interleaved by unpack, summed by madd into int32 lanes that each hold one
+         * channel (unpack works within 128-bit lanes: lane l of lo holds channels 8l..8l+3, of hi 8l+4..8l+7). */
+        const int groups = c / 32;
+        const __m512i off = _mm512_set1_epi16(128);
+        __m512i q2lo[8], q2hi[8], w1[8];
+        for (int g = 0; g < groups; g++) q2lo[g] = q2hi[g] = _mm512_setzero_si512();
+        for (int j = 0; j < c; j++) a1[j] = 0;
+        for (long p0 = 0; p0 < hw; p0 += 256) {
+            const long p1 = p0 + 256 < hw ? p0 + 256 : hw;
+            for (int g = 0; g < groups; g++) w1[g] = _mm512_setzero_si512();
+            for (long p = p0; p < p1; p += 2) {
+                for (int g = 0; g < groups; g++) {
+                    const long i = p * c + 32 * g;
+                    __m512i a = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(x + i))), off);
+                    __m512i b = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(x + i + c))), off);
+                    w1[g] = _mm512_add_epi16(w1[g], _mm512_add_epi16(a, b));
+                    q2lo[g] = _mm512_add_epi32(q2lo[g], _mm512_madd_epi16(_mm512_unpacklo_epi16(a, b), _mm512_unpacklo_epi16(a, b)));
+                    q2hi[g] = _mm512_add_epi32(q2hi[g], _mm512_madd_epi16(_mm512_unpackhi_epi16(a, b), _mm512_unpackhi_epi16(a, b)));
+                }
+            }
+            for (int g = 0; g < groups; g++) {  /* the int16 sums into int32 */
+                int16_t t[32];
+                _mm512_storeu_si512(t, w1[g]);
+                for (int j = 0; j < 32; j++) a1[32 * g + j] += t[j];
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            int32_t lo[16], hi[16];
+            _mm512_storeu_si512(lo, q2lo[g]);
+            _mm512_storeu_si512(hi, q2hi[g]);
+            for (int l = 0; l < 4; l++)
+                for (int e = 0; e < 4; e++) {
+                    s2[32 * g + 8 * l + e] = lo[4 * l + e];
+                    s2[32 * g + 8 * l + 4 + e] = hi[4 * l + e];
+                }
+            for (int j = 0; j < 32; j++) s1[32 * g + j] = a1[32 * g + j];
+        }
+        return;
+    }
+#endif
     for (long p0 = 0; p0 < hw; p0 += 1024) {  /* 1024 * 127^2 fits int32 */
         long p1 = p0 + 1024 < hw ? p0 + 1024 : hw;
         for (int j = 0; j < c; j++) a1[j] = a2[j] = 0;
@@ -189,34 +233,35 @@ static void residual_tile(const uint8_t *restrict y, const uint8_t *restrict sk,
     for (long p0 = 0; p0 < hw; p0 += 1024) {  /* 1024 * 127^2 fits int32 */
         long p1 = p0 + 1024 < hw ? p0 + 1024 : hw;
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-        if (c % 16 == 0 && c <= 256) {  /* the same operations, 16 channels at a time */
+        if (c % 16 == 0 && c <= 256) {  /* 16 channels at a time; r by FMA, the statistics in float (exact integers) */
             const __m512 vty = _mm512_set1_ps(ty), vts = _mm512_set1_ps(ts), va = _mm512_set1_ps(a),
-                         vna = _mm512_set1_ps(-a), vinv = _mm512_set1_ps(inv);
-            const __m512i off = _mm512_set1_epi32(128), low = _mm512_set1_epi32(-127);
-            __m512i acc1[16], acc2[16];
+                         vna = _mm512_set1_ps(-a), vinv = _mm512_set1_ps(inv), v128 = _mm512_set1_ps(128.0f);
+            const __m128i one = _mm_set1_epi8(1);
+            __m512 acc1[16], acc2[16];
             const int groups = c / 16;
-            for (int g = 0; g < groups; g++) acc1[g] = acc2[g] = _mm512_setzero_si512();
+            for (int g = 0; g < groups; g++) acc1[g] = acc2[g] = _mm512_setzero_ps();
             for (long p = p0; p < p1; p++) {
                 for (int g = 0; g < groups; g++) {
                     const long i = p * c + 16 * g;
-                    __m512i yi = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(y + i)));
-                    __m512i si = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(sk + i)));
-                    yi = _mm512_max_epi32(_mm512_sub_epi32(yi, off), low);
-                    si = _mm512_sub_epi32(si, off);
-                    __m512 r = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(yi), vty),
-                                             _mm512_mul_ps(_mm512_cvtepi32_ps(si), vts));
+                    /* max(y, 1): the block output's quantizer clamps at -127 (u = 1) */
+                    __m128i yb = _mm_max_epu8(_mm_loadu_si128((const __m128i *)(y + i)), one);
+                    __m512 yf = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(yb)), v128);
+                    __m512 sf = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
+                        _mm_loadu_si128((const __m128i *)(sk + i)))), v128);
+                    __m512 r = _mm512_fmadd_ps(yf, vty, _mm512_mul_ps(sf, vts));
                     r = _mm512_max_ps(_mm512_min_ps(r, va), vna);
-                    __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(r, vinv));  /* round half even, as rintf */
-                    _mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(_mm512_add_epi32(v, off)));
-                    acc1[g] = _mm512_add_epi32(acc1[g], v);
-                    acc2[g] = _mm512_add_epi32(acc2[g], _mm512_mullo_epi32(v, v));
+                    __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(r, vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                    _mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_add_ps(v, v128))));
+                    acc1[g] = _mm512_add_ps(acc1[g], v);
+                    acc2[g] = _mm512_fmadd_ps(v, v, acc2[g]);  /* exact: 1024 * 127^2 < 2^24 */
                 }
             }
             for (int g = 0; g < groups; g++) {
-                _mm512_storeu_si512(a1 + 16 * g, acc1[g]);
-                _mm512_storeu_si512(a2 + 16 * g, acc2[g]);
+                float f1[16], f2[16];
+                _mm512_storeu_ps(f1, acc1[g]);
+                _mm512_storeu_ps(f2, acc2[g]);
+                for (int j = 0; j < 16; j++) { s1[16 * g + j] += (int32_t)f1[j]; s2[16 * g + j] += (int64_t)f2[j]; }
             }
-            for (int j = 0; j < c; j++) { s1[j] += a1[j]; s2[j] += a2[j]; }
             continue;
         }
 #endif
@@ -251,6 +296,39 @@ int cadyq_residual_select(const uint8_t *y, float a_y, const uint8_t *skip, floa
         finish(out + base, 1, hw, c, g + 2 * n, w, b, k_count, k_in ? k_in + n : NULL, t, luts, identity, k_out + n,
                s1, s2);
     }
+    return 0;
+}
+
+/* The tile gradient of ops.tile_gradient: gray = sum_c x_c / 255 * (0.299, 0.587, 0.114)_c, the normalized 3x3 Sobel
+ * (kernel / 8) with replicate padding, mean |dx| and |dy| * 1e3 per tile. x: n tiles of h x w RGB pixels, float32,
+ * channels last; out [n, 2]. The sums run in another order than torch's convolution: values equal to float rounding. */
+int cadyq_tile_gradient(const float *x, long n_tiles, long h, long w, float *out) {
+    float *gray = malloc(sizeof(float) * (size_t)(h * w));
+    if (!gray) return -1;
+    const float k0 = 0.299f, k1 = 0.587f, k2 = 0.114f;
+    for (long n = 0; n < n_tiles; n++) {
+        const float *t = x + n * h * w * 3;
+        for (long i = 0; i < h * w; i++)
+            gray[i] = t[3 * i] / 255.0f * k0 + t[3 * i + 1] / 255.0f * k1 + t[3 * i + 2] / 255.0f * k2;
+        double sx = 0.0, sy = 0.0;
+        for (long yy = 0; yy < h; yy++) {
+            const float *up = gray + (yy > 0 ? yy - 1 : 0) * w, *mid = gray + yy * w,
+                        *dn = gray + (yy + 1 < h ? yy + 1 : h - 1) * w;
+            float rx = 0.0f, ry = 0.0f;
+            for (long xx = 0; xx < w; xx++) {
+                const long l = xx > 0 ? xx - 1 : 0, r = xx + 1 < w ? xx + 1 : w - 1;
+                float gx = (up[r] - up[l]) * 0.125f + (mid[r] - mid[l]) * 0.25f + (dn[r] - dn[l]) * 0.125f;
+                float gy = (dn[l] - up[l]) * 0.125f + (dn[xx] - up[xx]) * 0.25f + (dn[r] - up[r]) * 0.125f;
+                rx += fabsf(gx);
+                ry += fabsf(gy);
+            }
+            sx += rx;
+            sy += ry;
+        }
+        out[2 * n] = (float)(sx / (double)(h * w) * 1e3);
+        out[2 * n + 1] = (float)(sy / (double)(h * w) * 1e3);
+    }
+    free(gray);
     return 0;
 }
 
