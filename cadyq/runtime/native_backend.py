@@ -81,6 +81,7 @@ class NativeBackend(Backend):
         self.programs = [self.program] + [self.program if self.fused else self._program(module)
                                           for _ in range(self.workers - 1)]
         self.info = self.program.info
+        self._pool: ThreadPoolExecutor | None = None
         form = ("oneDNN u8 x s8 -> s32, full 8-bit range (VNNI/AMX)" if self.kernels.form == "full"
                 else "float32 convolutions of the integers (AVX2 without VNNI: u8 x s8 pairs saturate)")
         self.notes = [f"integer convolutions: {form}, {self.tiles_per_call} tiles per call; "
@@ -135,11 +136,12 @@ class NativeBackend(Backend):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:  # worker w takes groups w, w + W, ...: single-threaded, with a program of its own
-            with ThreadPoolExecutor(workers) as pool:
-                jobs = [pool.submit(self._groups, self.programs[w], x, groups[w::workers], sr, bits)
-                        for w in range(workers)]
-                for job in jobs:
-                    job.result()
+            if self._pool is None:  # kept: the workers' threads (and oneDNN's per-thread state) live across batches
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cadyq-native")
+            jobs = [self._pool.submit(self._groups, self.programs[w], x, groups[w::workers], sr, bits)
+                    for w in range(workers)]
+            for job in jobs:
+                job.result()
         finally:
             torch.set_num_threads(threads)
         return sr.to(tiles.device), bits.to(tiles.device)
