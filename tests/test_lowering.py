@@ -124,10 +124,10 @@ def test_int8_upsampler_is_the_fake_quant_of_its_convs(name):
 
     from cadyq.calib import calibrate_upsampler
     from cadyq.quant import fake_quant
-    from cadyq.quant.plans import upsampler_convs
+    from cadyq.quant.plans import float_tail_convs
 
     m = prepared(name, "cadyq", "full", scale=4 if name != "carn" else 2)
-    paths = upsampler_convs(m)
+    paths = float_tail_convs(m)
     assert paths and all(type(m.get_submodule(p)) is torch.nn.Conv2d for p in paths)
     cal = calibrate_upsampler(m, [photo_crops(16, 24, seed=5)])
     assert set(cal.upsampler_clips) == set(paths) and all(v > 0 for v in cal.upsampler_clips.values())

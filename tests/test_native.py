@@ -189,10 +189,10 @@ def test_native_program_calls_every_quantized_conv_with_whole_groups_and_8_bit_o
     be.program.calls = calls = []
     be.run(photo_crops(16, 48))
     names = {c[0] for c in calls}
-    n_convs = 2 * (len(m.body) - 1) + 3  # two per block; the x4 upsampler's two and the tail
+    n_convs = 2 * (len(m.body) - 1) + 4  # two per block; the body's last conv, the x4 upsampler's two and the tail
     assert len(names) == n_convs and len(calls) == 4 * n_convs
     assert all(tiles == 4 for _, tiles, _ in calls)
-    assert all(dtype == torch.uint8 for name, _, dtype in calls if name != "upsampler.2")
+    assert all(dtype == torch.uint8 for name, _, dtype in calls if name not in ("body.last", "upsampler.2"))
     assert [d for name, _, d in calls if name == "upsampler.2"] == [torch.float32] * 4  # the tail writes the SR
 
 

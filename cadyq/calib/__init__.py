@@ -149,13 +149,13 @@ def calibrate_upsampler(model: nn.Module, tiles: Iterable[torch.Tensor], method:
     `lower(model, int8_upsampler=True)` needs. Its other weights and clip values are kept as they are."""
     import copy
 
-    from ..quant.plans import upsampler_convs
+    from ..quant.plans import float_tail_convs
 
     if method not in CALIB_METHODS:
         raise CadyqError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIB_METHODS)}")
     if quant_config(model).method == "fp32":
         raise CadyqError("the INT8 upsampler is an option of quantized models; calibrate the fp32 model to pams8 first")
-    paths = upsampler_convs(model)
+    paths = float_tail_convs(model)
     if not paths:
         raise CadyqError(f"{model.config.name} has no upsampler convs the lowering can quantize")
     dst = copy.deepcopy(model).eval()

@@ -426,9 +426,9 @@ def lower(model: nn.Module, kernels: Kernels | None = None, *, int8_upsampler: b
 
 def _int8_upsampler(model: nn.Module, net: nn.Module, context: _Context, convs: dict):
     """(path, IntConv2d) for each upsampler conv: 8-bit per-channel weights, a fixed 8-bit input quantizer."""
-    from .plans import upsampler_convs
+    from .plans import float_tail_convs
 
-    paths = upsampler_convs(model)
+    paths = float_tail_convs(model)
     clips = getattr(model, "upsampler_clips", None) or {}
     if not paths:
         raise ModelError(f"{model.config.name} has no upsampler convs the lowering can quantize")

@@ -35,6 +35,7 @@ class QuantPlan:
     head: str = ""  # the conv whose output feeds Granular-DQ's controller
     upsampler: str = ""  # the module holding the float upsampler convs (the INT8-upsampler option of the lowering)
     tail: str = ""  # the output conv after the upsampler (INT8 with the upsampler where the plan names it)
+    body_out: str = ""  # the body's last conv, float in the papers (INT8 with the upsampler where the plan names it)
 
     @property
     def weight_convs(self) -> tuple[str, ...]:
@@ -53,7 +54,7 @@ def _edsr(model) -> QuantPlan:
         feature="tail:input",
         block_features=tuple(f"body.{i}.body.2" for i in range(n)),
         fusions=tuple(Fuse(f"body.{i}.body.0", act=f"body.{i}.body.1") for i in range(n)),
-        head="head.0", upsampler="tail.0", tail="tail.1",
+        head="head.0", upsampler="tail.0", tail="tail.1", body_out=f"body.{n}",
     )
 
 
@@ -102,12 +103,13 @@ def plan_for(model: nn.Module) -> QuantPlan:
     return PLANS[model.config.name](model)
 
 
-def upsampler_convs(model: nn.Module) -> tuple[str, ...]:
-    """The float convs of the model's upsampler, and its output conv where the plan names it (empty where it has no
-    upsampler the lowering can quantize, e.g. IDN's deconvolution)."""
+def float_tail_convs(model: nn.Module) -> tuple[str, ...]:
+    """The float convs after the quantized body that the INT8-upsampler option of the lowering runs as INT8 convs:
+    the upsampler's, and where the plan names them the body's last conv and the output conv (empty where the model
+    has no upsampler the lowering can quantize, e.g. IDN's deconvolution)."""
     plan = plan_for(model)
     if not plan.upsampler:
         return ()
     up = tuple(f"{plan.upsampler}.{n}" for n, m in model.get_submodule(plan.upsampler).named_modules()
                if type(m) is nn.Conv2d)
-    return up + ((plan.tail,) if plan.tail else ())
+    return ((plan.body_out,) if plan.body_out else ()) + up + ((plan.tail,) if plan.tail else ())

@@ -20,7 +20,7 @@ from .. import hardware, interrupt
 from ..errors import BackendError, ModelError
 from ..quant import quant_config
 from ..quant.lowering import lower
-from ..quant.plans import upsampler_convs
+from ..quant.plans import float_tail_convs
 from .backend import Backend, load_module, register_backend, resolve_device
 from .nhwc import nhwc_pixel_shuffles
 
@@ -31,7 +31,7 @@ UPSAMPLER_OPTIONS = ("auto", True, False)
 def int8_upsampler_choice(module: nn.Module) -> tuple[bool, str]:
     """(on, why) for int8_upsampler="auto": on where the model carries calibrated clips and the CPU has VNNI/AMX."""
     clips = getattr(module, "upsampler_clips", None) or {}
-    paths = upsampler_convs(module)
+    paths = float_tail_convs(module)
     if not paths or any(p not in clips for p in paths):
         return False, "upsampler float: no calibrated clip values in the model (`cadyq calibrate --upsampler`)"
     if hardware.int8_range() != "full":

@@ -3,8 +3,9 @@
     lr --head (float)--> h --C: quantize, select--> a_0 (u8)
     block i:  a_i --conv1 INT8 + ReLU--> u8 --C: select, table--> u8 --conv2 INT8--> y_i (u8, its 8-bit quantizer)
               C: r = y_i + a_i, onto the next block's grid, select, table --> a_{i+1} (u8)      (last block: r float)
-    r --last body conv (float)--> + h --> upsampler and tail: INT8 convs with u8 outputs and u8 pixel shuffles
-                                          (calibrated clips; float without them) --> + mean (in the tail's bias) --> sr
+    r --last body conv--> + h --> upsampler and tail --> + mean (in the tail's bias) --> sr
+          (with calibrated clips: the last body conv, the upsampler and the tail INT8 with u8 outputs, u8 pixel
+          shuffles, the tail reading its input's sub-pixel phases; without them, float as in the papers)
 
 Every quantized convolution is one oneDNN call over the whole batch (one input scale per layer: the lowering's
 arithmetic, `cadyq.quant.lowering`) writing u8 with its scale, bias and ReLU fused; the selection, the re-quantization
@@ -78,7 +79,9 @@ class EDSRProgram:
             a_out, s_out = float(fq.alpha), float(levels(fq.bits))
             self.blocks.append(_Block(qin, K.Int8Conv(block.body[0], qin.t, (qmid.a, qmid.s), form), qmid,
                                       K.Int8Conv(block.body[2], qmid.t, (a_out, s_out), form), a_out))
-        self.last_conv = net.body[-1]
+        last = net.body[-1]  # the body's last conv: INT8 where the lowering made it so (with the upsampler), else float
+        self.last_quant = K.Selection.of(last.quant) if isinstance(last, IntConv2d) else None
+        self.last_conv = K.Int8Conv(last, self.last_quant.t, None, form) if self.last_quant else last
         (self.head,) = net.head
         width = max(q.n_candidates for q in self.dynamic)
         self.bits_table = torch.stack([nn.functional.pad(q.bits, (0, width - q.n_candidates)) for q in self.dynamic])
@@ -136,10 +139,14 @@ class EDSRProgram:
             if i + 1 < len(self.blocks):
                 self._tap(2 * i + 2, lambda: _residual(y, b.a_out, a, b.quant_in.a))
                 a, k = K.residual_select(y, b.a_out, a, b.quant_in.a, self.blocks[i + 1].quant_in, group)
+            elif self.last_quant is not None:
+                a, _ = K.residual_select(y, b.a_out, a, b.quant_in.a, self.last_quant, group)
+                body = self._record("body.last", a, self.last_conv(a))
             else:
                 r = K.residual_float(y, b.a_out, a, b.quant_in.a, torch.bfloat16 if self.bf16 else torch.float32)
+                with self._float():
+                    body = self.last_conv(r)
         with self._float():
-            body = self.last_conv(r)
             if self.upsampler is None:
                 sr = net.add_mean(net.tail(body + h))
         if self.upsampler is not None:
