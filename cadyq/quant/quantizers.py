@@ -130,18 +130,24 @@ class BitSelector(nn.Module):
             self.last_bits = self.last_bits_ste = b
             self.last_weighted = None
             return y
+        levels = _levels(self.bits)
+        with torch.no_grad():  # the value inference computes: chosen from the statistics on the top grid
+            (x_top,) = on_top_grid(x.detach(), self.alpha.detach(), levels)
         if self.mode == "tile" and self.state.tile_probs is not None:  # gdq: the model-level decision
             p, k = self.state.tile_probs, self.state.tile_choice
         else:
-            logits = self.logits(x)
+            logits = self.logits(x + (x_top - x).detach())  # statistics of the top grid, gradient to x (STE)
             p, k = logits.softmax(1), logits.argmax(1)
         expected = p @ self.bits
         b_hard = self.bits[k]
         self.last_bits = b_hard.detach()
         self.last_bits_ste = b_hard.detach() + expected - expected.detach()
         self.last_weighted = self.last_bits_ste / expected.detach()
-        # value of the hard choice, gradient of the probability-weighted mix of all candidates (train_ops)
-        return SelectQuantSTE.apply(x, self.alpha, 2.0 ** (self.bits - 1) - 1, p, k)
+        # the gradient of the probability-weighted mix of all candidates (train_ops), the value inference computes
+        y = SelectQuantSTE.apply(x, self.alpha, levels, p, k)
+        with torch.no_grad():
+            value = on_top_grid(x_top, self.alpha.detach(), levels, k)[1]
+        return y + (value - y).detach()
 
 
 class QConv2d(nn.Conv2d):
