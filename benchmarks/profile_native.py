@@ -25,8 +25,8 @@ from cadyq.runtime.native_backend import NativeBackend
 
 C_PASSES = {"tile_gradient": "C: tile gradient", "select_u8": "C: statistics, choice, table of a conv's u8 output",
             "residual_select": "C: residual stream onto the next grid, statistics, choice, table",
-            "quantize_select": "C: head output onto the first grid, choice, table",
-            "residual_float": "C: last residual to float", "add_quantize": "C: global skip, upsampler input to u8"}
+            "quantize_select": "C: head output (and the upsampler input) onto their grids",
+            "residual_float": "C: last residual to float"}
 
 
 ACTIVE = [False]  # timing the native program (not the float peer)

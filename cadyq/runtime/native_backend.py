@@ -110,9 +110,11 @@ class NativeBackend(Backend):
         for i, j in groups:
             interrupt.check()  # Ctrl-C and SIGTERM stop the workers between groups (and between layers)
             with torch.inference_mode():  # (sr may be an inference tensor: the caller's mode is not this thread's)
+                view = sr[i:j]
                 with self._float():
-                    s, b = program(x[i:j])
-                sr[i:j] = s
+                    s, b = program(x[i:j], out=view) if self.fused else program(x[i:j])
+                if s is not view:  # (the fused program writes its SR into the view itself)
+                    view.copy_(s)
                 bits[i:j] = b
 
     def _float(self):

@@ -58,8 +58,9 @@ class _Block:
 
 
 class EDSRProgram:
-    """program(lr [N,3,h,w] float, channels_last) -> (sr [N,3,sh,sw] float32, bits [N,L]); `calls` (when a list)
-    records each quantized convolution as (name, tiles, output dtype)."""
+    """program(lr [N,3,h,w] float, channels_last[, out]) -> (sr [N,3,sh,sw] float32, bits [N,L]); `out`: a contiguous
+    float32 buffer the SR may be written into. `calls` (when a list) records each quantized convolution as (name,
+    tiles, output dtype)."""
 
     def __init__(self, program: IntegerProgram, float_precision: str = "fp32", form: str | None = None):
         why = unsupported(program)
@@ -96,7 +97,7 @@ class EDSRProgram:
         convs = [m for m in mods if isinstance(m, IntConv2d)]
         shuffles = [m.upscale_factor for m in mods if isinstance(m, nn.PixelShuffle)]
         quants = [c.quant for c in convs]
-        self.up_clip = float(quants[0].alpha[0])
+        self.up_quant = K.Selection.of(quants[0])  # the upsampler input's fixed 8-bit quantizer
         chain = []
         for i, (conv, r) in enumerate(zip(convs, shuffles + [1])):
             if r > 1:  # output channels in (i, j, c) order: the u8 pixel shuffle is a copy of whole C-channel runs
@@ -118,7 +119,7 @@ class EDSRProgram:
         return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
     @torch.inference_mode()
-    def __call__(self, lr: torch.Tensor):
+    def __call__(self, lr: torch.Tensor, out: torch.Tensor | None = None):
         net, n = self.net, lr.shape[0]
         lr = lr.float().contiguous(memory_format=CL)
         grad = K.tile_gradient(lr)
@@ -139,18 +140,18 @@ class EDSRProgram:
             if i + 1 < len(self.blocks):
                 self._tap(2 * i + 2, lambda: _residual(y, b.a_out, a, b.quant_in.a))
                 a, k = K.residual_select(y, b.a_out, a, b.quant_in.a, self.blocks[i + 1].quant_in, group)
-            elif self.last_quant is not None:
+            elif self.last_quant is not None:  # its output added into the head's (the global skip) by oneDNN
                 a, _ = K.residual_select(y, b.a_out, a, b.quant_in.a, self.last_quant, group)
-                body = self._record("body.last", a, self.last_conv(a))
+                x = self._record("body.last", a, self.last_conv(a, accum=h))
             else:
                 r = K.residual_float(y, b.a_out, a, b.quant_in.a, torch.bfloat16 if self.bf16 else torch.float32)
                 with self._float():
-                    body = self.last_conv(r)
-        with self._float():
-            if self.upsampler is None:
-                sr = net.add_mean(net.tail(body + h))
-        if self.upsampler is not None:
-            sr = self._run_upsampler(K.add_quantize(body, h, self.up_clip))
+                    x = self.last_conv(r) + h
+        if self.upsampler is None:
+            with self._float():
+                sr = net.add_mean(net.tail(x))
+        else:
+            sr = self._run_upsampler(K.quantize_select(x, self.up_quant, group)[0], out)
         return sr.float(), self._bits(torch.stack(ks, 1).long())
 
     def _bits(self, k: torch.Tensor) -> torch.Tensor:
@@ -161,11 +162,18 @@ class EDSRProgram:
         if self.taps is not None:
             self.taps[layer].append(value().float())
 
-    def _run_upsampler(self, u):
-        for i, (conv, r) in enumerate(self.upsampler):
+    def _run_upsampler(self, u, out):
+        *ups, (tail, r) = self.upsampler
+        for i, (conv, r_i) in enumerate(ups):
             y = self._record(f"upsampler.{i}", u, conv(u))
-            u = NHWCPixelShuffle(r)(y).contiguous(memory_format=CL) if r > 1 else y
-        return u  # (the tail's sub-pixel outputs shuffled last: a float tensor of 3 channels)
+            u = NHWCPixelShuffle(r_i)(y).contiguous(memory_format=CL) if r_i > 1 else y
+        y = self._record(f"upsampler.{len(ups)}", u, tail(u))  # [N, r*r*3, h, w] channels last: (i, j, c) order
+        n, _, h, w = y.shape
+        sub = y.permute(0, 2, 3, 1).view(n, h, w, r, r, 3).permute(0, 5, 1, 3, 2, 4)  # [N, 3, h, r, w, r]: the shuffle
+        if out is None:
+            return sub.reshape(n, 3, h * r, w * r)
+        out.view(n, 3, h, r, w, r).copy_(sub)  # one copy, into the caller's NCHW buffer
+        return out
 
     def _tile_logits(self, h, grad, lr):
         net = self.net

@@ -101,8 +101,6 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     dll.cadyq_residual_float.restype = None
     dll.cadyq_tile_gradient.argtypes = [p, long, long, long, p]
     dll.cadyq_tile_gradient.restype = i
-    dll.cadyq_add_quantize.argtypes = [p, p, i, long, f, f, p]
-    dll.cadyq_add_quantize.restype = None
     dll.cadyq_quant_backward.argtypes = [p, p, p, long, long, long, i, i, p, p, p, p, p]
     dll.cadyq_quant_backward.restype = i
     dll.cadyq_channel_std.argtypes = [p, long, long, long, i, i, i, p]

@@ -77,7 +77,17 @@ class Int8Conv:
         y = acc * self.scale + self.bias.view(1, -1, 1, 1)
         return y.relu_() if self.act == "relu" else F.leaky_relu_(y, self.slope) if self.act == "leaky" else y
 
-    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+    def __call__(self, u: torch.Tensor, accum: torch.Tensor | None = None) -> torch.Tensor:
+        """accum (float output only): a float32 or bfloat16 tensor of the output's shape that the output is added
+        into, in place (oneDNN's sum post-op), and returned."""
+        if accum is not None:
+            if self.out is not None or self.act != "none":
+                raise BackendError("internal: a convolution accumulates into a float tensor only with a float output")
+            if self.form == "full":
+                return torch.ops.onednn.qconv2d_pointwise.binary(
+                    u, self.t_in, ZP, self.packed, self.w_scale, self.w_zp, accum, self.bias, self.stride, self.padding,
+                    self.dilation, self.groups, 1.0, 0, accum.dtype, 1.0, 0, "sum", 1.0, "none", [], "")
+            return accum.add_(self.float_output(u))
         if self.form == "full":
             a, s = self.out or (1.0, 1.0)
             y = torch.ops.onednn.qconv2d_pointwise(
@@ -206,16 +216,6 @@ def tile_gradient(lr: torch.Tensor) -> torch.Tensor:
     out = torch.empty(n, 2)
     if library().cadyq_tile_gradient(lr.data_ptr(), n, h, w, out.data_ptr()) != 0:
         raise MemoryError("tile gradient")
-    return out
-
-
-def add_quantize(x1: torch.Tensor, x2: torch.Tensor, a: float, s: float = 127.0) -> torch.Tensor:
-    """round(clamp(x1 + x2, -a, a) / a * s) + 128 as uint8 (x1, x2 float32 or bfloat16 alike, channels_last)."""
-    dtype = torch.bfloat16 if x1.dtype == x2.dtype == torch.bfloat16 else torch.float32
-    x1, x2 = (t.to(dtype).contiguous(memory_format=CL) for t in (x1, x2))
-    out = torch.empty(x1.shape, dtype=torch.uint8, memory_format=CL)
-    library().cadyq_add_quantize(x1.data_ptr(), x2.data_ptr(), int(dtype == torch.bfloat16), x1.numel(),
-                                 ctypes.c_float(a), ctypes.c_float(s), out.data_ptr())
     return out
 
 

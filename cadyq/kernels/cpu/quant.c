@@ -227,16 +227,16 @@ int cadyq_quantize_select(const void *x, int bf16, uint8_t *out, long n_tiles, l
 /* One tile of the residual pass (below): out = round(clamp(r, -a, a) * inv) + 128 and the statistics of the same
  * integers into s1, s2. */
 static void residual_tile(const uint8_t *restrict y, const uint8_t *restrict sk, uint8_t *restrict out, long hw, int c,
-                          float ty, float ts, float a, float inv, int32_t *s1, int64_t *s2) {
+                          float ty, float ts, float a, float s, float inv, int32_t *s1, int64_t *s2) {
     int32_t a1[MAXC], a2[MAXC];
     for (int j = 0; j < c; j++) { s1[j] = 0; s2[j] = 0; }
     for (long p0 = 0; p0 < hw; p0 += 1024) {  /* 1024 * 127^2 fits int32 */
         long p1 = p0 + 1024 < hw ? p0 + 1024 : hw;
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-        if (c % 16 == 0 && c <= 256) {  /* 16 channels at a time; r by FMA, the statistics in float (exact integers) */
-            const __m512 vty = _mm512_set1_ps(ty), vts = _mm512_set1_ps(ts), va = _mm512_set1_ps(a),
-                         vna = _mm512_set1_ps(-a), vinv = _mm512_set1_ps(inv), v128 = _mm512_set1_ps(128.0f);
-            const __m128i one = _mm_set1_epi8(1);
+        if (c % 16 == 0 && c <= 256) {  /* 16 channels at a time: r * inv by FMA, the statistics in float (exact) */
+            const __m512 vcy = _mm512_set1_ps(ty * inv), vcs = _mm512_set1_ps(ts * inv), vs = _mm512_set1_ps(s),
+                         vns = _mm512_set1_ps(-s), v128 = _mm512_set1_ps(128.0f);
+            const __m128i one = _mm_set1_epi8(1), sign = _mm_set1_epi8((char)0x80);
             __m512 acc1[16], acc2[16];
             const int groups = c / 16;
             for (int g = 0; g < groups; g++) acc1[g] = acc2[g] = _mm512_setzero_ps();
@@ -248,10 +248,11 @@ static void residual_tile(const uint8_t *restrict y, const uint8_t *restrict sk,
                     __m512 yf = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(yb)), v128);
                     __m512 sf = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
                         _mm_loadu_si128((const __m128i *)(sk + i)))), v128);
-                    __m512 r = _mm512_fmadd_ps(yf, vty, _mm512_mul_ps(sf, vts));
-                    r = _mm512_max_ps(_mm512_min_ps(r, va), vna);
-                    __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(r, vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                    _mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_add_ps(v, v128))));
+                    __m512 t = _mm512_fmadd_ps(yf, vcy, _mm512_mul_ps(sf, vcs));
+                    t = _mm512_max_ps(_mm512_min_ps(t, vs), vns);
+                    __m512 v = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                    /* int8 v, then u = v + 128 as a flip of the sign bit */
+                    _mm_storeu_si128((__m128i *)(out + i), _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)), sign));
                     acc1[g] = _mm512_add_ps(acc1[g], v);
                     acc2[g] = _mm512_fmadd_ps(v, v, acc2[g]);  /* exact: 1024 * 127^2 < 2^24 */
                 }
@@ -292,7 +293,7 @@ int cadyq_residual_select(const uint8_t *y, float a_y, const uint8_t *skip, floa
     const float ty = a_y / 127.0f, ts = a_skip / 127.0f, inv = s / a;
     for (long n = 0; n < n_tiles; n++) {
         const long base = n * hw * c;
-        residual_tile(y + base, skip + base, out + base, hw, c, ty, ts, a, inv, s1, s2);
+        residual_tile(y + base, skip + base, out + base, hw, c, ty, ts, a, s, inv, s1, s2);
         finish(out + base, 1, hw, c, g + 2 * n, w, b, k_count, k_in ? k_in + n : NULL, t, luts, identity, k_out + n,
                s1, s2);
     }
@@ -341,18 +342,6 @@ void cadyq_residual_float(const uint8_t *y, float a_y, const uint8_t *skip, floa
         float r = (float)yq * ty + (float)((int32_t)skip[i] - 128) * ts;
         if (bf16) ((uint16_t *)out)[i] = bf16_round(r);
         else ((float *)out)[i] = r;
-    }
-}
-
-/* u8 = round(clamp(x1 + x2, -a, a) / a * s) + 128, the sum in float32 (inputs float32 or bfloat16). */
-void cadyq_add_quantize(const void *x1, const void *x2, int bf16, long m, float a, float s, uint8_t *out) {
-    const float inv = s / a;
-    if (bf16) {
-        for (long i = 0; i < m; i++)
-            out[i] = (uint8_t)(quant_fast(bf16_load((const uint16_t *)x1, i) + bf16_load((const uint16_t *)x2, i), a, inv) + 128);
-    } else {
-        const float *restrict p = (const float *)x1, *restrict q = (const float *)x2;
-        for (long i = 0; i < m; i++) out[i] = (uint8_t)(quant_fast(p[i] + q[i], a, inv) + 128);
     }
 }
 
