@@ -1,7 +1,8 @@
 """Issue 36 on the photos: every shipped quantized model on the report set and the decision set, on the native backend
 with the upsampler and tail in float (the papers') and in INT8 (the default on CPUs with VNNI/AMX), and the float
 run against the figures measured before the one arithmetic of `cadyq.quant.ops.on_top_grid` (benchmarks/zoo_sets.json
-at a14f642, the same protocol: `cadyq eval`, backend native, one thread, 1024x768 centre crops).
+at a14f642, kept in the JSON under "before"; the same protocol: `cadyq eval`, backend native, one thread, 1024x768
+centre crops).
 
     python benchmarks/int8_upsampler.py [--models M ...] [--json benchmarks/int8_upsampler.json]
     python benchmarks/int8_upsampler.py table [--json ...]
@@ -55,14 +56,14 @@ def measure(models, path: Path) -> dict:
 
 def table(path: Path) -> str:
     stored = json.loads(path.read_text())
-    before = json.loads((ROOT / "benchmarks" / "zoo_sets.json").read_text())["models"]
+    before = stored.get("before", {}).get("psnr", {})
     lines = ["| model | set | before (a14f642) | one arithmetic, float upsampler | change | INT8 upsampler and tail | "
              "cost |", "|---|---|---|---|---|---|---|"]
     for m, sets in stored["models"].items():
         for name in SETS:
             if name not in sets:
                 continue
-            off, on, old = sets[name]["off"], sets[name]["on"], before.get(m, {}).get(name, {}).get("psnr")
+            off, on, old = sets[name]["off"], sets[name]["on"], before.get(m, {}).get(name)
             change = f"{off['psnr'] - old:+.4f}" if old is not None else "-"
             lines.append(f"| `{m}` | {name} | {old if old is not None else '-'} | {off['psnr']:.4f} | {change} | "
                          f"{on['psnr']:.4f} | {on['psnr'] - off['psnr']:+.4f} |")

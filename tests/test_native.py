@@ -230,6 +230,23 @@ def test_trained_model_parity_on_photo_tiles(name, tmp_path):
     assert ort_rep.bit_agreement >= 0.999 and not ort_rep.unexplained and not ort_rep.local_failures, str(ort_rep)
 
 
+@pytest.mark.parametrize("name", ["edsr-cadyq-alloc-x4", "edsr-pams8-x4", "edsr-gdq-alloc-x4"])
+def test_shipped_full_size_models_parity_on_photo_tiles(name):
+    """Issue 36's parity target on the shipped models: the native program (float upsampler, so the SR compares with the
+    fake-quant model's) chooses the torch reference's bits on >= 99.9 % of the (tile, layer) decisions, every other
+    one explained, SR >= 50 dB; with the INT8 upsampler and tail the bits are the same."""
+    from cadyq.zoo import load_pretrained
+
+    m = load_pretrained(name).eval()
+    tiles = photo_crops(12, 48, seed=3)
+    be = NativeBackend(m, "cpu", float_precision="fp32", int8_upsampler=False)
+    rep = compare(m, be.program, tiles)
+    print(f"\n{name}: {rep}")
+    assert rep.agreement >= 0.999 and not rep.unexplained and rep.psnr_db >= 50, str(rep)
+    up = NativeBackend(m, "cpu", float_precision="fp32", int8_upsampler=True)
+    assert torch.equal(up.run(tiles)[1], be.run(tiles)[1])
+
+
 def test_native_backend_through_the_upscaler_and_cli(tmp_path, photo):
     """`Upscaler(..., backend="native")` and `cadyq upscale --backend native` on a real photo: the same bit map as
     the torch backend, SR >= 50 dB against it, a bit-map image and a JSON report."""
