@@ -185,3 +185,43 @@ def test_every_quantizer_runs_once_per_forward(name, method, photo_tiles):
         m(photo_tiles[:2])
     assert calls and set(calls.values()) == {1}
     assert len(calls) == sum(isinstance(q, (ActQuant, BitSelector)) for q in m.modules())
+
+
+def test_snapped_clips_put_every_level_on_the_8_bit_grid_and_odd_multiples_compute_the_papers_quantizer():
+    """ops.snap_to_top_grid: each lower candidate's step becomes a whole multiple of the 8-bit step, so on_top_grid's
+    re-expression is exact (its output is fake_quant of the 8-bit tensor with the snapped clip); where the multiple is
+    odd the first rounding loses nothing either and the one grid equals the papers' quantizer."""
+    from cadyq.quant.ops import fake_quant, on_top_grid, snap_to_top_grid
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.tensor([7.0, 15.0, 31.0, 127.0])
+    alpha = torch.tensor([23.3, 31.9, 40.2, 64.0])
+    snapped = snap_to_top_grid(alpha, s)
+    step = 64.0 / 127.0
+    m = snapped[:-1] / s[:-1] / step
+    assert torch.allclose(m, m.round(), atol=1e-4) and snapped[-1] == 64.0
+    assert ((snapped[:-1] - alpha[:-1]).abs() <= 0.5 * s[:-1] * step + 1e-4).all()  # at most half a multiple
+    x = torch.randn(6, 4, 9, 9, generator=g) * 25
+    for k in range(3):
+        kk = torch.full((6,), k)
+        x_top, y = on_top_grid(x, snapped, s, kk)
+        assert torch.allclose(y, fake_quant(x_top, snapped[k], s[k]), atol=1e-4)  # nothing lost re-expressing
+        if int(m[k].round()) % 2:
+            assert torch.allclose(y, fake_quant(x, snapped[k], s[k]), atol=1e-4)  # the papers' quantizer
+    unsnapped = on_top_grid(x, alpha, s, torch.zeros(6, dtype=torch.long))[1]
+    assert not torch.allclose(unsnapped, fake_quant(x, alpha[0], s[0]), atol=1e-4)  # what snapping is for
+
+
+def test_snap_clips_moves_only_the_lower_candidates_of_a_dynamic_model():
+    from cadyq.quant import dynamic_quantizers, snap_clips
+
+    m = quantize(tiny("edsr"), "cadyq").eval()
+    for q in dynamic_quantizers(m):
+        with torch.no_grad():
+            q.alpha.copy_(torch.tensor([5.3, 9.1, 17.0]))
+    before = [q.alpha.detach().clone() for q in dynamic_quantizers(m)]
+    assert snap_clips(m) > 0
+    for q, b in zip(dynamic_quantizers(m), before):
+        assert q.alpha[-1] == b[-1] and not torch.equal(q.alpha, b)
+    assert snap_clips(m) == 0  # idempotent
+    assert snap_clips(quantize(tiny("edsr"), "pams8")) == 0

@@ -55,6 +55,16 @@ def on_top_grid(x: torch.Tensor, alpha: torch.Tensor, s, k: torch.Tensor | None 
     return x_top, fake_quant(fake_quant(x_top, a_k, s_k), a_t, s_t)
 
 
+def snap_to_top_grid(alpha: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Clip values whose steps are whole multiples of the top candidate's: a_k' = s_k * g * max(1, round(a_k / (s_k * g))),
+    g = a_T / s_T (the top one unchanged; a clip moves by at most half a multiple, a few per cent). Each level of a
+    snapped candidate lies on the 8-bit grid, so on_top_grid's re-expression loses nothing; where the multiple is odd
+    its thresholds fall on the grid's bin edges too and on_top_grid computes fake_quant(x, a_k', s_k) exactly."""
+    g = alpha[-1] / s[-1]
+    m = torch.clamp(torch.round(alpha[:-1] / (s[:-1] * g)), min=1)
+    return torch.cat([m * s[:-1] * g, alpha[-1:]])
+
+
 def quantize_weight(w: torch.Tensor, bits: int, per_channel: bool = False) -> torch.Tensor:
     """Symmetric max-abs weight quantization as PAMS/CADyQ: scale = max|w| (+1e-8), no clamp."""
     s = levels(bits)

@@ -207,3 +207,21 @@ def observe(model: nn.Module):
             gdq.finish_observing()
 
 
+@torch.no_grad()
+def snap_clips(model: nn.Module) -> int:
+    """In place: every dynamic quantizer's lower clip values onto whole multiples of its 8-bit step
+    (`ops.snap_to_top_grid`), so the one 8-bit grid of inference represents each candidate's levels exactly. A
+    transform of a trained model, chosen per model on the decision set (`benchmarks/zoo_snap.py`); returns how many
+    clip values moved."""
+    from .ops import snap_to_top_grid
+
+    moved = 0
+    for q in dynamic_quantizers(model):
+        a = q.alpha.detach().flatten()
+        if a.numel() < 2:
+            continue
+        new = snap_to_top_grid(a.float(), 2.0 ** (q.bits.float() - 1) - 1).to(a.dtype)
+        moved += int((new != a).sum())
+        q.alpha.copy_(new.view_as(q.alpha))
+    return moved
+
