@@ -1,8 +1,8 @@
-"""Snap a zoo model's lower clip values onto whole multiples of each layer's 8-bit step (`cadyq.quant.snap_clips`),
-in place, recording it in the metadata (`extra.clips_snapped`) and re-recording the crop check. Issue 36's one 8-bit
-grid rounds a dynamic quantizer's input to 8 bits before the 4/5/6-bit re-quantization; snapped clips put every
-level of a lower candidate on that grid. Whether a model is shipped snapped is decided on the decision set
-(`benchmarks/int8_upsampler.md`): the Granular-DQ models are, the CADyQ ones changed by less than 0.01 dB there.
+"""Snap a zoo model's lower clip values onto odd multiples of each layer's 8-bit step (`cadyq.quant.snap_clips`), in
+place, recording it in the metadata (`extra.clips_snapped`) and re-recording the crop check. Issue 36's one 8-bit grid
+rounds a dynamic quantizer's input to 8 bits before the 4/5/6-bit re-quantization; with snapped clips that loses
+nothing (every level on the grid, every threshold on a bin edge). Whether a model is shipped snapped is decided on the
+decision set (`benchmarks/int8_upsampler.md`).
 
     python benchmarks/zoo_snap.py edsr-gdq-alloc-x4 edsr-gdq-alloc-x2
 """
@@ -29,7 +29,7 @@ def main(argv=None):
         extra["crop_check"] = crop_psnr(model)
         extra["clips_snapped"] = {"moved": moved, "rule": "cadyq.quant.ops.snap_to_top_grid",
                                   "command": f"python benchmarks/zoo_snap.py {name}",
-                                  "why": "the one 8-bit grid of inference holds every level (benchmarks/int8_upsampler.md)"}
+                                  "why": "the one 8-bit grid of inference computes the papers' quantizer exactly (benchmarks/int8_upsampler.md)"}
         checkpoint.save(model, path, extra)
         print(f"{name}: {moved} clip values moved; crop check {extra['crop_check']}", file=sys.stderr)
 

@@ -187,10 +187,10 @@ def test_every_quantizer_runs_once_per_forward(name, method, photo_tiles):
     assert len(calls) == sum(isinstance(q, (ActQuant, BitSelector)) for q in m.modules())
 
 
-def test_snapped_clips_put_every_level_on_the_8_bit_grid_and_odd_multiples_compute_the_papers_quantizer():
-    """ops.snap_to_top_grid: each lower candidate's step becomes a whole multiple of the 8-bit step, so on_top_grid's
-    re-expression is exact (its output is fake_quant of the 8-bit tensor with the snapped clip); where the multiple is
-    odd the first rounding loses nothing either and the one grid equals the papers' quantizer."""
+def test_snapped_clips_make_the_one_grid_compute_the_papers_quantizer():
+    """ops.snap_to_top_grid: each lower candidate's step becomes an odd multiple of the 8-bit step, so on_top_grid (the
+    input rounded to the 8-bit grid, the chosen levels re-expressed on it) equals the papers' fake_quant with the
+    snapped clip; unsnapped it does not."""
     from cadyq.quant.ops import fake_quant, on_top_grid, snap_to_top_grid
 
     g = torch.Generator().manual_seed(0)
@@ -199,15 +199,12 @@ def test_snapped_clips_put_every_level_on_the_8_bit_grid_and_odd_multiples_compu
     snapped = snap_to_top_grid(alpha, s)
     step = 64.0 / 127.0
     m = snapped[:-1] / s[:-1] / step
-    assert torch.allclose(m, m.round(), atol=1e-4) and snapped[-1] == 64.0
-    assert ((snapped[:-1] - alpha[:-1]).abs() <= 0.5 * s[:-1] * step + 1e-4).all()  # at most half a multiple
+    assert torch.allclose(m, m.round(), atol=1e-4) and (m.round() % 2 == 1).all() and snapped[-1] == 64.0
+    assert ((snapped[:-1] - alpha[:-1]).abs() <= s[:-1] * step + 1e-4).all()  # at most one multiple
     x = torch.randn(6, 4, 9, 9, generator=g) * 25
     for k in range(3):
         kk = torch.full((6,), k)
-        x_top, y = on_top_grid(x, snapped, s, kk)
-        assert torch.allclose(y, fake_quant(x_top, snapped[k], s[k]), atol=1e-4)  # nothing lost re-expressing
-        if int(m[k].round()) % 2:
-            assert torch.allclose(y, fake_quant(x, snapped[k], s[k]), atol=1e-4)  # the papers' quantizer
+        assert torch.allclose(on_top_grid(x, snapped, s, kk)[1], fake_quant(x, snapped[k], s[k]), atol=1e-4)
     unsnapped = on_top_grid(x, alpha, s, torch.zeros(6, dtype=torch.long))[1]
     assert not torch.allclose(unsnapped, fake_quant(x, alpha[0], s[0]), atol=1e-4)  # what snapping is for
 

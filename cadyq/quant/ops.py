@@ -56,13 +56,14 @@ def on_top_grid(x: torch.Tensor, alpha: torch.Tensor, s, k: torch.Tensor | None 
 
 
 def snap_to_top_grid(alpha: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Clip values whose steps are whole multiples of the top candidate's: a_k' = s_k * g * max(1, round(a_k / (s_k * g))),
-    g = a_T / s_T (the top one unchanged; a clip moves by at most half a multiple, a few per cent). Each level of a
-    snapped candidate lies on the 8-bit grid, so on_top_grid's re-expression loses nothing; where the multiple is odd
-    its thresholds fall on the grid's bin edges too and on_top_grid computes fake_quant(x, a_k', s_k) exactly."""
+    """Clip values whose steps are odd multiples of the top candidate's: a_k' = s_k * g * m_k, m_k the odd integer
+    nearest a_k / (s_k * g), g = a_T / s_T (the top clip unchanged; a clip moves by at most one multiple, about 9 % on
+    the shipped models). Each level of a snapped candidate then lies on the 8-bit grid and each of its thresholds on a
+    bin edge of that grid, so on_top_grid computes fake_quant(x, a_k', s_k) exactly: the papers' quantizer, with no
+    ties for executors to break differently."""
     g = alpha[-1] / s[-1]
-    m = torch.clamp(torch.round(alpha[:-1] / (s[:-1] * g)), min=1)
-    return torch.cat([m * s[:-1] * g, alpha[-1:]])
+    m = 2 * torch.round((alpha[:-1] / (s[:-1] * g) - 1) / 2) + 1
+    return torch.cat([torch.clamp(m, min=1) * s[:-1] * g, alpha[-1:]])
 
 
 def quantize_weight(w: torch.Tensor, bits: int, per_channel: bool = False) -> torch.Tensor:

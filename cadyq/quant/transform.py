@@ -209,10 +209,10 @@ def observe(model: nn.Module):
 
 @torch.no_grad()
 def snap_clips(model: nn.Module) -> int:
-    """In place: every dynamic quantizer's lower clip values onto whole multiples of its 8-bit step
-    (`ops.snap_to_top_grid`), so the one 8-bit grid of inference represents each candidate's levels exactly. A
-    transform of a trained model, chosen per model on the decision set (`benchmarks/zoo_snap.py`); returns how many
-    clip values moved."""
+    """In place: every dynamic quantizer's lower clip values onto odd multiples of its 8-bit step
+    (`ops.snap_to_top_grid`), so the one 8-bit grid of inference computes the papers' quantizer of each candidate
+    exactly. A transform of a trained model, chosen per model on the decision set (`benchmarks/zoo_snap.py`); returns
+    how many clip values moved."""
     from .ops import snap_to_top_grid
 
     moved = 0
