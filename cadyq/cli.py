@@ -238,11 +238,17 @@ def cmd_upscale(args) -> int:
     up, plan = _load_and_plan(args, inputs, IMAGE_EXTENSIONS)
     _say_skipped(plan, len(inputs), "images")
     report = _BatchReport(args, "images", plan, up, png_compression=args.png_compression)
+    return _run_batch(report, lambda: _upscale_images(args, up, plan.jobs, report), len(inputs), "images")
+
+
+def _run_batch(report, run, n: int, what: str) -> int:
+    """Run a batch; its JSON report is written whether it ends, fails or is interrupted. Exit status 1 where any
+    input failed."""
     with report.written_on_interrupt():
-        _upscale_images(args, up, plan.jobs, report)
+        run()
     report.write()
     if report.failed:
-        print(f"{len(report.failed)} of {len(inputs)} images failed (each named above)", file=sys.stderr)
+        print(f"{len(report.failed)} of {n} {what} failed (each named above)", file=sys.stderr)
         return 1
     return 0
 
@@ -396,13 +402,7 @@ def _upscale_videos(args, videos) -> int:
         with contextlib.suppress(ImageError):  # an unreadable video is reported in its turn, and skipped
             check_output_size(job.src, job.image, up.scale, options)
     report = _BatchReport(args, "videos", plan, up)
-    with report.written_on_interrupt():
-        _upscale_video_jobs(up, plan.jobs, options, report)
-    report.write()
-    if report.failed:
-        print(f"{len(report.failed)} of {len(plan.jobs)} videos failed (each named above)", file=sys.stderr)
-        return 1
-    return 0
+    return _run_batch(report, lambda: _upscale_video_jobs(up, plan.jobs, options, report), len(plan.jobs), "videos")
 
 
 def _upscale_video_jobs(up, jobs, options, report) -> None:
