@@ -517,6 +517,17 @@ def cmd_info(args) -> int:
                                            f" at {max(info.bits)} bits, "
                                            f"{float(info.bitops(torch.full((1, info.n_layers), float(min(info.bits))), t, t)) / 1e9:.3f} G"
                                            f" at {min(info.bits)} bits")
+    if cfg.method != "fp32":
+        from .quant import clips_snapped
+
+        snapped = clips_snapped(model)
+        if snapped is not None:
+            lines["clip values"] = ("on odd multiples of each layer's 8-bit step: the one 8-bit grid computes the papers' "
+                                    "quantizer" if snapped else "free: the one 8-bit grid rounds each input to 8 bits "
+                                    "before the lower candidates' levels (`cadyq.quant.snap_clips` puts them on it)")
+        clips = getattr(model, "upsampler_clips", None)
+        lines["INT8 upsampler"] = (f"calibrated clips for {', '.join(clips)}" if clips else
+                                   "no clips: upsampler and tail run float (`cadyq calibrate --upsampler`)")
     lines["training"] = _training_line(model)
     width = max(map(len, lines))
     for k, v in lines.items():

@@ -68,6 +68,21 @@ def test_info(ckpt, capsys):
     assert main(["info", str(ckpt)]) == 0
     out = capsys.readouterr().out
     assert "edsr x2" in out and "cadyq" in out and "4 dynamic" in out and "4, 6, 8" in out
+    assert "clip values          free" in out and "INT8 upsampler       no clips" in out
+
+
+def test_info_names_snapped_clips_and_upsampler_clips(capsys):
+    """`cadyq info` says whether the lower clips sit on the 8-bit grid's odd multiples (derived from the values,
+    `cadyq.quant.clips_snapped`) and which convs carry INT8-upsampler clips; the shipped Granular-DQ model is snapped."""
+    from cadyq.quant import clips_snapped, snap_clips
+    from cadyq.zoo import load_pretrained
+
+    assert main(["info", "edsr-gdq-alloc-x4"]) == 0
+    out = capsys.readouterr().out
+    assert "clip values          on odd multiples" in out and "INT8 upsampler       calibrated clips for body.16" in out
+    m = load_pretrained("edsr-tiny-cadyq-x2-cpu")
+    assert clips_snapped(m) is False and snap_clips(m) > 0 and clips_snapped(m) is True
+    assert clips_snapped(load_pretrained("edsr-pams8-x4")) is None
 
 
 def test_errors_are_one_line(tmp_path, capsys):

@@ -225,3 +225,19 @@ def snap_clips(model: nn.Module) -> int:
         q.alpha.copy_(new.view_as(q.alpha))
     return moved
 
+
+def clips_snapped(model: nn.Module) -> bool | None:
+    """Whether every lower clip value of the model's dynamic quantizers lies on an odd multiple of its layer's 8-bit
+    step (`snap_clips`); None where no quantizer has more than one candidate."""
+    from .ops import snap_to_top_grid
+
+    seen = False
+    for q in dynamic_quantizers(model):
+        a = q.alpha.detach().flatten().float()
+        if a.numel() < 2:
+            continue
+        seen = True
+        if not torch.allclose(snap_to_top_grid(a, 2.0 ** (q.bits.float() - 1) - 1), a, rtol=1e-5, atol=0):
+            return False
+    return True if seen else None
+
