@@ -1,8 +1,15 @@
 import math
+import signal
 
 import numpy as np
 import pytest
 import torch
+
+# A suite started in the background of a non-interactive shell (`make test &`) inherits SIGINT ignored, and so would
+# every process it starts; the Ctrl-C tests (tests/test_signals.py, the trainer's, the server client's) need it
+# delivered as at a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -460,6 +460,9 @@ def _assert_failed_cleanly(p, workdir, rc, pattern):
     (["in.png", "--model", "model.engine"], 2, "built without TensorRT"),
     (["in.png", "--tile", "abc"], 2, "is not an integer"),
     (["in.png", "--tile", "32", "--overlap", "32"], 2, "--overlap must be smaller than --tile"),
+    (["in.png", "--tile", "4"], 2, "smaller than --tile (6 >= 4); use --overlap 2 or less"),
+    (["in.png", "--tile", "8", "--overlap", "6"], 2, "every 2 px, so each LR pixel runs through about 16 tiles; the "
+                                                     "overlap can be at most half the tile: use --overlap 4 or less"),
     (["in.png", "--tile", "1", "--overlap", "0"], 2, "tiles of 2..2048 px"),
     (["in.png", "--batch", "0"], 2, "out of range"),
     (["in.png", "--protocol", "diagonal"], 2, "not one of shift, official"),

@@ -97,7 +97,8 @@ TileGrid plan_tiles(int height, int width, int tile, int overlap, Protocol proto
                 "tile size must be a positive integer, got " + std::to_string(tile) + "; use e.g. --tile 96");
   if (overlap < 0 || overlap >= tile)
     throw Error(ErrorCode::InvalidArgument, "overlap must be an integer in [0, tile=" + std::to_string(tile) +
-                                                "), got " + std::to_string(overlap) + "; use e.g. --overlap 6");
+                                                "), got " + std::to_string(overlap) + "; use e.g. --overlap " +
+                                                std::to_string(std::min(6, tile / 2)));
   if (height < 1 || width < 1)
     throw Error(ErrorCode::Image, "the image is empty (" + std::to_string(height) + "x" + std::to_string(width) +
                                       "); pass an image of at least 1x1 pixels");

@@ -160,8 +160,18 @@ Args parse_args(int argc, char** argv) {
   if (a.inputs.empty()) throw UsageError{"no input images given (see --help)"};
   if (a.output.empty()) throw UsageError{"-o/--output is required"};
   if (a.model.empty()) throw UsageError{"--model is required (a .pt2 from `cadyq export --format aoti`)"};
+  // as cadyq.tiling.check_step: more than half the tile would run each LR pixel through more than 4 tiles
+  const std::string suggest = "use --overlap " + std::to_string(std::min(6, std::max(a.tile, 0) / 2)) + " or less";
   if (a.overlap >= a.tile)
-    throw UsageError{"--overlap must be smaller than --tile (" + std::to_string(a.overlap) + " >= " + std::to_string(a.tile) + ")"};
+    throw UsageError{"--overlap must be smaller than --tile (" + std::to_string(a.overlap) + " >= " +
+                     std::to_string(a.tile) + "); " + suggest};
+  if (2 * a.overlap > a.tile) {
+    const int step = a.tile - a.overlap;
+    const long per_pixel = std::lround(double(a.tile) * a.tile / (double(step) * step));
+    throw UsageError{"--tile " + std::to_string(a.tile) + " with --overlap " + std::to_string(a.overlap) +
+                     " starts a tile every " + std::to_string(step) + " px, so each LR pixel runs through about " +
+                     std::to_string(per_pixel) + " tiles; the overlap can be at most half the tile: " + suggest};
+  }
   const std::string& d = a.device;
   const bool device_ok = d == "auto" || d == "cpu" || d == "cuda" ||
                          (d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.find_first_not_of("0123456789", 5) == std::string::npos);
