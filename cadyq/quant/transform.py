@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..errors import ModelError
 from ..methods import DEFAULT_BITS, METHODS  # noqa: F401  (re-exported)
 from .gdq import GranularDQ, tile_entropy
-from .ops import tile_gradient
+from .ops import levels, snap_to_top_grid, tile_gradient
 from .plans import plan_for
 from .quantizers import ActQuant, BitSelector, QConv2d, TileState
 
@@ -207,37 +207,32 @@ def observe(model: nn.Module):
             gdq.finish_observing()
 
 
+def _snapped(q: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(clips, the same snapped) of a quantizer with more than one candidate, else None."""
+    a = q.alpha.detach().flatten()
+    if a.numel() < 2:
+        return None
+    s = torch.tensor([float(levels(int(b))) for b in q.bits])
+    return a, snap_to_top_grid(a.float(), s).to(a.dtype)
+
+
 @torch.no_grad()
 def snap_clips(model: nn.Module) -> int:
     """In place: every dynamic quantizer's lower clip values onto odd multiples of its 8-bit step
     (`ops.snap_to_top_grid`), so the one 8-bit grid of inference computes the papers' quantizer of each candidate
     exactly. A transform of a trained model, chosen per model on the decision set (`benchmarks/zoo_snap.py`); returns
     how many clip values moved."""
-    from .ops import snap_to_top_grid
-
     moved = 0
     for q in dynamic_quantizers(model):
-        a = q.alpha.detach().flatten()
-        if a.numel() < 2:
-            continue
-        new = snap_to_top_grid(a.float(), 2.0 ** (q.bits.float() - 1) - 1).to(a.dtype)
-        moved += int((new != a).sum())
-        q.alpha.copy_(new.view_as(q.alpha))
+        pair = _snapped(q)
+        if pair is not None:
+            moved += int((pair[1] != pair[0]).sum())
+            q.alpha.copy_(pair[1].view_as(q.alpha))
     return moved
 
 
 def clips_snapped(model: nn.Module) -> bool | None:
     """Whether every lower clip value of the model's dynamic quantizers lies on an odd multiple of its layer's 8-bit
     step (`snap_clips`); None where no quantizer has more than one candidate."""
-    from .ops import snap_to_top_grid
-
-    seen = False
-    for q in dynamic_quantizers(model):
-        a = q.alpha.detach().flatten().float()
-        if a.numel() < 2:
-            continue
-        seen = True
-        if not torch.allclose(snap_to_top_grid(a, 2.0 ** (q.bits.float() - 1) - 1), a, rtol=1e-5, atol=0):
-            return False
-    return True if seen else None
-
+    pairs = [p for p in map(_snapped, dynamic_quantizers(model)) if p is not None]
+    return all(torch.allclose(new, a, rtol=1e-5, atol=0) for a, new in pairs) if pairs else None
