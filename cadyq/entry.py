@@ -16,6 +16,14 @@ def main(argv=None) -> int:
         except KeyboardInterrupt as e:  # while the command line module loaded
             print(interrupt.message(e), file=sys.stderr)
             code = interrupt.exit_code(e)
+        except Exception:  # noqa: BLE001
+            if not interrupt.requested():
+                raise
+            # a consequence of the signal: a library that swallowed it can fail later in its own way (numpy, whose
+            # interrupted first import makes the next one fail with "cannot load module more than once per process")
+            e = interrupt.stopped()
+            print(interrupt.message(e), file=sys.stderr)
+            code = interrupt.exit_code(e)
     if interrupt.requested():
         sys.stdout.flush()
         sys.stderr.flush()

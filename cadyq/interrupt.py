@@ -43,10 +43,15 @@ def requested() -> bool:
     return _stop.is_set()
 
 
+def stopped() -> Interrupted:
+    """The interruption a requested stop stands for (the signal received, else SIGINT)."""
+    return Interrupted(_signal[0] if _signal else signal.SIGINT)
+
+
 def check() -> None:
     """Raise `Interrupted` if a stop was requested (workers call it between tiles and layers)."""
     if _stop.is_set():
-        raise Interrupted(_signal[0] if _signal else signal.SIGINT)
+        raise stopped()
 
 
 def _handle(signum, frame):

@@ -89,6 +89,28 @@ def test_at_start_up(tmp_path, big, sig, delay):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_swallowed_signal_that_breaks_a_later_import(tmp_path, big, sig):
+    """What a signal during torch's import of numpy can do: torch swallows the interruption, numpy's next import then
+    fails with "cannot load module more than once per process". Any error after a requested stop ends as the stop."""
+    inject = f"""
+        import os, time, cadyq.cli
+        def main(argv=None):
+            try:
+                open("sent", "w").write(repr(time.monotonic()))
+                os.kill(os.getpid(), {int(sig)})
+                time.sleep(1)
+            except KeyboardInterrupt:
+                pass  # swallowed, as torch does
+            raise ImportError("cannot load module more than once per process")
+        cadyq.cli.main = main
+    """
+    proc = _cadyq(["upscale", big, "-o", "out.png"], tmp_path, inject)
+    proc.wait(30)
+    _stopped(proc, sig, float((tmp_path / "sent").read_text()))
+    assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_while_the_model_loads(tmp_path, big, sig):
     inject = f"""
         import os, time, cadyq.checkpoint as c
