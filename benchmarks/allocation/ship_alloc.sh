@@ -8,7 +8,8 @@
 # the held-out FQR budget (5.95 -> 5.99, +0.003 dB); about 10 s per iteration on one core of the development CPU.
 #   S=4 F=5.35 bash benchmarks/allocation/ship_alloc.sh [WORK_DIR]      (run from the repository root)
 #   S=2 F=5.5 RUNS="0:221 7:231 11:698 13:400:100:5.45 17:400:100 19:400:100 23:400:100 29:400:100 31:400:100" bash benchmarks/allocation/ship_alloc.sh   (x2)
-#   TARGET=gdq S=2 F=5.0 RUNS="" bash benchmarks/allocation/ship_alloc.sh       (edsr-gdq-alloc-x2)
+#   TARGET=gdq S=2 F=5.0 RUNS="" bash benchmarks/allocation/ship_alloc.sh       (edsr-gdq-alloc-x2; then, as shipped since
+#   issue 36, python benchmarks/zoo_snap.py edsr-gdq-alloc-x2: the lower clips on odd multiples of the 8-bit step)
 #   TARGET=gdq S=4 F=5.0 RUNS="" bash benchmarks/allocation/ship_alloc.sh   (Granular-DQ, one bit-width per tile:
 #   edsr-gdq-alloc-x4, the calibrated allocation as shipped; RUNS="0:451" fine-tunes it with the controller frozen, which
 #   lost 0.05-0.09 dB on the held-out photos: benchmarks/allocation.md)
