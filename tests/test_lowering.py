@@ -168,11 +168,12 @@ def test_int8_upsampler_on_native_kernels_and_in_checkpoints(tmp_path, form):
     checkpoint.save(cal, tmp_path / "m.safetensors")
     back = checkpoint.load(tmp_path / "m.safetensors")
     assert back.upsampler_clips == pytest.approx(cal.upsampler_clips)
-    if form == "full" and hardware.int8_range() != "full":
-        pytest.skip("this CPU saturates u8 x s8 products above 7-bit inputs (no VNNI/AMX): the float form runs here")
     with hardware.forced(int8_range=form):
         be = NativeBackend(back, "cpu", workers=1, int8_upsampler=True)
     assert any("upsampler and tail INT8" in n for n in be.notes) and be.program.last_quant is not None
+    assert be.kernels.form == form and all(conv.form == form for conv, _ in be.program.upsampler)
+    if form == "full" and hardware.int8_range() != "full":
+        return  # the program is built in this form on any CPU (above); only VNNI/AMX computes its full-range products
     tiles = photo_crops(6, 24, seed=11)
     sr, bits = be.run(tiles)
     with torch.no_grad():
